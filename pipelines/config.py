@@ -1,0 +1,156 @@
+"""Typed configuration: YAML files in ``configs/`` validated by pydantic models that reject unknown keys.
+
+One sub-config per component, composed into a root per file (``configs/data.yaml`` → :class:`DataConfig`).
+A wrong key or type is a :class:`ConfigError` naming the file and the dotted key.
+
+Example::
+
+    >>> cfg = DataConfig()          # the embedded defaults
+    >>> cfg.synth.users
+    2000
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SynthConfig(StrictModel):
+    """The synthetic social network (``python -m pipelines.synth``)."""
+
+    users: int = Field(2000, ge=10, description="Number of users.")
+    days: int = Field(7, ge=1, le=366, description="Days of activity logs to generate.")
+    seed: int = Field(0, description="Everything generated is a function of this seed.")
+    start_date: dt.date = Field(dt.date(2026, 11, 1), description="First day of logs (UTC).")
+    cities: int = Field(12, ge=1, description="Number of cities; communities form inside them.")
+    schools_per_city: int = Field(4, ge=1)
+    workplaces_per_city: int = Field(8, ge=1)
+    mean_degree: float = Field(40.0, gt=0, description="Mean number of friends (heavy-tailed).")
+    max_degree: int = Field(1000, ge=1, description="Degree cap, as real networks impose.")
+    block_rate: float = Field(0.02, ge=0, le=1, description="Blocks per user.")
+    posts_per_user_day: float = Field(1.0, gt=0, description="Mean posts per user per day.")
+    sessions_per_user_day: float = Field(1.0, gt=0, description="Mean app sessions per user per day.")
+    impressions_per_session: int = Field(12, ge=1, description="Mean feed items seen per session.")
+    candidate_days: int = Field(7, ge=1, description="Logging policy: friends' posts from the last N days.")
+    media_dim: int = Field(16, ge=1, description="Length of precomputed media vectors.")
+    deletion_rate: float = Field(0.02, ge=0, le=1, description="Share of posts deleted later.")
+    users_per_task: int = Field(400, ge=1, description="Users per parallel generation task (memory bound).")
+
+    @model_validator(mode="after")
+    def _degree_fits(self) -> SynthConfig:
+        if self.mean_degree >= self.users:
+            raise ValueError(f"mean_degree ({self.mean_degree}) must be below users ({self.users})")
+        return self
+
+
+class IngestConfig(StrictModel):
+    """Validation rules of ``python -m pipelines.ingest``."""
+
+    min_timestamp: dt.datetime = Field(
+        dt.datetime(2000, 1, 1, tzinfo=dt.UTC), description="Earlier timestamps are rejected."
+    )
+    max_future_s: int = Field(300, ge=0, description="Timestamps this far past ingest time are rejected.")
+    batch_size: int = Field(65536, ge=1, description="Rows per Ray Data validation batch.")
+
+
+class FeaturesConfig(StrictModel):
+    """Point-in-time feature generation of ``python -m pipelines.features``."""
+
+    skip_dwell_ms: int = Field(2000, ge=0, description="An impression viewed for less is a skip.")
+    windows: dict[str, int] = Field(
+        default_factory=lambda: {"1h": 3600, "1d": 86400, "7d": 7 * 86400},
+        description="Counter windows: name → seconds.",
+    )
+    attribution_window_s: int = Field(
+        86400, ge=1, description="An engagement without impression_id credits the latest earlier impression."
+    )
+    valid_days: int = Field(1, ge=0, description="Days before the test days that form the validation split.")
+    test_days: int = Field(1, ge=0, description="Last days of served_at that form the test split.")
+    negative_keep_rate: float = Field(
+        0.5, gt=0, le=1, description="Train split: share of all-negative impressions kept (weight 1/rate)."
+    )
+    rare_upsample: int = Field(
+        2, ge=1, description="Train split: copies of rows with a comment or share (weight 1/copies each)."
+    )
+    text_dim: int = Field(32, ge=1, le=384, description="Text embedding dims kept (PCA of MiniLM's 384).")
+    encoder_batch_size: int = Field(256, ge=1)
+    topic_slots: int = Field(20, ge=1, description="Viewer topic-affinity vector length (top topics).")
+    seed: int = Field(0, description="Seed of the sampling hash and the PCA.")
+
+    @model_validator(mode="after")
+    def _windows_positive(self) -> FeaturesConfig:
+        bad = {k: v for k, v in self.windows.items() if v <= 0 or not k.isalnum()}
+        if bad:
+            raise ValueError(f"windows need alphanumeric names and positive seconds, got {bad}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Root of ``configs/data.yaml``: the data-preparation stages."""
+
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the file and key."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_errors(path: Path | str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{path}: {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read YAML at ``path`` (``None``: embedded defaults), apply dotted ``overrides``, validate as ``model``.
+
+    >>> load_config(None, DataConfig, {"synth.users": 50}).synth.users
+    50
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read config: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path or "<defaults>", e)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML, for logs and MLflow."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,332 @@
+"""Ingestion: ``python -m pipelines.ingest --data-dir D`` turns ``D/raw/`` into ``D/clean/`` + ``D/quarantine/``.
+
+For each table, in reference order (users → friendships → blocks → posts → impressions → engagements)::
+
+    raw/<table>/**/*.{parquet,csv,jsonl}
+        │  file check (driver): readable? every required column present?   → DataError, exit 2
+        ▼
+    Ray Data read ─► map_batches(validate_batch)   types, enums, ranges, timestamps, references
+        ├─ rejected rows ───────────────────────────────► quarantine/<table>/  (raw row + reason + file)
+        ▼
+    groupby(hash(key) % 16).map_groups(dedup_group)     exact copies dropped, conflicting ids quarantined
+        ▼
+    clean/<table>/[date=YYYY-MM-DD/]*.parquet           the contract's schema, non-null where required
+
+Accounting per table, written to ``D/ingest_summary.json``: ``read = accepted + quarantined + duplicates``.
+Everything is written to a hidden staging folder and moved into place only when every table succeeded:
+a failure leaves the previous ``clean/`` and ``quarantine/`` untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import typer
+
+from pipelines import schema
+from pipelines.cli import DataError, exit_on_error
+from pipelines.config import DataConfig, IngestConfig, dump_config, load_config
+from pipelines.io import atomic_dir, read_table, replace_dir, write_by_date, write_json, write_table
+from pipelines.schema import Table
+from pipelines.validation import (
+    References,
+    Rules,
+    dedup_group,
+    hash_strings,
+    select_status,
+    to_clean,
+    validate_batch,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+QUARANTINE = pa.schema(
+    [
+        pa.field("table", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+
+
+@dataclass
+class TableCounts:
+    """Row accounting of one table: ``read == accepted + quarantined + duplicates``."""
+
+    read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+
+    def balanced(self) -> bool:
+        return self.read == self.accepted + self.quarantined + self.duplicates
+
+
+# --------------------------------------------------------------------------------------------- file checks
+def discover(raw_dir: Path, table: Table) -> dict[str, list[str]]:
+    """Files of ``table`` under ``raw_dir/<table>`` grouped by format; unknown files are an error."""
+    root = raw_dir / table.name
+    if not root.is_dir():
+        raise DataError(f"{root}: missing; every table of the contract needs a folder (it may be empty of rows)")
+    found: dict[str, list[str]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_dir() or p.name.startswith((".", "_")):
+            continue
+        fmt = FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{p}: unsupported file type (expected {', '.join(sorted(FORMATS))})")
+        check_file(p, fmt, table)
+        found.setdefault(fmt, []).append(str(p))
+    return found
+
+
+def required_columns(table: Table) -> list[str]:
+    return [f.name for f in table.schema if not f.nullable]
+
+
+def check_file(path: Path, fmt: str, table: Table) -> None:
+    """Fail fast, naming the file and column, on a corrupt or schema-less file."""
+    if fmt == "parquet":
+        try:
+            columns = pq.read_schema(path).names
+        except Exception as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    elif fmt == "csv":
+        try:
+            with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)) as reader:
+                columns = reader.schema.names
+        except Exception as e:
+            raise DataError(f"{path}: not a readable CSV file with a header row ({e})") from None
+    else:
+        with path.open("rb") as fh:
+            first = next((line for line in fh if line.strip()), None)
+        if first is None:
+            return
+        try:
+            obj = json.loads(first)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: first line is not JSON ({e}); is this a JSONL file?") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: JSONL rows must be objects, first line is {type(obj).__name__}")
+        return  # JSONL has no header: a missing required key is a row-level rejection
+    missing = [c for c in required_columns(table) if c not in columns]
+    if missing:
+        raise DataError(f"{path}: missing required column {missing[0]!r} of table {table.name!r} (has {columns})")
+
+
+# ------------------------------------------------------------------------------------------------ one table
+def _read(files: dict[str, list[str]], table: Table) -> list[tuple[str, Any]]:
+    import ray.data
+
+    out = []
+    for fmt, paths in files.items():
+        if fmt == "parquet":
+            ds = ray.data.read_parquet(paths, include_paths=True, partitioning=None)
+        elif fmt == "csv":
+            string_types = {f.name: pa.string() for f in table.schema}
+            ds = ray.data.read_csv(
+                paths,
+                include_paths=True,
+                partitioning=None,
+                convert_options=pacsv.ConvertOptions(column_types=string_types, strings_can_be_null=True),
+            )
+        else:
+            ds = ray.data.read_text(paths, include_paths=True)
+        out.append((fmt, ds))
+    return out
+
+
+def _quarantine_rows(batch: pa.Table, table_name: str) -> pa.Table:
+    batch = select_status(batch, "quarantined")
+    raw = batch.column("_raw").to_pylist()
+    if any(r is None for r in raw):  # conflicting duplicates were valid rows: keep their canonical form
+        canon = batch.drop_columns([c for c in batch.column_names if c.startswith("_")]).to_pylist()
+        raw = [r if r is not None else json.dumps(c, default=str) for r, c in zip(raw, canon, strict=True)]
+    return pa.table(
+        {
+            "table": pa.array([table_name] * batch.num_rows, pa.string()),
+            "source_file": batch.column("_source"),
+            "reason": batch.column("_reason"),
+            "raw": pa.array(raw, pa.string()),
+        },
+        schema=QUARANTINE,
+    )
+
+
+def finalize_bucket(table: Table, bucket_dir: str, out_dir: str, part: str) -> dict[str, Any]:
+    """De-duplicate one key bucket, write its clean and quarantined rows; return its status counts."""
+    rows = pq.read_table(bucket_dir)
+    decided = dedup_group(rows, table.key)
+    root = Path(out_dir)
+    clean = to_clean(select_status(decided, "accepted"), table)
+    if table.time_column is not None:
+        write_by_date(clean, root / "clean" / table.name, table.time_column, part)
+    elif clean.num_rows:
+        write_table(clean, root / "clean" / table.name, part)
+    quarantined = _quarantine_rows(decided, table.name)
+    if quarantined.num_rows:
+        write_table(quarantined, root / "quarantine" / table.name, part)
+    status = pd.Series(decided.column("_status").to_pylist(), dtype=object).value_counts()
+    return {
+        "read": decided.num_rows,
+        "accepted": int(status.get("accepted", 0)),
+        "duplicates": int(status.get("duplicate", 0)),
+        "quarantined": int(status.get("quarantined", 0)),
+        "reasons": pd.Series(quarantined.column("reason").to_pylist(), dtype=object).value_counts().to_dict(),
+    }
+
+
+def ingest_table(
+    table: Table, raw_dir: Path, out_dir: Path, refs: References, rules: Rules, batch_size: int
+) -> TableCounts:
+    """Validate (Ray Data), then de-duplicate per key bucket (Ray tasks) and write one table."""
+    import ray
+
+    files = discover(raw_dir, table)
+    counts = TableCounts(files=sum(len(v) for v in files.values()))
+    staging = out_dir / "_staging" / table.name
+    for fmt, ds in _read(files, table):
+        ds.map_batches(
+            validate_batch,
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            fn_kwargs={"table": table, "fmt": fmt, "refs": refs, "rules": rules},
+        ).write_parquet(str(staging / fmt), partition_cols=["_bucket"])
+    buckets: dict[str, list[str]] = {}
+    for d in sorted(staging.glob("*/_bucket=*")):
+        buckets.setdefault(d.name.split("=", 1)[1], []).append(str(d))
+    task = ray.remote(num_cpus=1)(finalize_bucket)
+    results = ray.get(
+        [
+            task.remote(table, [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))], str(out_dir),
+                        f"{int(b):05d}")
+            for b, dirs in sorted(buckets.items())
+        ]
+    )
+    reasons: dict[str, int] = {}
+    for r in results:
+        counts.read += r["read"]
+        counts.accepted += r["accepted"]
+        counts.duplicates += r["duplicates"]
+        counts.quarantined += r["quarantined"]
+        for k, v in r["reasons"].items():
+            reasons[k] = reasons.get(k, 0) + int(v)
+    counts.reasons = dict(sorted(reasons.items()))
+    if not counts.balanced() or sum(reasons.values()) != counts.quarantined:
+        raise RuntimeError(f"{table.name}: row accounting does not add up: {counts}")
+    clean_dir = out_dir / "clean" / table.name
+    if not clean_dir.exists():
+        write_table(table.schema.empty_table(), clean_dir, "empty")
+    shutil.rmtree(staging)
+    return counts
+
+
+def _next_refs(refs: References, table: Table, clean_dir: Path) -> References:
+    """Add the ids of the table just ingested to what later tables may reference."""
+    if table.name == "users":
+        ids = read_table(clean_dir, table.schema, ["user_id"]).column("user_id").to_numpy()
+        return References(user_ids=np.sort(ids.astype(np.int64)))
+    if table.name == "posts":
+        t = read_table(clean_dir, table.schema, ["post_id", "created_at"])
+        ids = t.column("post_id").to_numpy().astype(np.int64)
+        created = pc.cast(t.column("created_at"), pa.int64()).to_numpy()
+        order = np.argsort(ids)
+        return References(refs.user_ids, ids[order], created[order])
+    if table.name == "impressions":
+        ids = read_table(clean_dir, table.schema, ["impression_id"]).column("impression_id").to_pylist()
+        return References(refs.user_ids, refs.post_ids, refs.post_created_ms, np.sort(hash_strings(ids)))
+    return refs
+
+
+# -------------------------------------------------------------------------------------------------- stage
+def ingest(cfg: IngestConfig, data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Ingest every table of ``data_dir/raw``; returns (and writes) the accounting summary."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    raw_dir = data_dir / "raw"
+    if not raw_dir.is_dir():
+        raise DataError(f"{raw_dir}: no raw logs (run pipelines.synth or put logs there)")
+    now = now or dt.datetime.now(dt.UTC)
+    rules = Rules(
+        min_ts_ms=int(cfg.min_timestamp.timestamp() * 1000),
+        max_ts_ms=int((now.timestamp() + cfg.max_future_s) * 1000),
+    )
+    start = time.perf_counter()
+    refs = References()
+    tables: dict[str, dict[str, Any]] = {}
+    # Check every file up front: a corrupt file fails the run before anything is computed.
+    for name in schema.INGEST_ORDER:
+        discover(raw_dir, schema.TABLES[name])
+    stage = data_dir / ".ingest-staging"
+    with atomic_dir(stage) as tmp:
+        for name in schema.INGEST_ORDER:
+            table = schema.TABLES[name]
+            t0 = time.perf_counter()
+            counts = ingest_table(table, raw_dir, tmp, refs, rules, cfg.batch_size)
+            refs = _next_refs(refs, table, tmp / "clean" / name)
+            tables[name] = {**counts.__dict__, "seconds": round(time.perf_counter() - t0, 2)}
+            log.info(
+                "%-12s read=%d accepted=%d quarantined=%d duplicates=%d",
+                name, counts.read, counts.accepted, counts.quarantined, counts.duplicates,
+            )
+        (tmp / "quarantine").mkdir(exist_ok=True)
+        (tmp / "_staging").rmdir()
+    replace_dir(stage / "clean", data_dir / "clean")
+    replace_dir(stage / "quarantine", data_dir / "quarantine")
+    stage.rmdir()
+    summary = {
+        "ingested_at": now.isoformat(),
+        "seconds": round(time.perf_counter() - start, 2),
+        "tables": tables,
+        "totals": {k: sum(t[k] for t in tables.values()) for k in ("read", "accepted", "quarantined", "duplicates")},
+    }
+    write_json(data_dir / "ingest_summary.json", summary)
+    return summary
+
+
+def reasons_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """Quarantine reasons per table as a tidy frame (for reports)."""
+    rows = [(t, r, n) for t, c in summary["tables"].items() for r, n in c["reasons"].items()]
+    return pd.DataFrame(rows, columns=["table", "reason", "rows"])
+
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
+
+
+@app.command()
+def main(
+    data_dir: Annotated[Path, typer.Option(help="Data directory holding raw/; clean/ and quarantine/ are written.")],
+    config: Annotated[Path | None, typer.Option(help="YAML config (configs/data.yaml).")] = None,
+) -> None:
+    """Validate raw logs into clean/ and quarantine/ with a row-accounting summary."""
+    from pipelines.runtime import ray_session, setup_logging
+
+    setup_logging()
+    with exit_on_error():
+        cfg = load_config(config, DataConfig)
+        log.info("resolved config:\n%s", dump_config(cfg.ingest))
+        with ray_session():
+            summary = ingest(cfg.ingest, data_dir)
+        log.info("totals: %s (summary in %s)", summary["totals"], data_dir / "ingest_summary.json")
+
+
+if __name__ == "__main__":
+    app()

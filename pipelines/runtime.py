@@ -1,0 +1,54 @@
+"""Process-level plumbing for stage CLIs: logging setup and the Ray connection.
+
+Nothing here runs at import time; each stage's ``main`` calls :func:`setup_logging` and enters
+:func:`ray_session` around its work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps; called by CLIs, never by library code."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None) -> Iterator[None]:
+    """Connect to the Ray cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
+
+    Reuses a connection that is already open (tests share one Ray instance per session) and only shuts
+    down what it started itself.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # A local cluster: workers must import this checkout's packages, as `--working-dir .` gives
+        # a real cluster.
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": path}},
+            log_to_driver=True,
+        )
+    log.info("ray: %s", ray.cluster_resources())
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,397 @@
+"""Row-level validation of raw log batches against the contract (pure pandas/pyarrow, no Ray).
+
+:func:`validate_batch` turns one batch read from Parquet, CSV or JSONL into canonical typed columns plus:
+
+* ``_reason``  — ``None`` for a valid row, else every failed rule joined by ``"; "`` (e.g. ``bad_enum:gender``)
+* ``_raw``     — the row as it was read (JSON), kept for rejected rows only
+* ``_source``  — the file the row came from
+* ``_bucket``  — ``hash(key) % n_buckets``: rows sharing a key meet in one bucket for de-duplication
+* ``_content`` — a hash of the canonical row, to tell exact duplicates from conflicting ones
+
+:func:`dedup_group` then resolves duplicate keys inside one bucket deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines import schema
+from pipelines.schema import Table
+
+N_BUCKETS = 16
+EXTRA_COLUMNS = ("_reason", "_raw", "_source", "_bucket", "_content")
+
+
+def hash_strings(values: Any) -> np.ndarray:
+    """Stable 64-bit hashes of string ids (for compact membership sets of impression ids)."""
+    arr = np.asarray(values, dtype=object)
+    return np.asarray(pd.util.hash_array(arr, categorize=False), dtype=np.uint64)
+
+
+def _sorted_member(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return np.asarray(sorted_ids[pos] == values)
+
+
+@dataclass(frozen=True)
+class References:
+    """Ids of already-ingested tables that later tables may point at (sorted arrays)."""
+
+    user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    post_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    post_created_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    impression_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+
+    def post_created(self, post_ids: np.ndarray) -> np.ndarray:
+        """created_at (ms) of known posts; meaningless where the post is unknown."""
+        if len(self.post_ids) == 0:
+            return np.zeros(len(post_ids), np.int64)
+        pos = np.minimum(np.searchsorted(self.post_ids, post_ids), len(self.post_ids) - 1)
+        return np.asarray(self.post_created_ms[pos])
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Bounds every timestamp must fall in (ms since the epoch)."""
+
+    min_ts_ms: int
+    max_ts_ms: int
+
+
+# ------------------------------------------------------------------------------------------ raw → frame
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _frame(batch: pa.Table, fmt: str, table: Table) -> tuple[pd.DataFrame, pd.Series, pd.Series, np.ndarray]:
+    """Canonical-column frame of raw values, the raw text of each row, its source file, and parse failures."""
+    sources = pd.Series(batch.column("path").to_pylist() if "path" in batch.column_names else [""] * batch.num_rows)
+    names = table.schema.names
+    if fmt == "jsonl":
+        lines = batch.column("text").to_pylist()
+        records: list[dict[str, Any]] = []
+        bad = np.zeros(len(lines), dtype=bool)
+        for i, line in enumerate(lines):
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, TypeError):
+                obj = None
+            if not isinstance(obj, dict):
+                bad[i] = True
+                obj = {}
+            records.append(obj)
+        df = pd.DataFrame.from_records(records, columns=names) if records else pd.DataFrame(columns=names)
+        raw = pd.Series(lines, dtype=object)
+        return df.reset_index(drop=True), raw, sources, bad
+    present = [c for c in names if c in batch.column_names]
+    df = batch.select(present).to_pandas(timestamp_as_object=False)
+    for c in names:
+        if c not in df.columns:
+            df[c] = None
+    df = df[list(names)]
+    # Raw text is built lazily, only for rejected rows (see validate_batch).
+    return df.reset_index(drop=True), pd.Series([None] * len(df), dtype=object), sources, np.zeros(len(df), bool)
+
+
+# ------------------------------------------------------------------------------------------- conversion
+def _is_null(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v == ""
+    if isinstance(v, list | tuple | dict | np.ndarray):
+        return False
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _to_int(s: pd.Series, dtype: pa.DataType) -> tuple[pd.Series, np.ndarray]:
+    num = pd.to_numeric(s.where(~s.map(_is_null), None), errors="coerce")
+    info = np.iinfo(dtype.to_pandas_dtype())
+    ok = num.notna() & (num == np.floor(num.fillna(0))) & (num >= info.min) & (num <= info.max)
+    return num.where(ok).astype("Int64"), ok.to_numpy()
+
+
+def _to_float(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    num = pd.to_numeric(s.where(~s.map(_is_null), None), errors="coerce")
+    ok = num.notna() & np.isfinite(num.fillna(0))
+    return num.where(ok).astype("Float64"), ok.to_numpy()
+
+
+def _to_ts_ms(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    if pd.api.types.is_datetime64_any_dtype(s):
+        ts = s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
+    else:
+        vals = s.where(~s.map(_is_null), None)
+        numeric = vals.map(lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+        ts = pd.to_datetime(vals.where(~numeric, None), utc=True, errors="coerce", format="ISO8601")
+    ms = ts.astype("int64", copy=False) if not ts.isna().any() else None
+    if ms is None:
+        out = pd.Series(pd.NA, index=s.index, dtype="Int64")
+        good = ts.notna()
+        out[good] = ts[good].astype("datetime64[ms, UTC]").astype("int64")
+        return out, good.to_numpy()
+    return pd.Series(ts.astype("datetime64[ms, UTC]").astype("int64"), index=s.index).astype("Int64"), np.ones(
+        len(s), bool
+    )
+
+
+def _to_str(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    ok = np.ones(len(s), dtype=bool)
+    out = s.map(lambda v: None if _is_null(v) else (v if isinstance(v, str) else _json_default(v)))
+    return out.astype(object), ok
+
+
+def _parse_list(v: Any) -> list[Any] | None:
+    if isinstance(v, np.ndarray):
+        return list(v.tolist())
+    if isinstance(v, list | tuple):
+        return list(v)
+    if isinstance(v, str):
+        t = v.strip()
+        if t.startswith("["):
+            parsed = json.loads(t)
+            if not isinstance(parsed, list):
+                raise ValueError(v)
+            return parsed
+        return [x for x in t.split("|") if x]
+    raise ValueError(v)
+
+
+def _to_list(s: pd.Series, item: pa.DataType) -> tuple[pd.Series, np.ndarray]:
+    out: list[list[Any] | None] = []
+    ok = np.ones(len(s), dtype=bool)
+    numeric = pa.types.is_floating(item)
+    for i, v in enumerate(s.tolist()):
+        if _is_null(v):
+            out.append(None)
+            continue
+        try:
+            items = _parse_list(v)
+            assert items is not None
+            if numeric:
+                vals = [float(x) for x in items]
+                if not all(math.isfinite(x) for x in vals):
+                    raise ValueError(v)
+                out.append(vals)
+            else:
+                out.append([str(x) for x in items])
+        except (ValueError, TypeError, AssertionError, json.JSONDecodeError):
+            ok[i] = False
+            out.append(None)
+    return pd.Series(out, index=s.index, dtype=object), ok
+
+
+def _convert(df: pd.DataFrame, table: Table) -> tuple[dict[str, pd.Series], list[tuple[np.ndarray, str]]]:
+    cols: dict[str, pd.Series] = {}
+    failures: list[tuple[np.ndarray, str]] = []
+    for f in table.schema:
+        s = df[f.name]
+        present = ~s.map(_is_null).to_numpy()
+        if pa.types.is_integer(f.type):
+            conv, ok = _to_int(s, f.type)
+        elif pa.types.is_floating(f.type):
+            conv, ok = _to_float(s)
+        elif pa.types.is_timestamp(f.type):
+            conv, ok = _to_ts_ms(s)
+        elif pa.types.is_list(f.type):
+            conv, ok = _to_list(s, f.type.value_type)
+        else:
+            conv, ok = _to_str(s)
+        failures.append((present & ~ok, f"bad_type:{f.name}"))
+        if not f.nullable:
+            failures.append((~present, f"missing:{f.name}"))
+        cols[f.name] = conv
+    return cols, failures
+
+
+# ---------------------------------------------------------------------------------------------- rules
+def _rules(
+    name: str, c: dict[str, pd.Series], refs: References, rules: Rules
+) -> list[tuple[np.ndarray, str]]:
+    def arr(col: str, fill: int = 0) -> np.ndarray:
+        return np.asarray(c[col].fillna(fill).to_numpy(dtype=np.int64))
+
+    def notnull(col: str) -> np.ndarray:
+        return np.asarray(c[col].notna().to_numpy(dtype=bool))
+
+    def enum(col: str, allowed: tuple[str, ...]) -> tuple[np.ndarray, str]:
+        return (notnull(col) & ~c[col].isin(allowed).to_numpy(), f"bad_enum:{col}")
+
+    def ts_range(col: str) -> list[tuple[np.ndarray, str]]:
+        v, nn = arr(col), notnull(col)
+        return [(nn & (v < rules.min_ts_ms), f"too_old:{col}"), (nn & (v > rules.max_ts_ms), f"in_future:{col}")]
+
+    def known(col: str, ids: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+        return (notnull(col) & ~_sorted_member(ids, arr(col)), f"unknown_{what}:{col}")
+
+    out: list[tuple[np.ndarray, str]] = []
+    if name == "users":
+        age = arr("age")
+        out += [
+            (notnull("age") & ((age < schema.MIN_AGE) | (age > schema.MAX_AGE)), "out_of_range:age"),
+            enum("gender", schema.GENDERS),
+            *ts_range("joined_at"),
+        ]
+    elif name in ("friendships", "blocks"):
+        a, b = ("user_a", "user_b") if name == "friendships" else ("blocker_id", "blocked_id")
+        out += [
+            (notnull(a) & notnull(b) & (arr(a) == arr(b)), "self_reference"),
+            known(a, refs.user_ids, "user"),
+            known(b, refs.user_ids, "user"),
+            *ts_range("created_at"),
+        ]
+    elif name == "posts":
+        created, deleted = arr("created_at"), arr("deleted_at")
+        topics_len = c["topics"].map(lambda v: len(v) if isinstance(v, list) else 0).to_numpy()
+        text_len = c["text"].map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+        video = (c["modality"] == "video").to_numpy()
+        dur = c["media_duration_s"].fillna(0).to_numpy(dtype=float)
+        out += [
+            known("author_id", refs.user_ids, "user"),
+            enum("modality", schema.MODALITIES),
+            enum("visibility", schema.VISIBILITIES),
+            *ts_range("created_at"),
+            *ts_range("deleted_at"),
+            (notnull("deleted_at") & (deleted < created), "deleted_before_created"),
+            (topics_len > schema.MAX_TOPICS_PER_POST, "out_of_range:topics"),
+            (text_len > schema.MAX_TEXT_CHARS, "out_of_range:text"),
+            (notnull("media_duration_s") & (dur < 0), "out_of_range:media_duration_s"),
+            (video & ~notnull("media_duration_s"), "missing:media_duration_s"),
+        ]
+    elif name == "impressions":
+        post = arr("post_id")
+        known_post = _sorted_member(refs.post_ids, post)
+        out += [
+            known("viewer_id", refs.user_ids, "user"),
+            known("post_id", refs.post_ids, "post"),
+            *ts_range("served_at"),
+            (notnull("position") & (arr("position") < 0), "out_of_range:position"),
+            (known_post & notnull("served_at") & (arr("served_at") < refs.post_created(post)), "before_post_created"),
+        ]
+    elif name == "engagements":
+        post = arr("post_id")
+        known_post = _sorted_member(refs.post_ids, post)
+        is_view = (c["type"] == "view").to_numpy()
+        dwell = arr("dwell_ms", -1)
+        imp = c["impression_id"]
+        has_imp = imp.notna().to_numpy()
+        imp_known = np.ones(len(imp), dtype=bool)
+        if has_imp.any():
+            imp_known[has_imp] = _sorted_member(refs.impression_hashes, hash_strings(imp[has_imp].to_numpy()))
+        out += [
+            known("viewer_id", refs.user_ids, "user"),
+            known("post_id", refs.post_ids, "post"),
+            enum("type", schema.ENGAGEMENT_TYPES),
+            *ts_range("at"),
+            (known_post & notnull("at") & (arr("at") < refs.post_created(post)), "before_post_created"),
+            (is_view & ~notnull("dwell_ms"), "missing:dwell_ms"),
+            (notnull("dwell_ms") & ((dwell < 0) | (dwell > schema.MAX_DWELL_MS)), "out_of_range:dwell_ms"),
+            (has_imp & ~imp_known, "unknown_impression:impression_id"),
+        ]
+    return out
+
+
+# -------------------------------------------------------------------------------------------- entry points
+def _arrow_column(s: pd.Series, f: pa.Field) -> pa.Array:
+    if pa.types.is_timestamp(f.type):
+        return pa.array(s.to_numpy(dtype="float64", na_value=np.nan), pa.float64(), from_pandas=True).cast(
+            pa.int64()
+        ).cast(f.type)
+    if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+        return pa.array(s.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True).cast(f.type, safe=False)
+    return pa.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in s.tolist()], f.type)
+
+
+def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, rules: Rules) -> pa.Table:
+    """Canonical columns (all nullable) plus the ``_``-prefixed bookkeeping columns; see module doc."""
+    df, raw, sources, unparsable = _frame(batch, fmt, table)
+    n = len(df)
+    cols, failures = _convert(df, table)
+    failures.insert(0, (unparsable, "bad_json"))
+    if table.name == "friendships":  # undirected: store each pair once as (smaller, larger)
+        a, b = cols["user_a"], cols["user_b"]
+        swap = (a > b).fillna(False).to_numpy(dtype=bool)
+        cols["user_a"], cols["user_b"] = a.where(~swap, b), b.where(~swap, a)
+    failures += _rules(table.name, cols, refs, rules)
+    reason = np.full(n, None, dtype=object)
+    for mask, why in failures:
+        idx = np.flatnonzero(mask)
+        for i in idx:
+            reason[i] = why if reason[i] is None else f"{reason[i]}; {why}"
+    bad = np.array([r is not None for r in reason], dtype=bool)
+    if fmt != "jsonl" and bad.any():
+        raw_rows = df[bad].to_dict(orient="records")
+        raw.iloc[np.flatnonzero(bad)] = [json.dumps(r, default=_json_default) for r in raw_rows]
+    raw[~bad] = None
+    relaxed = pa.schema([f.with_nullable(True) for f in table.schema])
+    arrays = [_arrow_column(cols[f.name], f) for f in relaxed]
+    out = pa.Table.from_arrays(arrays, schema=relaxed)
+    key_frame = pd.DataFrame({k: cols[k] for k in table.key}).astype(object).fillna("")
+    bucket = pd.util.hash_pandas_object(key_frame, index=False).to_numpy() % N_BUCKETS
+    content_frame = pd.DataFrame({k: cols[k].astype(str) for k in table.schema.names})
+    content = pd.util.hash_pandas_object(content_frame, index=False).to_numpy()
+    return (
+        out.append_column("_reason", pa.array(reason, pa.string()))
+        .append_column("_raw", pa.array(raw.tolist(), pa.string()))
+        .append_column("_source", pa.array(sources.tolist(), pa.string()))
+        .append_column("_bucket", pa.array(bucket.astype(np.int64)))
+        .append_column("_content", pa.array(content.view(np.int64)))
+    )
+
+
+STATUSES = ("accepted", "quarantined", "duplicate")
+
+
+def dedup_group(group: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """Decide every row of one bucket: adds ``_status`` (one of :data:`STATUSES`).
+
+    Rejected rows stay ``quarantined``. Among valid rows sharing a key, the one with the smallest content
+    hash is ``accepted`` (so the result does not depend on read order), exact copies of it are
+    ``duplicate``, and rows with the same key but other content are ``quarantined`` with the reason
+    ``conflicting_duplicate``.
+    """
+    rejected = np.asarray(group.column("_reason").is_valid())
+    frame = pd.DataFrame({k: group.column(k).to_pandas() for k in key})
+    frame["_content"] = group.column("_content").to_numpy()
+    frame["_row"] = np.arange(group.num_rows)
+    valid = frame[~rejected].sort_values([*key, "_content"], kind="stable")
+    dup_key = valid.duplicated(subset=list(key), keep="first").to_numpy()
+    dup_exact = valid.duplicated(subset=[*key, "_content"], keep="first").to_numpy()
+    status = np.full(group.num_rows, "quarantined", dtype=object)
+    reason = np.asarray(group.column("_reason").to_pylist(), dtype=object)
+    rows = valid["_row"].to_numpy()
+    status[rows] = np.where(dup_exact, "duplicate", np.where(dup_key, "quarantined", "accepted"))
+    conflict = rows[dup_key & ~dup_exact]
+    reason[conflict] = "conflicting_duplicate"
+    group = group.set_column(group.schema.get_field_index("_reason"), "_reason", pa.array(reason, pa.string()))
+    return group.append_column("_status", pa.array(status, pa.string()))
+
+
+def select_status(batch: pa.Table, status: str) -> pa.Table:
+    """Rows of ``batch`` whose ``_status`` is ``status``."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch.column("_status"), status))
+
+
+def to_clean(batch: pa.Table, table: Table) -> pa.Table:
+    """Drop bookkeeping columns and restore the contract's non-null schema (valid rows only)."""
+    cols = [batch.column(f.name).cast(f.type) for f in table.schema]
+    out = pa.Table.from_arrays(cols, schema=table.schema)
+    return out.combine_chunks()
