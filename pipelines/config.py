@@ -84,8 +84,7 @@ class FeaturesConfig(StrictModel):
         2, ge=1, description="Train split: copies of rows with a comment or share (weight 1/copies each)."
     )
     text_dim: int = Field(32, ge=1, le=384, description="Text embedding dims kept (PCA of MiniLM's 384).")
-    encoder_batch_size: int = Field(256, ge=1)
-    topic_slots: int = Field(20, ge=1, description="Viewer topic-affinity vector length (top topics).")
+    encoder_batch_size: int = Field(64, ge=1, description="Texts per MiniLM forward pass.")
     seed: int = Field(0, description="Seed of the sampling hash and the PCA.")
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Features: ``python -m pipelines.features --data-dir D`` turns ``D/clean/`` into ``D/features/`` + ``D/online/``.
+"""Features: ``python -m pipelines.features --data-dir D``: ``D/clean/`` → ``D/features/`` + ``D/online/``.
 
 One training example per impression, point-in-time correct (see :mod:`pipelines.pit`)::
 
@@ -65,6 +65,39 @@ class Catalog:
     post_text_len: np.ndarray
 
 
+def make_catalog(
+    users: pa.Table, posts: pa.Table, vocab: dict[str, dict[str, int]], text_emb: np.ndarray
+) -> Catalog:
+    """Static attributes in code order (users and posts sorted by id); ``text_emb`` is in post-id order."""
+    users_sorted = users.take(pc.sort_indices(users["user_id"]))
+    posts_sorted = posts.take(pc.sort_indices(posts["post_id"]))
+    media_lengths = [len(v) for v in posts_sorted["media_vector"].to_pylist() if v]
+    media_dim = int(pd.Series(media_lengths).mode().iloc[0]) if media_lengths else 1
+    return Catalog(
+        user_age=pc.fill_null(users_sorted["age"], 0).to_numpy().astype(np.int64),
+        user_gender=_codes(users_sorted["gender"].to_pylist(), vocab["gender"]),
+        post_modality=_codes(posts_sorted["modality"].to_pylist(), vocab["modality"]),
+        post_topic_codes=pa.array(
+            [[vocab["topic"].get(t, 0) for t in (ts or ())] for ts in posts_sorted["topics"].to_pylist()],
+            pa.list_(pa.int64()),
+        ),
+        post_text_emb=text_emb,
+        post_media=_fixed(posts_sorted["media_vector"].to_pylist(), media_dim),
+        post_duration=pc.fill_null(posts_sorted["media_duration_s"], 0).to_numpy().astype(np.float32),
+        post_text_len=np.array([len(x) if x else 0 for x in posts_sorted["text"].to_pylist()], np.float32),
+    )
+
+
+def make_vocab(users: pa.Table, posts: pa.Table) -> dict[str, dict[str, int]]:
+    """Vocabularies of the low-cardinality categoricals (code 0 = missing / out of vocabulary)."""
+    return {
+        "city": _vocab(users["city"].to_pylist()),
+        "gender": _vocab(list(schema.GENDERS)),
+        "modality": _vocab(list(schema.MODALITIES)),
+        "topic": _vocab([t for ts in posts["topics"].to_pylist() for t in (ts or ())]),
+    }
+
+
 def _vocab(values: list[Any]) -> dict[str, int]:
     """Sorted distinct non-empty strings → codes 1..n (0 is out-of-vocabulary / missing)."""
     distinct = sorted({v for v in values if isinstance(v, str) and v})
@@ -125,8 +158,11 @@ def attach_labels(imps: pa.Table, eng: pa.Table, cfg: FeaturesConfig) -> pd.Data
         matched = pd.merge_asof(
             unknown,
             df[["impression_id", "viewer_id", "post_id", "t_ms"]].sort_values("t_ms"),
-            on="t_ms", by=["viewer_id", "post_id"], direction="backward",
-            tolerance=cfg.attribution_window_s * 1000, suffixes=("_evt", ""),
+            on="t_ms",
+            by=["viewer_id", "post_id"],
+            direction="backward",
+            tolerance=cfg.attribution_window_s * 1000,
+            suffixes=("_evt", ""),
         )
         matched = matched.drop(columns=["impression_id_evt"])
         e = pd.concat([e[known], matched[e.columns]], ignore_index=True)
@@ -148,7 +184,7 @@ def _sample(df: pd.DataFrame, cfg: FeaturesConfig) -> pd.DataFrame:
     and repeat rows with a comment or share ``rare_upsample`` times (weight 1/copies each), so weighted
     sums stay unbiased estimates over the logged traffic."""
     u = hash_strings((df["impression_id"] + f"#{cfg.seed}").to_numpy()) / np.float64(2**64)
-    positive = df[["click", "like", "comment", "share", "hide"]].to_numpy().any(1)
+    positive: np.ndarray = np.asarray(df[["click", "like", "comment", "share", "hide"]].to_numpy().any(1))
     keep = positive | (u < cfg.negative_keep_rate)
     df = df[keep].copy()
     df["sample_weight"] = np.where(positive[keep], 1.0, 1.0 / cfg.negative_keep_rate).astype(np.float32)
@@ -181,7 +217,9 @@ def build_rows(
     df["sp_author_city"] = np.where(a >= 0, h.user_city[aa], 0)
     df["sp_gender"] = np.where(v >= 0, cat.user_gender[vv], 0)
     age = cat.user_age[vv]
-    df["sp_age_bucket"] = np.where((v >= 0) & (age > 0), np.searchsorted(AGE_BUCKETS, age, side="right") + 1, 0)
+    df["sp_age_bucket"] = np.where(
+        (v >= 0) & (age > 0), np.searchsorted(AGE_BUCKETS, age, side="right") + 1, 0
+    )
     df["sp_modality"] = np.where(p >= 0, cat.post_modality[pp], 0)
     # Dense features, by group.
     dense: dict[str, np.ndarray] = {"ctx_position": np.log1p(df["position"].to_numpy()).astype(np.float32)}
@@ -218,7 +256,13 @@ def _to_arrow(df: pd.DataFrame, vectors: dict[str, np.ndarray], columns: list[st
 
 
 def featurize_day(
-    day: str, splits: dict[str, str], clean: str, out: str, h: pit.History, cat: Catalog, cfg: FeaturesConfig,
+    day: str,
+    splits: dict[str, str],
+    clean: str,
+    out: str,
+    h: pit.History,
+    cat: Catalog,
+    cfg: FeaturesConfig,
     scalar_columns: list[str],
 ) -> dict[str, Any]:
     """Build and write one served_at day's examples; returns row/label counts and train-split moments."""
@@ -249,7 +293,11 @@ def featurize_day(
     if split == "train":
         w = df["sample_weight"].to_numpy(np.float64)
         x = df[dense].to_numpy(np.float64)
-        moments = {"w": float(w.sum()), "s": (w[:, None] * x).sum(0).tolist(), "ss": (w[:, None] * x * x).sum(0).tolist()}
+        moments = {
+            "w": float(w.sum()),
+            "s": (w[:, None] * x).sum(0).tolist(),
+            "ss": (w[:, None] * x * x).sum(0).tolist(),
+        }
     return {
         "day": day,
         "split": split,
@@ -281,10 +329,15 @@ def build_online(
     u = users.take(pa.array(u_order))
     for k, col in user_feats.items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))
-    u = u.append_column("u_topic_share", pa.FixedSizeListArray.from_arrays(pa.array(topic_share.reshape(-1)), topic_share.shape[1]))
+    u = u.append_column(
+        "u_topic_share",
+        pa.FixedSizeListArray.from_arrays(pa.array(topic_share.reshape(-1)), topic_share.shape[1]),
+    )
     for k, col in pit.author_features(h, uc, tu, WEEK).items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))
-    u = u.append_column("city_code", pa.array(h.user_city)).append_column("gender_code", pa.array(cat.user_gender))
+    u = u.append_column("city_code", pa.array(h.user_city)).append_column(
+        "gender_code", pa.array(cat.user_gender)
+    )
     pq.write_table(u, out / "users.parquet")
     posts = tables["posts"].take(pa.array(np.argsort(tables["posts"]["post_id"].to_numpy())))
     pc_ = np.arange(n_p)
@@ -296,16 +349,26 @@ def build_online(
     posts = (
         posts.append_column("modality_code", pa.array(cat.post_modality))
         .append_column("topic_codes", cat.post_topic_codes)
-        .append_column("p_text_emb", pa.FixedSizeListArray.from_arrays(pa.array(cat.post_text_emb.reshape(-1)), cat.post_text_emb.shape[1]))
-        .append_column("p_media", pa.FixedSizeListArray.from_arrays(pa.array(cat.post_media.reshape(-1)), cat.post_media.shape[1]))
+        .append_column(
+            "p_text_emb",
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(cat.post_text_emb.reshape(-1)), cat.post_text_emb.shape[1]
+            ),
+        )
+        .append_column(
+            "p_media",
+            pa.FixedSizeListArray.from_arrays(pa.array(cat.post_media.reshape(-1)), cat.post_media.shape[1]),
+        )
     )
     pq.write_table(posts, out / "posts.parquet")
     # Pairs with any history: impressions or actions between viewer and author.
     keys = np.unique(np.concatenate([h.imps_by_pair.combo // h.span, h.actions_by_pair.combo // h.span]))
     pv, pa_ = keys // n_u, keys % n_u
     pair = pit.pair_features(h, pv, pa_, np.full(len(keys), as_of_s, np.int64))
-    pairs = pa.table({"viewer_id": pa.array(h.users.ids[pv]), "author_id": pa.array(h.users.ids[pa_])}
-                     | {k: pa.array(c.astype(np.float32)) for k, c in pair.items()})
+    pairs = pa.table(
+        {"viewer_id": pa.array(h.users.ids[pv]), "author_id": pa.array(h.users.ids[pa_])}
+        | {k: pa.array(c.astype(np.float32)) for k, c in pair.items()}
+    )
     pq.write_table(pairs, out / "user_author.parquet")
     pq.write_table(tables["friendships"], out / "friendships.parquet")
     pq.write_table(tables["blocks"], out / "blocks.parquet")
@@ -320,8 +383,12 @@ def build_online(
         ),
         out / "recent_actions.parquet",
     )
-    return {"users": u.num_rows, "posts": posts.num_rows, "user_author": pairs.num_rows,
-            "recent_actions": int(recent.sum())}
+    return {
+        "users": u.num_rows,
+        "posts": posts.num_rows,
+        "user_author": pairs.num_rows,
+        "recent_actions": int(recent.sum()),
+    }
 
 
 # -------------------------------------------------------------------------------------------------- stage
@@ -353,55 +420,46 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
     blocks = _read_clean(clean, "blocks")
     posts = _read_clean(clean, "posts")
     imp_hist = _read_clean(clean, "impressions", ["viewer_id", "post_id", "served_at"])
-    actions = _read_clean(clean, "engagements", ["viewer_id", "post_id", "type", "at"], pc.field("type") != "view")
+    actions = _read_clean(
+        clean, "engagements", ["viewer_id", "post_id", "type", "at"], pc.field("type") != "view"
+    )
     days = sorted(p.name.split("=", 1)[1] for p in (clean / "impressions").glob("date=*"))
     splits = assign_splits(days, cfg)
-    topic_vocab = _vocab([t for ts in posts["topics"].to_pylist() for t in (ts or ())])
-    city_vocab = _vocab(users["city"].to_pylist())
-    vocab = {
-        "city": city_vocab,
-        "gender": _vocab(list(schema.GENDERS)),
-        "modality": _vocab(list(schema.MODALITIES)),
-        "topic": topic_vocab,
-    }
-    h = pit.build_history(users, friendships, posts, imp_hist, actions, topic_vocab, city_vocab)
+    vocab = make_vocab(users, posts)
+    topic_vocab = vocab["topic"]
+    h = pit.build_history(users, friendships, posts, imp_hist, actions, topic_vocab, vocab["city"])
     del imp_hist
     # Text embeddings: MiniLM in a Ray Data actor, then PCA.
     t0 = time.perf_counter()
-    p_order = np.argsort(posts["post_id"].to_numpy())
-    posts_sorted = posts.take(pa.array(p_order))
+    posts_sorted = posts.take(pc.sort_indices(posts["post_id"]))
     texts = ray.data.from_arrow(posts_sorted.select(["post_id", "text"]))
-    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    threads = max(1, min(int(ray.cluster_resources().get("CPU", 1)), 4))
     embedded = texts.map_batches(
-        TextEncoder, fn_constructor_kwargs={"batch_size": cfg.encoder_batch_size}, batch_size=1024,
-        batch_format="numpy", concurrency=1, num_cpus=min(n_cpus, 2),
+        TextEncoder,
+        fn_constructor_kwargs={"batch_size": cfg.encoder_batch_size, "threads": threads},
+        batch_size=2048,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=threads,
     ).to_arrow_refs()
     enc = pa.concat_tables(ray.get(embedded)) if embedded else pa.table({"post_id": [], "text_emb_full": []})
     enc = enc.take(pc.sort_indices(enc["post_id"]))
-    full = np.asarray(enc["text_emb_full"].to_pylist(), dtype=np.float32).reshape(-1, 384) if enc.num_rows else np.zeros((0, 384), np.float32)
+    full = (
+        np.asarray(enc["text_emb_full"].to_pylist(), dtype=np.float32).reshape(-1, 384)
+        if enc.num_rows
+        else np.zeros((0, 384), np.float32)
+    )
     projection = Projection.fit(full, cfg.text_dim, cfg.seed)
     text_emb = projection(full) if len(full) else np.zeros((0, cfg.text_dim), np.float32)
     encode_s = time.perf_counter() - t0
-    media_lengths = [len(v) for v in posts_sorted["media_vector"].to_pylist() if v]
-    media_dim = int(pd.Series(media_lengths).mode().iloc[0]) if media_lengths else 1
-    users_sorted = users.take(pa.array(np.argsort(users["user_id"].to_numpy())))
-    topic_codes = pa.array(
-        [[topic_vocab.get(t, 0) for t in (ts or ())] for ts in posts_sorted["topics"].to_pylist()],
-        pa.list_(pa.int64()),
-    )
-    cat = Catalog(
-        user_age=pc.fill_null(users_sorted["age"], 0).to_numpy().astype(np.int64),
-        user_gender=_codes(users_sorted["gender"].to_pylist(), vocab["gender"]),
-        post_modality=_codes(posts_sorted["modality"].to_pylist(), vocab["modality"]),
-        post_topic_codes=topic_codes,
-        post_text_emb=text_emb,
-        post_media=_fixed(posts_sorted["media_vector"].to_pylist(), media_dim),
-        post_duration=pc.fill_null(posts_sorted["media_duration_s"], 0).to_numpy().astype(np.float32),
-        post_text_len=np.array([len(x) if x else 0 for x in posts_sorted["text"].to_pylist()], np.float32),
-    )
+    cat = make_catalog(users, posts, vocab, text_emb)
     # Column order of every features file, decided once from a zero-row dry run.
     probe_df, probe_vec = build_rows(
-        h, cat, _read_clean(clean, "impressions").slice(0, 0), _read_clean(clean, "engagements").slice(0, 0), cfg
+        h,
+        cat,
+        _read_clean(clean, "impressions").slice(0, 0),
+        _read_clean(clean, "engagements").slice(0, 0),
+        cfg,
     )
     dense_cols = [c for c in probe_df.columns if c.startswith(DENSE_PREFIXES)]
     id_cols = ["impression_id", "request_id", "viewer_id", "post_id", "author_id", "served_at", "position"]
@@ -429,7 +487,10 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
         ss = np.sum([r["moments"]["ss"] for r in results if r["moments"]], axis=0)
         mean = s / max(w, 1e-9)
         std = np.sqrt(np.maximum(ss / max(w, 1e-9) - mean**2, 0))
-        stats = {c: {"mean": float(m), "std": float(max(sd, 1e-6))} for c, m, sd in zip(dense_cols, mean, std, strict=True)}
+        stats = {
+            c: {"mean": float(m), "std": float(max(sd, 1e-6))}
+            for c, m, sd in zip(dense_cols, mean, std, strict=True)
+        }
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "vocab.json", vocab)
         projection.save(tmp / "text_pca.npz")
@@ -437,7 +498,9 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
             pa.table(
                 {
                     "post_id": posts_sorted["post_id"],
-                    "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text_emb.reshape(-1)), cfg.text_dim),
+                    "text_emb": pa.FixedSizeListArray.from_arrays(
+                        pa.array(text_emb.reshape(-1)), cfg.text_dim
+                    ),
                     "text_emb_full": pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), 384),
                 }
             ),
@@ -445,14 +508,16 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
         )
         split_rows: dict[str, dict[str, Any]] = {}
         for r in results:
-            sr = split_rows.setdefault(r["split"], {"days": [], "rows": 0, "impressions": 0, "weight": 0.0, "positives": {}})
+            sr = split_rows.setdefault(
+                r["split"], {"days": [], "rows": 0, "impressions": 0, "weight": 0.0, "positives": {}}
+            )
             sr["days"].append(r["day"])
             sr["rows"] += r["rows"]
             sr["impressions"] += r["impressions"]
             sr["weight"] += r["weight"]
             for k, v in r["weighted_positives"].items():
                 sr["positives"][k] = sr["positives"].get(k, 0.0) + v
-        manifest = {
+        manifest: dict[str, Any] = {
             "created_at": dt.datetime.now(dt.UTC).isoformat(),
             "config": cfg.model_dump(mode="json"),
             "columns": {
@@ -470,10 +535,17 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
             "seconds": {"text_encoder": round(encode_s, 2), "total": round(time.perf_counter() - t_start, 2)},
         }
         write_json(tmp / "manifest.json", manifest)
-    as_of_s = int(max(h.pos_t.max(initial=0), h.post_created.max(initial=0), h.imps_by_post.t.max(initial=0))) + 1
+    as_of_s = (
+        int(max(h.pos_t.max(initial=0), h.post_created.max(initial=0), h.imps_by_post.t.max(initial=0))) + 1
+    )
     with atomic_dir(data_dir / "online") as tmp_online:
         online_counts = build_online(
-            h, cat, {"users": users, "posts": posts, "friendships": friendships, "blocks": blocks}, as_of_s, cfg, tmp_online
+            h,
+            cat,
+            {"users": users, "posts": posts, "friendships": friendships, "blocks": blocks},
+            as_of_s,
+            cfg,
+            tmp_online,
         )
         write_json(
             tmp_online / "manifest.json",
@@ -523,7 +595,9 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
 @app.command()
 def main(
-    data_dir: Annotated[Path, typer.Option(help="Data directory holding clean/; features/ and online/ are written.")],
+    data_dir: Annotated[
+        Path, typer.Option(help="Data directory holding clean/; features/ and online/ are written.")
+    ],
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/data.yaml).")] = None,
 ) -> None:
     """Build point-in-time training examples and the online feature snapshot."""
@@ -533,6 +607,8 @@ def main(
     with exit_on_error():
         cfg = load_config(config, DataConfig)
         log.info("resolved config:\n%s", dump_config(cfg.features))
+        for name in schema.TABLES:
+            _read_clean(data_dir / "clean", name, columns=[])
         with ray_session():
             manifest = features(cfg.features, data_dir)
         log.info("splits: %s", {k: v["rows"] for k, v in manifest["splits"].items()})

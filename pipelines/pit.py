@@ -90,8 +90,9 @@ class EventIndex:
     def last(self, keys: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Time of the key's latest event before ``t``; ``-1`` when there is none."""
         lo, hi = self._bounds(keys, t, None)
-        has = hi > lo
-        return np.where(has, self.t[np.maximum(hi - 1, 0)], -1)
+        if len(self.t) == 0:
+            return np.full(len(lo), -1, np.int64)
+        return np.where(hi > lo, self.t[np.maximum(hi - 1, 0)], -1)
 
 
 @dataclass
@@ -160,7 +161,11 @@ def build_history(
     """Index the clean tables. ``impressions`` needs viewer_id, post_id, served_at; ``actions`` is the
     engagements without views (viewer_id, post_id, type, at)."""
     columns = (
-        users["joined_at"], friendships["created_at"], posts["created_at"], impressions["served_at"], actions["at"]
+        users["joined_at"],
+        friendships["created_at"],
+        posts["created_at"],
+        impressions["served_at"],
+        actions["at"],
     )
     times = [pc.cast(c, schema.TS) for c in columns if len(c)]
     t_min = min(pc.min(c).value for c in times) if times else 0
@@ -205,10 +210,20 @@ def build_history(
     positive = np.isin(atype, [ACTION_CODE[a] for a in POSITIVE_ACTIONS]) & (ap >= 0) & (av >= 0)
     pos_order = np.lexsort((at[positive], ap[positive]))
     return History(
-        t0=t0, span=span, users=users_c, posts=posts_c, n_topics=n_t,
-        post_author=author, post_created=created, post_topics=topics,
-        user_city=city, user_school=school, user_work=work, user_joined=joined,
-        friend_keys=fkeys[order], friend_since=since[order],
+        t0=t0,
+        span=span,
+        users=users_c,
+        posts=posts_c,
+        n_topics=n_t,
+        post_author=author,
+        post_created=created,
+        post_topics=topics,
+        user_city=city,
+        user_school=school,
+        user_work=work,
+        user_joined=joined,
+        friend_keys=fkeys[order],
+        friend_since=since[order],
         friends_of=EventIndex(src, since, span),
         posts_by_author=EventIndex(author, created, span),
         actions_by_post_type=EventIndex(np.where((ap >= 0) & (atype >= 0), ap * 8 + atype, -1), at, span),
@@ -219,7 +234,9 @@ def build_history(
         imps_by_viewer=EventIndex(iv, it, span),
         imps_by_author=EventIndex(ia, it, span),
         imps_by_pair=EventIndex(np.where((iv >= 0) & (ia >= 0), iv * n_u + ia, -1), it, span),
-        pos_post=ap[positive][pos_order], pos_user=av[positive][pos_order], pos_t=at[positive][pos_order],
+        pos_post=ap[positive][pos_order],
+        pos_user=av[positive][pos_order],
+        pos_t=at[positive][pos_order],
     )
 
 
@@ -256,9 +273,7 @@ def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[s
     }
 
 
-def post_features(
-    h: History, p: np.ndarray, t: np.ndarray, windows: dict[str, int]
-) -> dict[str, np.ndarray]:
+def post_features(h: History, p: np.ndarray, t: np.ndarray, windows: dict[str, int]) -> dict[str, np.ndarray]:
     """Post age at ``t`` and its engagement counters over each window (overall audience)."""
     created = h.post_created[np.maximum(p, 0)]
     out: dict[str, np.ndarray] = {"p_age_h": np.log1p(np.maximum(t - created, 0) / 3600).astype(np.float32)}
@@ -321,7 +336,9 @@ def friend_counters(
     if lengths.sum() == 0:
         return out
     row = np.repeat(np.arange(n), lengths)
-    idx = np.repeat(lo, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    idx = np.repeat(lo, lengths) + (
+        np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
     engager, at = h.pos_user[idx], h.pos_t[idx]
     since = h.friendship(v[row], engager)
     qt = t[row]

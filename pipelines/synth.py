@@ -22,6 +22,7 @@ chunks run in parallel as Ray tasks that write their own files, so memory does n
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -107,7 +108,9 @@ class World:
 
 
 # --------------------------------------------------------------------------------------------- the world
-def _make_users(cfg: SynthConfig, rng: np.random.Generator, start_s: float) -> tuple[pa.Table, dict[str, Any]]:
+def _make_users(
+    cfg: SynthConfig, rng: np.random.Generator, start_s: float
+) -> tuple[pa.Table, dict[str, Any]]:
     n, t = cfg.users, len(TOPICS)
     city_w = 1.0 / np.arange(1, cfg.cities + 1) ** 0.8
     city = rng.choice(cfg.cities, size=n, p=city_w / city_w.sum())
@@ -115,7 +118,9 @@ def _make_users(cfg: SynthConfig, rng: np.random.Generator, start_s: float) -> t
     gender = rng.choice(len(schema.GENDERS), size=n, p=GENDER_SHARE)
     school = city * cfg.schools_per_city + rng.integers(0, cfg.schools_per_city, size=n)
     has_work = (age >= 23) & (rng.random(n) < 0.8)
-    work = np.where(has_work, city * cfg.workplaces_per_city + rng.integers(0, cfg.workplaces_per_city, n), -1)
+    work = np.where(
+        has_work, city * cfg.workplaces_per_city + rng.integers(0, cfg.workplaces_per_city, n), -1
+    )
     # Interests: sparse personal taste mixed with the taste of one's community.
     n_comm = cfg.cities * cfg.schools_per_city
     comm_taste = rng.dirichlet(np.full(t, 0.5), size=n_comm)
@@ -143,14 +148,24 @@ def _make_users(cfg: SynthConfig, rng: np.random.Generator, start_s: float) -> t
         schema=schema.USERS,
     )
     hidden = dict(
-        city=city, school=school, work=work, interest=interest.astype(np.float32), click_prop=click_prop,
-        like_prop=like_prop, session_rate=session_rate, post_rate=post_rate, joined=joined,
-        user_ids=user_ids, modality_pref=rng.normal(0, 0.5, (n, 3)),
+        city=city,
+        school=school,
+        work=work,
+        interest=interest.astype(np.float32),
+        click_prop=click_prop,
+        like_prop=like_prop,
+        session_rate=session_rate,
+        post_rate=post_rate,
+        joined=joined,
+        user_ids=user_ids,
+        modality_pref=rng.normal(0, 0.5, (n, 3)),
     )
     return users, hidden
 
 
-def _sample_in_groups(rng: np.random.Generator, group: np.ndarray, weight: np.ndarray, of: np.ndarray) -> np.ndarray:
+def _sample_in_groups(
+    rng: np.random.Generator, group: np.ndarray, weight: np.ndarray, of: np.ndarray
+) -> np.ndarray:
     """For each user in ``of``, a user of the same ``group`` drawn proportionally to ``weight``."""
     order = np.argsort(group, kind="stable")
     cum = np.cumsum(weight[order])
@@ -211,7 +226,7 @@ def _make_graph(
         schema=schema.FRIENDSHIPS,
     )
     # Blocks: mostly between strangers of one city, some ending a friendship.
-    n_blocks = int(round(cfg.block_rate * n))
+    n_blocks = round(cfg.block_rate * n)
     from_friends = rng.random(n_blocks) < 0.3
     fe = rng.integers(0, len(a), n_blocks)
     x = np.where(from_friends, a[fe], rng.integers(0, n, n_blocks))
@@ -293,7 +308,9 @@ def _make_posts(
     deleted = np.where(rng.random(p) < cfg.deletion_rate, created + rng.exponential(DAY, p), np.inf)
     centroids = rng.normal(0, 1, (t, cfg.media_dim))
     quality_dir = rng.normal(0, 1, cfg.media_dim) / math.sqrt(cfg.media_dim)
-    media = multi_hot @ centroids + 0.8 * quality[:, None] * quality_dir + rng.normal(0, 0.7, (p, cfg.media_dim))
+    media = (
+        multi_hot @ centroids + 0.8 * quality[:, None] * quality_dir + rng.normal(0, 0.7, (p, cfg.media_dim))
+    )
     texts: list[str | None] = []
     topic_lists: list[list[str]] = []
     for i in range(p):
@@ -314,7 +331,9 @@ def _make_posts(
             "deleted_at": pa.array(
                 np.where(np.isfinite(deleted), deleted * 1000, 0).astype(np.int64), mask=~np.isfinite(deleted)
             ).cast(schema.TS),
-            "media_duration_s": pa.array(np.where(modality == 2, duration, np.nan), pa.float32(), from_pandas=True),
+            "media_duration_s": pa.array(
+                np.where(modality == 2, duration, np.nan), pa.float32(), from_pandas=True
+            ),
             "media_vector": pa.array(
                 [media[i].astype(np.float32) if has_media[i] else None for i in range(p)],
                 pa.list_(pa.float32()),
@@ -325,9 +344,15 @@ def _make_posts(
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.add.at(ptr, author + 1, 1)
     hidden = dict(
-        post_ptr=np.cumsum(ptr), post_ids=post_ids, post_created=created, post_deleted=deleted,
-        post_visibility=visibility, post_modality=modality, post_topics=multi_hot,
-        post_quality=quality, post_duration=duration,
+        post_ptr=np.cumsum(ptr),
+        post_ids=post_ids,
+        post_created=created,
+        post_deleted=deleted,
+        post_visibility=visibility,
+        post_modality=modality,
+        post_topics=multi_hot,
+        post_quality=quality,
+        post_duration=duration,
     )
     return posts, hidden
 
@@ -339,16 +364,26 @@ def build_world(cfg: SynthConfig) -> tuple[World, dict[str, pa.Table]]:
     friendships, blocks, graph = _make_graph(cfg, _rng(cfg.seed, 2), h, start_s)
     posts, ph = _make_posts(cfg, _rng(cfg.seed, 3), h, start_s)
     world = World(
-        start_s=start_s, days=cfg.days, user_ids=h["user_ids"], city=h["city"], interest=h["interest"],
-        click_prop=h["click_prop"], like_prop=h["like_prop"], session_rate=h["session_rate"],
-        modality_pref=h["modality_pref"], **graph, **ph,
+        start_s=start_s,
+        days=cfg.days,
+        user_ids=h["user_ids"],
+        city=h["city"],
+        interest=h["interest"],
+        click_prop=h["click_prop"],
+        like_prop=h["like_prop"],
+        session_rate=h["session_rate"],
+        modality_pref=h["modality_pref"],
+        **graph,
+        **ph,
     )
     tables = {"users": users, "friendships": friendships, "blocks": blocks, "posts": posts}
     return world, tables
 
 
 # ------------------------------------------------------------------------------------------------ sessions
-def _serve_sessions(w: World, cfg: SynthConfig, rng: np.random.Generator, lo: int, hi: int) -> dict[str, np.ndarray]:
+def _serve_sessions(
+    w: World, cfg: SynthConfig, rng: np.random.Generator, lo: int, hi: int
+) -> dict[str, np.ndarray]:
     """Run the logging policy for viewers ``lo..hi-1``: one row per impression."""
     n = len(w.user_ids)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("viewer", "post", "tie", "t", "pos", "req")}
@@ -422,7 +457,9 @@ def _truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     p_hide = _sigmoid(-5.6 - 1.2 * z_int - 0.8 * q - 0.5 * z_tie)
     p_report = _sigmoid(-8.5 - 1.5 * q)
     mod = w.post_modality[p]
-    base_ms = np.select([mod == 0, mod == 1], [3500.0, 2500.0], np.minimum(w.post_duration[p], 30) * 500 + 1500)
+    base_ms = np.select(
+        [mod == 0, mod == 1], [3500.0, 2500.0], np.minimum(w.post_duration[p], 30) * 500 + 1500
+    )
     mu = np.log(base_ms) + 0.5 * z_int + 0.2 * q + 0.2 * z_tie
     mean_view = np.exp(mu + DWELL_SIGMA**2 / 2)
     expected_dwell = mean_view * ((1 - p_click) + p_click * CLICK_DWELL_FACTOR)
@@ -431,8 +468,15 @@ def _truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (thr - mu - math.log(CLICK_DWELL_FACTOR)) / DWELL_SIGMA
     )
     return dict(
-        p_click=p_click, p_like=p_like, p_comment=p_comment, p_share=p_share, p_hide=p_hide,
-        p_report=p_report, expected_dwell_ms=expected_dwell, p_skip=p_skip, mu=mu,
+        p_click=p_click,
+        p_like=p_like,
+        p_comment=p_comment,
+        p_share=p_share,
+        p_hide=p_hide,
+        p_report=p_report,
+        expected_dwell_ms=expected_dwell,
+        p_skip=p_skip,
+        mu=mu,
     )
 
 
@@ -453,7 +497,9 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
     req_ids = np.array([f"req-{chunk:05d}-{r:07d}" for r in s["req"]], dtype=object)
     truth = _truth(w, s)
     clicked = rng.random(m) < truth["p_click"]
-    dwell = np.exp(truth["mu"] + DWELL_SIGMA * rng.standard_normal(m)) * np.where(clicked, CLICK_DWELL_FACTOR, 1)
+    dwell = np.exp(truth["mu"] + DWELL_SIGMA * rng.standard_normal(m)) * np.where(
+        clicked, CLICK_DWELL_FACTOR, 1
+    )
     dwell = np.minimum(np.round(dwell), schema.MAX_DWELL_MS - 1).astype(np.int64)
     view_at = s["t"] + s["pos"] * 2.5 + rng.random(m) * 2
     events: list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]] = [
@@ -506,8 +552,11 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
     )
     truth_table = pa.table(
         {"impression_id": pa.array(imp_ids, pa.string())}
-        | {f.name: pa.array(truth[f.name].astype(np.float32)) for f in schema.TRUTH
-           if f.name not in ("impression_id", "served_at")},
+        | {
+            f.name: pa.array(truth[f.name].astype(np.float32))
+            for f in schema.TRUTH
+            if f.name not in ("impression_id", "served_at")
+        },
         schema=schema.TRUTH.remove(schema.TRUTH.get_field_index("served_at")),
     ).append_column("served_at", _ts(s["t"]))
     write_by_date(impressions, root / "raw" / "impressions", "served_at", part)
@@ -528,7 +577,9 @@ def synth(cfg: SynthConfig, data_dir: Path, progress: bool = True) -> dict[str, 
     world, tables = build_world(cfg)
     log.info(
         "world: %d users, %d friendships, %d blocks, %d posts",
-        tables["users"].num_rows, tables["friendships"].num_rows, tables["blocks"].num_rows,
+        tables["users"].num_rows,
+        tables["friendships"].num_rows,
+        tables["blocks"].num_rows,
         tables["posts"].num_rows,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -539,9 +590,10 @@ def synth(cfg: SynthConfig, data_dir: Path, progress: bool = True) -> dict[str, 
         write_by_date(tables["posts"], tmp / "raw" / "posts", "created_at", "00000")
         world_ref = ray.put(world)
         task = ray.remote(num_cpus=1)(generate_chunk)
-        bounds = list(range(0, cfg.users, cfg.users_per_task)) + [cfg.users]
+        bounds = [*list(range(0, cfg.users, cfg.users_per_task)), cfg.users]
         pending = [
-            task.remote(world_ref, cfg, i, lo, hi, str(tmp)) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))
+            task.remote(world_ref, cfg, i, lo, hi, str(tmp))
+            for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
         ]
         counts = {"impressions": 0, "engagements": 0}
         with tqdm(total=len(pending), desc="synth sessions", unit="chunk", disable=not progress) as bar:
@@ -573,8 +625,8 @@ def main(
     seed: Annotated[int | None, typer.Option(help="Override synth.seed.")] = None,
 ) -> None:
     """Generate a synthetic social network and its interaction logs."""
-    from pipelines.runtime import ray_session, setup_logging
     from pipelines.cli import exit_on_error
+    from pipelines.runtime import ray_session, setup_logging
 
     setup_logging()
     with exit_on_error():

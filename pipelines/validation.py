@@ -2,7 +2,7 @@
 
 :func:`validate_batch` turns one batch read from Parquet, CSV or JSONL into canonical typed columns plus:
 
-* ``_reason``  — ``None`` for a valid row, else every failed rule joined by ``"; "`` (e.g. ``bad_enum:gender``)
+* ``_reason``  — ``None`` for a valid row, else every failed rule joined by ``"; "``, e.g. ``bad_enum:gender``
 * ``_raw``     — the row as it was read (JSON), kept for rejected rows only
 * ``_source``  — the file the row came from
 * ``_bucket``  — ``hash(key) % n_buckets``: rows sharing a key meet in one bucket for de-duplication
@@ -78,7 +78,9 @@ def _json_default(v: Any) -> Any:
 
 def _frame(batch: pa.Table, fmt: str, table: Table) -> tuple[pd.DataFrame, pd.Series, pd.Series, np.ndarray]:
     """Canonical-column frame of raw values, the raw text of each row, its source file, and parse failures."""
-    sources = pd.Series(batch.column("path").to_pylist() if "path" in batch.column_names else [""] * batch.num_rows)
+    sources = pd.Series(
+        batch.column("path").to_pylist() if "path" in batch.column_names else [""] * batch.num_rows
+    )
     names = table.schema.names
     if fmt == "jsonl":
         lines = batch.column("text").to_pylist()
@@ -103,7 +105,12 @@ def _frame(batch: pa.Table, fmt: str, table: Table) -> tuple[pd.DataFrame, pd.Se
             df[c] = None
     df = df[list(names)]
     # Raw text is built lazily, only for rejected rows (see validate_batch).
-    return df.reset_index(drop=True), pd.Series([None] * len(df), dtype=object), sources, np.zeros(len(df), bool)
+    return (
+        df.reset_index(drop=True),
+        pd.Series([None] * len(df), dtype=object),
+        sources,
+        np.zeros(len(df), bool),
+    )
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -146,9 +153,9 @@ def _to_ts_ms(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
         good = ts.notna()
         out[good] = ts[good].astype("datetime64[ms, UTC]").astype("int64")
         return out, good.to_numpy()
-    return pd.Series(ts.astype("datetime64[ms, UTC]").astype("int64"), index=s.index).astype("Int64"), np.ones(
-        len(s), bool
-    )
+    return pd.Series(ts.astype("datetime64[ms, UTC]").astype("int64"), index=s.index).astype(
+        "Int64"
+    ), np.ones(len(s), bool)
 
 
 def _to_str(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -235,7 +242,10 @@ def _rules(
 
     def ts_range(col: str) -> list[tuple[np.ndarray, str]]:
         v, nn = arr(col), notnull(col)
-        return [(nn & (v < rules.min_ts_ms), f"too_old:{col}"), (nn & (v > rules.max_ts_ms), f"in_future:{col}")]
+        return [
+            (nn & (v < rules.min_ts_ms), f"too_old:{col}"),
+            (nn & (v > rules.max_ts_ms), f"in_future:{col}"),
+        ]
 
     def known(col: str, ids: np.ndarray, what: str) -> tuple[np.ndarray, str]:
         return (notnull(col) & ~_sorted_member(ids, arr(col)), f"unknown_{what}:{col}")
@@ -282,7 +292,10 @@ def _rules(
             known("post_id", refs.post_ids, "post"),
             *ts_range("served_at"),
             (notnull("position") & (arr("position") < 0), "out_of_range:position"),
-            (known_post & notnull("served_at") & (arr("served_at") < refs.post_created(post)), "before_post_created"),
+            (
+                known_post & notnull("served_at") & (arr("served_at") < refs.post_created(post)),
+                "before_post_created",
+            ),
         ]
     elif name == "engagements":
         post = arr("post_id")
@@ -310,12 +323,18 @@ def _rules(
 # -------------------------------------------------------------------------------------------- entry points
 def _arrow_column(s: pd.Series, f: pa.Field) -> pa.Array:
     if pa.types.is_timestamp(f.type):
-        return pa.array(s.to_numpy(dtype="float64", na_value=np.nan), pa.float64(), from_pandas=True).cast(
-            pa.int64()
-        ).cast(f.type)
+        return (
+            pa.array(s.to_numpy(dtype="float64", na_value=np.nan), pa.float64(), from_pandas=True)
+            .cast(pa.int64())
+            .cast(f.type)
+        )
     if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
-        return pa.array(s.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True).cast(f.type, safe=False)
-    return pa.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in s.tolist()], f.type)
+        return pa.array(s.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True).cast(
+            f.type, safe=False
+        )
+    return pa.array(
+        [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in s.tolist()], f.type
+    )
 
 
 def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, rules: Rules) -> pa.Table:
@@ -323,7 +342,6 @@ def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, ru
     df, raw, sources, unparsable = _frame(batch, fmt, table)
     n = len(df)
     cols, failures = _convert(df, table)
-    failures.insert(0, (unparsable, "bad_json"))
     if table.name == "friendships":  # undirected: store each pair once as (smaller, larger)
         a, b = cols["user_a"], cols["user_b"]
         swap = (a > b).fillna(False).to_numpy(dtype=bool)
@@ -334,6 +352,7 @@ def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, ru
         idx = np.flatnonzero(mask)
         for i in idx:
             reason[i] = why if reason[i] is None else f"{reason[i]}; {why}"
+    reason[unparsable] = "bad_json"  # nothing else about a line that is not a JSON object is meaningful
     bad = np.array([r is not None for r in reason], dtype=bool)
     if fmt != "jsonl" and bad.any():
         raw_rows = df[bad].to_dict(orient="records")
@@ -379,7 +398,9 @@ def dedup_group(group: pa.Table, key: tuple[str, ...]) -> pa.Table:
     status[rows] = np.where(dup_exact, "duplicate", np.where(dup_key, "quarantined", "accepted"))
     conflict = rows[dup_key & ~dup_exact]
     reason[conflict] = "conflicting_duplicate"
-    group = group.set_column(group.schema.get_field_index("_reason"), "_reason", pa.array(reason, pa.string()))
+    group = group.set_column(
+        group.schema.get_field_index("_reason"), "_reason", pa.array(reason, pa.string())
+    )
     return group.append_column("_status", pa.array(status, pa.string()))
 
 

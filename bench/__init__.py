@@ -1,0 +1,1 @@
+"""Benchmarks: figures for bench/RESULTS.md (`make bench`)."""

@@ -1,0 +1,62 @@
+"""Typed configs: unknown keys and wrong types are errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, DataConfig, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_config_is_valid_and_matches_defaults() -> None:
+    cfg = load_config(REPO / "configs" / "data.yaml", DataConfig)
+    assert cfg.synth.users == 2000
+    assert cfg.features.windows == {"1h": 3600, "1d": 86400, "7d": 604800}
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("synth:\n  userz: 10\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: synth\.userz: Extra inputs are not permitted"):
+        load_config(p, DataConfig)
+
+
+def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("features:\n  negative_keep_rate: lots\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: features\.negative_keep_rate"):
+        load_config(p, DataConfig)
+
+
+def test_string_numbers_are_not_silently_accepted_for_bounds(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("features:\n  negative_keep_rate: 0\n")
+    with pytest.raises(ConfigError, match="greater than 0"):
+        load_config(p, DataConfig)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p, DataConfig)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml", DataConfig)
+
+
+def test_overrides_are_validated_too() -> None:
+    assert load_config(None, DataConfig, {"synth.users": 50}).synth.users == 50
+    with pytest.raises(ConfigError, match=r"synth\.users"):
+        load_config(None, DataConfig, {"synth.users": -1})
+    with pytest.raises(ConfigError, match="mean_degree"):
+        load_config(None, DataConfig, {"synth.users": 20, "synth.mean_degree": 40.0})
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, DataConfig, {"synth.seed": 7})
+    p = tmp_path / "dumped.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p, DataConfig) == cfg

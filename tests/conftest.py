@@ -1,0 +1,74 @@
+"""Shared fixtures: one Ray instance for the whole session and one tiny synthetic world built once.
+
+Tests that modify data copy what they need into their own ``tmp_path``; the session world is read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import DataConfig, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {"synth.users": 120, "synth.days": 4, "synth.users_per_task": 60, "synth.mean_degree": 15.0}
+
+
+def tiny_config() -> DataConfig:
+    """The embedded defaults shrunk to a world that builds in seconds."""
+    return load_config(REPO / "configs" / "data.yaml", DataConfig, TINY)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """Start Ray once per test session (starting it costs seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        object_store_memory=1_000_000_000,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def raw_world(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Path:
+    """A tiny synthetic network: ``raw/`` and ``truth/`` (read-only; copy before changing)."""
+    from pipelines.synth import synth
+
+    d = tmp_path_factory.mktemp("world")
+    synth(tiny_config().synth, d, progress=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def built_world(tmp_path_factory: pytest.TempPathFactory, raw_world: Path) -> Path:
+    """``raw_world`` ingested and featurized: raw/, clean/, quarantine/, features/, online/ (read-only)."""
+    from pipelines.features import features
+    from pipelines.ingest import ingest
+
+    d = tmp_path_factory.mktemp("built")
+    shutil.copytree(raw_world / "raw", d / "raw")
+    shutil.copytree(raw_world / "truth", d / "truth")
+    shutil.copy(raw_world / "synth_summary.json", d / "synth_summary.json")
+    cfg = tiny_config()
+    ingest(cfg.ingest, d)
+    features(cfg.features, d, progress=False)
+    return d
+
+
+def copy_raw(src: Path, dst: Path) -> Path:
+    """A private, writable copy of ``src/raw`` (and its synth summary)."""
+    shutil.copytree(src / "raw", dst / "raw")
+    shutil.copy(src / "synth_summary.json", dst / "synth_summary.json")
+    return dst
