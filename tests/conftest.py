@@ -24,17 +24,18 @@ def tiny_config() -> DataConfig:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """Start Ray once per test session (starting it costs seconds)."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start Ray once per test session (starting it costs seconds); model exports go to a temp cache."""
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    cache = str(tmp_path_factory.mktemp("model-cache"))
+    os.environ["RAY_FEED_CACHE"] = cache
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_FEED_CACHE": cache}},
         object_store_memory=1_000_000_000,
     )
     yield
