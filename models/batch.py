@@ -1,0 +1,140 @@
+"""From feature columns to model inputs: the one collate function training, evaluation and serving share.
+
+A batch arrives as columns (``dict[str, np.ndarray]``, as Ray Data's ``iter_batches(batch_format="numpy")``
+yields them, or as serving assembles them). :class:`FeatureLayout` says which columns are dense, which are
+fixed-length vectors and which are sparse; :class:`SparseEncoder` maps raw sparse values to embedding
+table rows (row 0 = out of vocabulary). :func:`collate` returns a :class:`Batch`.
+
+Example::
+
+    >>> import numpy as np
+    >>> layout = FeatureLayout(dense=("u_age",), vectors={"p_media": 2}, sparse=("sp_viewer", "sp_topics"))
+    >>> enc = SparseEncoder(ids={"sp_viewer": np.array([7, 9])}, codes={"sp_topics": 4})
+    >>> cols = {"u_age": np.array([0.3, 0.5]), "p_media": np.array([[1.0, 0.0], [0.0, 1.0]]),
+    ...         "sp_viewer": np.array([9, 8]), "sp_topics": np.array([np.array([1, 3]), np.array([2])], dtype=object)}
+    >>> b = collate(cols, layout, enc)
+    >>> b.dense.shape, b.sparse["sp_viewer"].values().tolist(), b.sparse["sp_topics"].lengths().tolist()
+    (torch.Size([2, 3]), [2, 0], [2, 1])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchrec import KeyedJaggedTensor
+
+from models.ranker import TASKS
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which input columns feed the model, in order."""
+
+    dense: tuple[str, ...]
+    vectors: dict[str, int]
+    sparse: tuple[str, ...]
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense) + sum(self.vectors.values())
+
+
+@dataclass
+class SparseEncoder:
+    """Raw sparse values → embedding-table rows.
+
+    ``ids``: for high-cardinality id features, the sorted ids seen in training; id ``ids[i]`` → row
+    ``i + 1``, anything else → row 0. ``codes``: for vocabulary-coded features, the table size; codes
+    outside ``[0, size)`` → row 0. Either way row 0 is what a new user, author or post gets.
+    """
+
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def table_rows(self) -> dict[str, int]:
+        rows = {k: len(v) + 1 for k, v in self.ids.items()}
+        rows.update(self.codes)
+        return rows
+
+    def rows(self, name: str, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.int64)
+        if name in self.ids:
+            vocab = self.ids[name]
+            if len(vocab) == 0:
+                return np.zeros(len(values), np.int64)
+            pos = np.minimum(np.searchsorted(vocab, values), len(vocab) - 1)
+            return np.where(vocab[pos] == values, pos + 1, 0)
+        size = self.codes[name]
+        return np.where((values >= 0) & (values < size), values, 0)
+
+
+@dataclass
+class Batch:
+    """Model inputs and, when the columns carry them, labels and sample weights."""
+
+    dense: torch.Tensor  # (B, n_dense) float32
+    sparse: KeyedJaggedTensor
+    labels: dict[str, torch.Tensor]  # task → (B,) float32; dwell in ms
+    weights: torch.Tensor  # (B,)
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+
+def _vectors(column: Any, dim: int, n: int) -> np.ndarray:
+    arr = np.asarray(column)
+    if arr.dtype == object:
+        arr = np.stack([np.asarray(v, dtype=np.float32) for v in column]) if n else np.zeros((0, dim))
+    return arr.reshape(n, dim).astype(np.float32)
+
+
+def collate(
+    columns: dict[str, Any],
+    layout: FeatureLayout,
+    encoder: SparseEncoder,
+    id_dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> Batch:
+    """Columns → :class:`Batch`.
+
+    ``id_dropout`` (training only) sends that share of id values to row 0, so the model learns to score
+    unseen users and posts from content and counters.
+    """
+    first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
+    n = len(columns[first])
+    parts = [np.stack([np.asarray(columns[c], dtype=np.float32) for c in layout.dense], axis=1)] if layout.dense else []
+    parts += [_vectors(columns[name], dim, n) for name, dim in layout.vectors.items()]
+    dense = torch.from_numpy(np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32))
+    values: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for name in layout.sparse:
+        col = columns[name]
+        arr = np.asarray(col)
+        if arr.dtype == object:  # multi-valued (lists)
+            lens = np.array([len(v) for v in col], dtype=np.int64)
+            flat = np.concatenate([np.asarray(v, dtype=np.int64) for v in col]) if lens.sum() else np.zeros(0, np.int64)
+        else:
+            lens = np.ones(n, dtype=np.int64)
+            flat = arr.astype(np.int64)
+        rows = encoder.rows(name, flat)
+        if id_dropout > 0 and name in encoder.ids:
+            gen = rng or np.random.default_rng()
+            rows = np.where(gen.random(len(rows)) < id_dropout, 0, rows)
+        values.append(rows)
+        lengths.append(lens)
+    sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(layout.sparse),
+        values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
+        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int64)),
+    )
+    labels = {}
+    for task in TASKS:
+        col = "dwell_ms" if task == "dwell" else task
+        if col in columns:
+            labels[task] = torch.from_numpy(np.asarray(columns[col], dtype=np.float32))
+    w = columns.get("sample_weight")
+    weights = torch.from_numpy(np.asarray(w, dtype=np.float32)) if w is not None else torch.ones(n)
+    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights)

@@ -1,0 +1,132 @@
+"""The multitask DLRM-style ranker: pure torch + torchrec, no Ray, no I/O.
+
+::
+
+    dense (B, n_dense) ──standardize──► DenseArch (bottom MLP) ──► (B, D) ─┐
+                                                                           ├─► interaction ──► shared MLP ─► heads
+    sparse KJT ──► EmbeddingBagCollection ──► SparseArch ──► (B, F, D) ───┘    dot (DLRM)       (B, H)       click
+                                                                               or DCNv2 cross                like …
+                                                                                                             dwell
+
+One output per task: a logit for the binary tasks (click, like, comment, share, hide, skip) and the
+predicted ``log1p(dwell seconds)`` for dwell. The module is what serving runs; losses live in
+:class:`models.train_wrapper.RankerTrainWrapper`.
+
+The sparse input is a ``KeyedJaggedTensor`` with one key per sparse feature. Values are already table row
+indices (see :class:`models.features.SparseEncoder`): row 0 of every table is the out-of-vocabulary /
+missing bucket, which is how new users and new posts are scored (cold start)::
+
+    keys:     sp_viewer  sp_author  sp_post  …  sp_topics
+    batch 0:  [17]       [4]        [0]         [3, 9]        ← a new post: row 0
+    batch 1:  [2]        [11]       [250]       [5]
+    lengths = [1, 1, 1, 1, 1, 1, …, 2, 1]    (feature-major: all rows of a key, then the next key)
+
+Example::
+
+    >>> import torch
+    >>> from torchrec import KeyedJaggedTensor
+    >>> spec = RankerSpec(sparse={"sp_viewer": 10, "sp_topics": 5}, n_dense=3, embedding_dim=4,
+    ...                   bottom_mlp=(8,), top_mlp=(8,))
+    >>> model = MultiTaskRanker(spec)
+    >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+    ...     keys=["sp_viewer", "sp_topics"], values=torch.tensor([1, 2, 3, 4, 0]),
+    ...     lengths=torch.tensor([1, 1, 2, 1]))
+    >>> out = model(torch.randn(2, 3), kjt)
+    >>> sorted(out), out["click"].shape
+    (['click', 'comment', 'dwell', 'hide', 'like', 'share', 'skip'], torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch, SparseArch
+from torchrec.modules.crossnet import LowRankCrossNet
+from torchrec.modules.mlp import MLP
+
+BINARY_TASKS = ("click", "like", "comment", "share", "hide", "skip")
+REGRESSION_TASKS = ("dwell",)
+TASKS = BINARY_TASKS + REGRESSION_TASKS
+
+
+@dataclass(frozen=True)
+class RankerSpec:
+    """Everything that fixes the ranker's shapes (stored with the model so it can be rebuilt)."""
+
+    sparse: dict[str, int]  # feature → table rows (row 0 = out of vocabulary)
+    n_dense: int
+    embedding_dim: int = 16
+    bottom_mlp: tuple[int, ...] = (64,)
+    top_mlp: tuple[int, ...] = (128, 64)
+    interaction: Literal["dot", "dcn"] = "dot"
+    dcn_layers: int = 2
+    dcn_rank: int = 16
+    mean_pooled: tuple[str, ...] = ("sp_topics",)  # multi-valued features averaged, others summed
+    tasks: tuple[str, ...] = field(default=TASKS)
+
+    def tables(self) -> list[EmbeddingBagConfig]:
+        return [
+            EmbeddingBagConfig(
+                name=f"t_{name}",
+                embedding_dim=self.embedding_dim,
+                num_embeddings=rows,
+                feature_names=[name],
+                pooling=PoolingType.MEAN if name in self.mean_pooled else PoolingType.SUM,
+            )
+            for name, rows in self.sparse.items()
+        ]
+
+
+class MultiTaskRanker(nn.Module):
+    """DLRM with one head per task.
+
+    Args:
+        spec: shapes and architecture choices.
+        device: where the embedding tables are created; ``torch.device("meta")`` lets TorchRec's
+            ``DistributedModelParallel`` materialize only each rank's shards.
+
+    Shapes: ``dense`` (B, n_dense) float; ``sparse`` a KJT with ``spec.sparse`` keys and batch size B;
+    returns ``{task: (B,)}``.
+    """
+
+    def __init__(self, spec: RankerSpec, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        d = spec.embedding_dim
+        self.register_buffer("dense_mean", torch.zeros(spec.n_dense))
+        self.register_buffer("dense_std", torch.ones(spec.n_dense))
+        self.sparse_arch = SparseArch(EmbeddingBagCollection(tables=spec.tables(), device=device))
+        self.dense_arch = DenseArch(spec.n_dense, [*spec.bottom_mlp, d])
+        n_f = len(spec.sparse)
+        if spec.interaction == "dot":
+            self.interaction: nn.Module = InteractionArch(num_sparse_features=n_f)
+            inter_out = d + (n_f + 1) * n_f // 2
+        else:
+            cross = LowRankCrossNet(in_features=(n_f + 1) * d, num_layers=spec.dcn_layers, low_rank=spec.dcn_rank)
+            self.interaction = InteractionDCNArch(num_sparse_features=n_f, crossnet=cross)
+            inter_out = (n_f + 1) * d
+        self.shared = MLP(inter_out, list(spec.top_mlp))
+        self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Dense inputs are standardized inside the model, so serving feeds raw feature values."""
+        self.dense_mean.copy_(mean)
+        self.dense_std.copy_(std.clamp_min(1e-6))
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+        x = self.dense_arch((dense - self.dense_mean) / self.dense_std)
+        emb = self.sparse_arch(sparse)
+        shared = self.shared(self.interaction(x, emb))
+        return {t: head(shared).squeeze(-1) for t, head in self.heads.items()}
+
+
+def probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Binary logits → probabilities; dwell → expected milliseconds."""
+    out = {t: torch.sigmoid(v) for t, v in outputs.items() if t in BINARY_TASKS}
+    if "dwell" in outputs:
+        out["dwell"] = torch.expm1(outputs["dwell"].clamp(min=0)) * 1000.0
+    return out

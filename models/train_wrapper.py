@@ -1,0 +1,104 @@
+"""Training wrapper: losses stay out of the servable :class:`~models.ranker.MultiTaskRanker`.
+
+Per task: binary cross-entropy on the logit (optional ``pos_weight`` for rare positives) and, for dwell, a
+Huber loss on ``log1p(dwell seconds)`` — robust to the heavy tail of long views. Every loss is a
+``sample_weight``-weighted mean, so downsampled negatives count as many times as they stood for.
+Tasks combine with fixed weights or learned ones (homoscedastic uncertainty, Kendall et al. 2018:
+``L = Σ exp(-s_t) L_t + s_t`` with one learned ``s_t`` per task).
+
+Example::
+
+    >>> import torch
+    >>> from torchrec import KeyedJaggedTensor
+    >>> from models.ranker import MultiTaskRanker, RankerSpec
+    >>> model = MultiTaskRanker(RankerSpec(sparse={"sp_viewer": 10}, n_dense=3, embedding_dim=4,
+    ...                                    bottom_mlp=(8,), top_mlp=(8,)))
+    >>> wrapper = RankerTrainWrapper(model, LossConfig())
+    >>> kjt = KeyedJaggedTensor.from_lengths_sync(keys=["sp_viewer"], values=torch.tensor([1, 2]),
+    ...                                            lengths=torch.tensor([1, 1]))
+    >>> labels = {t: torch.tensor([0.0, 1.0]) for t in ("click", "like", "comment", "share", "hide", "skip")}
+    >>> labels["dwell"] = torch.tensor([1200.0, 300.0])
+    >>> loss, (losses, outputs) = wrapper(torch.randn(2, 3), kjt, labels, torch.ones(2))
+    >>> sorted(losses)[:3], loss.ndim
+    (['loss/click', 'loss/comment', 'loss/dwell'], 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from models.ranker import BINARY_TASKS, MultiTaskRanker
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How per-task losses combine."""
+
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "click": 1.0, "like": 1.0, "comment": 1.0, "share": 1.0, "hide": 1.0, "skip": 0.5, "dwell": 0.5,
+        }
+    )
+    pos_weight: dict[str, float] = field(default_factory=dict)  # task → BCE pos_weight
+    learned_weights: bool = False  # uncertainty weighting instead of task_weights
+    huber_delta: float = 1.0
+
+
+def dwell_target(dwell_ms: torch.Tensor) -> torch.Tensor:
+    """The regression target: ``log1p(dwell seconds)``."""
+    return torch.log1p(dwell_ms.clamp(min=0) / 1000.0)
+
+
+class RankerTrainWrapper(nn.Module):
+    """``forward(dense, sparse, labels, weights) -> (loss, (losses, outputs))``.
+
+    ``labels`` maps every task to a (B,) float tensor (dwell in milliseconds); ``weights`` is (B,).
+    ``losses`` has ``loss/<task>`` for each task and ``loss/total``.
+    """
+
+    def __init__(self, model: MultiTaskRanker, config: LossConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        tasks = model.spec.tasks
+        self.log_vars = nn.Parameter(torch.zeros(len(tasks))) if config.learned_weights else None
+        self.register_buffer(
+            "fixed_weights", torch.tensor([config.task_weights.get(t, 1.0) for t in tasks], dtype=torch.float32)
+        )
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        sparse: KeyedJaggedTensor,
+        labels: dict[str, torch.Tensor],
+        weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        outputs = self.model(dense, sparse)
+        norm = weights.sum().clamp_min(1e-9)
+        per_task = []
+        losses: dict[str, torch.Tensor] = {}
+        for task in self.model.spec.tasks:
+            pred = outputs[task]
+            if task in BINARY_TASKS:
+                pw = self.config.pos_weight.get(task)
+                raw = F.binary_cross_entropy_with_logits(
+                    pred, labels[task], reduction="none",
+                    pos_weight=None if pw is None else torch.tensor(pw, dtype=pred.dtype),
+                )
+            else:
+                raw = F.huber_loss(pred, dwell_target(labels[task]), reduction="none", delta=self.config.huber_delta)
+            loss_t = (raw * weights).sum() / norm
+            losses[f"loss/{task}"] = loss_t.detach()
+            per_task.append(loss_t)
+        stacked = torch.stack(per_task)
+        if self.log_vars is not None:
+            total = (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
+        else:
+            total = (self.fixed_weights * stacked).sum()
+        losses["loss/total"] = total.detach()
+        return total, (losses, outputs)
