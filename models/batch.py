@@ -10,8 +10,10 @@ Example::
     >>> import numpy as np
     >>> layout = FeatureLayout(dense=("u_age",), vectors={"p_media": 2}, sparse=("sp_viewer", "sp_topics"))
     >>> enc = SparseEncoder(ids={"sp_viewer": np.array([7, 9])}, codes={"sp_topics": 4})
+    >>> topics = np.empty(2, dtype=object)
+    >>> topics[:] = [np.array([1, 3]), np.array([2])]
     >>> cols = {"u_age": np.array([0.3, 0.5]), "p_media": np.array([[1.0, 0.0], [0.0, 1.0]]),
-    ...         "sp_viewer": np.array([9, 8]), "sp_topics": np.array([np.array([1, 3]), np.array([2])], dtype=object)}
+    ...         "sp_viewer": np.array([9, 8]), "sp_topics": topics}
     >>> b = collate(cols, layout, enc)
     >>> b.dense.shape, b.sparse["sp_viewer"].values().tolist(), b.sparse["sp_topics"].lengths().tolist()
     (torch.Size([2, 3]), [2, 0], [2, 1])
@@ -105,7 +107,11 @@ def collate(
     """
     first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
     n = len(columns[first])
-    parts = [np.stack([np.asarray(columns[c], dtype=np.float32) for c in layout.dense], axis=1)] if layout.dense else []
+    parts = (
+        [np.stack([np.asarray(columns[c], dtype=np.float32) for c in layout.dense], axis=1)]
+        if layout.dense
+        else []
+    )
     parts += [_vectors(columns[name], dim, n) for name, dim in layout.vectors.items()]
     dense = torch.from_numpy(np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32))
     values: list[np.ndarray] = []
@@ -115,7 +121,11 @@ def collate(
         arr = np.asarray(col)
         if arr.dtype == object:  # multi-valued (lists)
             lens = np.array([len(v) for v in col], dtype=np.int64)
-            flat = np.concatenate([np.asarray(v, dtype=np.int64) for v in col]) if lens.sum() else np.zeros(0, np.int64)
+            flat = (
+                np.concatenate([np.asarray(v, dtype=np.int64) for v in col])
+                if lens.sum()
+                else np.zeros(0, np.int64)
+            )
         else:
             lens = np.ones(n, dtype=np.int64)
             flat = arr.astype(np.int64)

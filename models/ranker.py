@@ -2,11 +2,9 @@
 
 ::
 
-    dense (B, n_dense) ──standardize──► DenseArch (bottom MLP) ──► (B, D) ─┐
-                                                                           ├─► interaction ──► shared MLP ─► heads
-    sparse KJT ──► EmbeddingBagCollection ──► SparseArch ──► (B, F, D) ───┘    dot (DLRM)       (B, H)       click
-                                                                               or DCNv2 cross                like …
-                                                                                                             dwell
+    dense (B, n_dense) ─► standardize ─► DenseArch (bottom MLP) ─► (B, D) ──┐
+                                                                          ├─► interaction ─► shared ─► heads
+    sparse KJT ─► EmbeddingBagCollection ─► SparseArch ─► (B, F, D) ──────┘   dot or DCNv2    MLP (B, H)
 
 One output per task: a logit for the binary tasks (click, like, comment, share, hide, skip) and the
 predicted ``log1p(dwell seconds)`` for dwell. The module is what serving runs; losses live in
@@ -82,7 +80,7 @@ class RankerSpec:
 
 
 class MultiTaskRanker(nn.Module):
-    """DLRM with one head per task.
+    """DLRM with one head per task (click, like, comment, share, hide, skip logits; dwell regression).
 
     Args:
         spec: shapes and architecture choices.
@@ -92,6 +90,9 @@ class MultiTaskRanker(nn.Module):
     Shapes: ``dense`` (B, n_dense) float; ``sparse`` a KJT with ``spec.sparse`` keys and batch size B;
     returns ``{task: (B,)}``.
     """
+
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
 
     def __init__(self, spec: RankerSpec, device: torch.device | None = None) -> None:
         super().__init__()
@@ -106,7 +107,9 @@ class MultiTaskRanker(nn.Module):
             self.interaction: nn.Module = InteractionArch(num_sparse_features=n_f)
             inter_out = d + (n_f + 1) * n_f // 2
         else:
-            cross = LowRankCrossNet(in_features=(n_f + 1) * d, num_layers=spec.dcn_layers, low_rank=spec.dcn_rank)
+            cross = LowRankCrossNet(
+                in_features=(n_f + 1) * d, num_layers=spec.dcn_layers, low_rank=spec.dcn_rank
+            )
             self.interaction = InteractionDCNArch(num_sparse_features=n_f, crossnet=cross)
             inter_out = (n_f + 1) * d
         self.shared = MLP(inter_out, list(spec.top_mlp))

@@ -41,7 +41,13 @@ class LossConfig:
 
     task_weights: dict[str, float] = field(
         default_factory=lambda: {
-            "click": 1.0, "like": 1.0, "comment": 1.0, "share": 1.0, "hide": 1.0, "skip": 0.5, "dwell": 0.5,
+            "click": 1.0,
+            "like": 1.0,
+            "comment": 1.0,
+            "share": 1.0,
+            "hide": 1.0,
+            "skip": 0.5,
+            "dwell": 0.5,
         }
     )
     pos_weight: dict[str, float] = field(default_factory=dict)  # task → BCE pos_weight
@@ -61,6 +67,8 @@ class RankerTrainWrapper(nn.Module):
     ``losses`` has ``loss/<task>`` for each task and ``loss/total``.
     """
 
+    fixed_weights: torch.Tensor
+
     def __init__(self, model: MultiTaskRanker, config: LossConfig) -> None:
         super().__init__()
         self.model = model
@@ -68,7 +76,8 @@ class RankerTrainWrapper(nn.Module):
         tasks = model.spec.tasks
         self.log_vars = nn.Parameter(torch.zeros(len(tasks))) if config.learned_weights else None
         self.register_buffer(
-            "fixed_weights", torch.tensor([config.task_weights.get(t, 1.0) for t in tasks], dtype=torch.float32)
+            "fixed_weights",
+            torch.tensor([config.task_weights.get(t, 1.0) for t in tasks], dtype=torch.float32),
         )
 
     def forward(
@@ -87,11 +96,15 @@ class RankerTrainWrapper(nn.Module):
             if task in BINARY_TASKS:
                 pw = self.config.pos_weight.get(task)
                 raw = F.binary_cross_entropy_with_logits(
-                    pred, labels[task], reduction="none",
+                    pred,
+                    labels[task],
+                    reduction="none",
                     pos_weight=None if pw is None else torch.tensor(pw, dtype=pred.dtype),
                 )
             else:
-                raw = F.huber_loss(pred, dwell_target(labels[task]), reduction="none", delta=self.config.huber_delta)
+                raw = F.huber_loss(
+                    pred, dwell_target(labels[task]), reduction="none", delta=self.config.huber_delta
+                )
             loss_t = (raw * weights).sum() / norm
             losses[f"loss/{task}"] = loss_t.detach()
             per_task.append(loss_t)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
@@ -21,9 +23,14 @@ def _columns(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     topics = np.empty(n, dtype=object)
     topics[:] = [rng.integers(1, 6, size=rng.integers(0, 3)) for _ in range(n)]
     cols: dict[str, np.ndarray] = {
-        "x0": x0, "x1": rng.normal(size=n), "v": rng.normal(size=(n, 3)),
-        "sp_viewer": viewer, "sp_post": rng.integers(100, 200, size=n), "sp_topics": topics,
-        "dwell_ms": np.where(click > 0, 8000.0, 1500.0), "sample_weight": np.ones(n),
+        "x0": x0,
+        "x1": rng.normal(size=n),
+        "v": rng.normal(size=(n, 3)),
+        "sp_viewer": viewer,
+        "sp_post": rng.integers(100, 200, size=n),
+        "sp_topics": topics,
+        "dwell_ms": np.where(click > 0, 8000.0, 1500.0),
+        "sample_weight": np.ones(n),
     }
     for t in TASKS:
         if t != "dwell":
@@ -32,13 +39,21 @@ def _columns(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return cols
 
 
-ENCODER = SparseEncoder(ids={"sp_viewer": np.arange(1, 40), "sp_post": np.arange(100, 200)}, codes={"sp_topics": 6})
+ENCODER = SparseEncoder(
+    ids={"sp_viewer": np.arange(1, 40), "sp_post": np.arange(100, 200)}, codes={"sp_topics": 6}
+)
 
 
 @pytest.mark.parametrize("interaction", ["dot", "dcn"])
-def test_forward_shapes(interaction: str) -> None:
-    spec = RankerSpec(sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4,
-                      bottom_mlp=(8,), top_mlp=(16, 8), interaction=interaction)  # type: ignore[arg-type]
+def test_forward_shapes(interaction: Literal["dot", "dcn"]) -> None:
+    spec = RankerSpec(
+        sparse=ENCODER.table_rows(),
+        n_dense=LAYOUT.n_dense,
+        embedding_dim=4,
+        bottom_mlp=(8,),
+        top_mlp=(16, 8),
+        interaction=interaction,
+    )
     batch = collate(_columns(5, np.random.default_rng(0)), LAYOUT, ENCODER)
     out = MultiTaskRanker(spec)(batch.dense, batch.sparse)
     assert set(out) == set(TASKS)
@@ -55,7 +70,9 @@ def test_unknown_ids_go_to_the_oov_row_and_still_score() -> None:
     batch = collate(cols, LAYOUT, ENCODER)
     assert batch.sparse["sp_viewer"].values().tolist()[0] == 0
     assert batch.sparse["sp_post"].values().tolist()[:2] == [0, 0]
-    spec = RankerSpec(sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,))
+    spec = RankerSpec(
+        sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,)
+    )
     out = MultiTaskRanker(spec)(batch.dense, batch.sparse)
     assert torch.isfinite(out["click"]).all()
 
@@ -71,8 +88,13 @@ def test_id_dropout_only_touches_id_features() -> None:
 def test_training_learns_the_toy_problem(learned: bool) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(3)
-    spec = RankerSpec(sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=8,
-                      bottom_mlp=(16,), top_mlp=(32, 16))
+    spec = RankerSpec(
+        sparse=ENCODER.table_rows(),
+        n_dense=LAYOUT.n_dense,
+        embedding_dim=8,
+        bottom_mlp=(16,),
+        top_mlp=(32, 16),
+    )
     wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig(learned_weights=learned))
     opt = torch.optim.Adam(wrapper.parameters(), lr=0.01)
     valid = collate(_columns(500, np.random.default_rng(99)), LAYOUT, ENCODER)
@@ -95,7 +117,9 @@ def test_training_learns_the_toy_problem(learned: bool) -> None:
 
 
 def test_sample_weights_change_the_loss() -> None:
-    spec = RankerSpec(sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,))
+    spec = RankerSpec(
+        sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,)
+    )
     wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig())
     b = collate(_columns(64, np.random.default_rng(4)), LAYOUT, ENCODER)
     base, _ = wrapper(b.dense, b.sparse, b.labels, b.weights)
