@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -102,6 +102,82 @@ class DataConfig(StrictModel):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+
+
+class ModelConfig(StrictModel):
+    """Architecture of the multitask ranker (``models.ranker.RankerSpec``)."""
+
+    embedding_dim: int = Field(16, ge=2)
+    bottom_mlp: list[int] = Field(
+        default_factory=lambda: [64], description="Hidden sizes before the dim-D layer."
+    )
+    top_mlp: list[int] = Field(default_factory=lambda: [128, 64], min_length=1, description="Shared layers.")
+    interaction: Literal["dot", "dcn"] = "dot"
+    dcn_layers: int = Field(2, ge=1)
+    dcn_rank: int = Field(16, ge=1)
+    min_id_count: int = Field(1, ge=1, description="Ids seen fewer times in train share the OOV row.")
+
+
+class LossSettings(StrictModel):
+    """Per-task loss weighting (``models.train_wrapper.LossConfig``)."""
+
+    task_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "click": 1.0,
+            "like": 1.0,
+            "comment": 1.0,
+            "share": 1.0,
+            "hide": 1.0,
+            "skip": 0.5,
+            "dwell": 0.5,
+        }
+    )
+    pos_weight: dict[str, float] = Field(default_factory=dict)
+    learned_weights: bool = False
+    huber_delta: float = Field(1.0, gt=0)
+
+
+class OptimConfig(StrictModel):
+    """Optimizers and batching."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(512, ge=1, description="Per worker.")
+    dense_lr: float = Field(1e-3, gt=0, description="Adam on MLPs and heads.")
+    embedding_lr: float = Field(0.05, gt=0, description="Fused row-wise Adagrad on embedding tables.")
+    id_dropout: float = Field(0.1, ge=0, lt=1, description="Share of ids sent to the OOV row (cold start).")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap for smoke runs.")
+    report_every: int = Field(20, ge=1, description="Steps between progress reports.")
+    seed: int = 0
+
+
+class DistributedConfig(StrictModel):
+    """Where and how training runs; the same code covers CPU/gloo and GPU/nccl."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
+    sharding: Literal["table_wise", "column_wise", "row_wise", "data_parallel"] | None = Field(
+        None, description="None: table_wise on CPU, row_wise on GPU. row_wise needs GPUs."
+    )
+    cpus_per_worker: float = Field(
+        0.5, gt=0, description="CPUs each worker reserves; leave some for Ray Data's read tasks."
+    )
+    max_failures: int = Field(2, ge=-1, description="Worker failures recovered from the last checkpoint.")
+
+
+class TrainConfig(StrictModel):
+    """Root of ``configs/train.yaml``."""
+
+    experiment: str = "feed-ranker"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossSettings = Field(default_factory=LossSettings)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _row_wise_needs_gpu(self) -> TrainConfig:
+        if self.distributed.sharding == "row_wise" and self.distributed.use_gpu is False:
+            raise ValueError("distributed.sharding row_wise needs GPUs (fbgemm has no CPU row-wise kernels)")
+        return self
 
 
 class ConfigError(ValueError):

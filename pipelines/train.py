@@ -1,0 +1,361 @@
+"""Distributed training: ``python -m pipelines.train --config configs/train.yaml --data-dir D``.
+
+::
+
+    D/features/train ──► Ray Data ──► streaming split, one shard per worker
+                                        │  collate() → dense tensor + KeyedJaggedTensor
+    Ray Train TorchTrainer (N workers)  ▼
+        TorchRec DistributedModelParallel(RankerTrainWrapper(MultiTaskRanker))
+          embedding tables sharded by the planner (table/column-wise on CPU+gloo, row-wise on GPU+nccl)
+          fused row-wise Adagrad on the tables, Adam on the dense layers
+        every epoch: validation loss, a checkpoint (each rank its own shards) → resume / failure recovery
+        at the end: shards gathered on rank 0 → an unsharded servable model in the last checkpoint
+
+Runs unchanged under ``ray job submit --working-dir . -- python -m pipelines.train ...`` or with a local
+Ray when no ``RAY_ADDRESS`` is set. torchrec is imported lazily inside the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow.dataset as pads
+import typer
+
+from models.batch import FeatureLayout, SparseEncoder
+from models.ranker import RankerSpec
+from models.train_wrapper import LossConfig
+from pipelines.cli import DataError, exit_on_error
+from pipelines.config import TrainConfig, dump_config, load_config
+from pipelines.features import load_manifest
+
+log = logging.getLogger(__name__)
+
+ID_FEATURES = ("sp_viewer", "sp_author", "sp_post")
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainSetup:
+    """Everything a worker needs besides its data shard (small; shipped in the train-loop config)."""
+
+    spec: RankerSpec
+    layout: FeatureLayout
+    encoder: SparseEncoder
+    loss: LossConfig
+    dense_mean: list[float]
+    dense_std: list[float]
+    config: dict[str, Any]
+
+
+def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
+    """Model shapes, input layout and id vocabularies from ``features/`` (train split only)."""
+    manifest = load_manifest(data_dir)
+    cols = manifest["columns"]
+    stats = json.loads((data_dir / "features" / "stats.json").read_text())
+    layout = FeatureLayout(
+        dense=tuple(cols["dense"]),
+        vectors=dict(cols["vectors"]),
+        sparse=(*cols["sparse_ids"], *cols["sparse_vocab"], *cols["sparse_lists"]),
+    )
+    files = sorted(str(p) for p in (data_dir / "features" / "train").rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{data_dir / 'features' / 'train'}: no training examples (run pipelines.features)")
+    ids_table = pads.dataset(files, format="parquet").to_table(columns=list(ID_FEATURES))
+    ids: dict[str, np.ndarray] = {}
+    for name in ID_FEATURES:
+        values, counts = np.unique(ids_table[name].to_numpy(), return_counts=True)
+        ids[name] = values[counts >= cfg.model.min_id_count].astype(np.int64)
+    codes = {**cols["sparse_vocab"], **cols["sparse_lists"]}
+    encoder = SparseEncoder(ids=ids, codes={k: int(v) for k, v in codes.items()})
+    m = cfg.model
+    spec = RankerSpec(
+        sparse=encoder.table_rows(),
+        n_dense=layout.n_dense,
+        embedding_dim=m.embedding_dim,
+        bottom_mlp=tuple(m.bottom_mlp),
+        top_mlp=tuple(m.top_mlp),
+        interaction=m.interaction,
+        dcn_layers=m.dcn_layers,
+        dcn_rank=m.dcn_rank,
+    )
+    mean = [stats[c]["mean"] for c in layout.dense] + [0.0] * sum(layout.vectors.values())
+    std = [stats[c]["std"] for c in layout.dense] + [1.0] * sum(layout.vectors.values())
+    loss = LossConfig(
+        task_weights=dict(cfg.loss.task_weights),
+        pos_weight=dict(cfg.loss.pos_weight),
+        learned_weights=cfg.loss.learned_weights,
+        huber_delta=cfg.loss.huber_delta,
+    )
+    return TrainSetup(spec, layout, encoder, loss, mean, std, cfg.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------------------- the worker
+def _sharded_model(setup: TrainSetup, world: int, device: Any, sharding: str) -> tuple[Any, Any, Any]:
+    """DistributedModelParallel over the train wrapper, its dense optimizer, and the combined (fused
+    embedding + dense) optimizer that steps both."""
+    import torch
+    import torch.distributed as dist
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    from models.ranker import MultiTaskRanker
+    from models.train_wrapper import RankerTrainWrapper
+
+    cfg = TrainConfig.model_validate(setup.config)
+    model = MultiTaskRanker(setup.spec, device=torch.device("meta"))
+    wrapper = RankerTrainWrapper(model, setup.loss)
+    apply_optimizer_in_backward(
+        RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": cfg.optim.embedding_lr}
+    )
+    constraints = {t.name: ParameterConstraints(sharding_types=[sharding]) for t in setup.spec.tables()}
+    topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    plan = planner.collective_plan(wrapper, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=wrapper, device=device, plan=plan)
+    dmp.module.model.set_standardization(
+        torch.tensor(setup.dense_mean, dtype=torch.float32, device=device),
+        torch.tensor(setup.dense_std, dtype=torch.float32, device=device),
+    )
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
+    )
+    return dmp, dense, CombinedOptimizer([dmp.fused_optimizer, dense])
+
+
+def _gather_full_state(dmp: Any, rank: int) -> dict[str, Any] | None:
+    """Every rank takes part; rank 0 gets the unsharded state dict of the servable ranker."""
+    import torch
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    full: dict[str, Any] = {}
+    for key, value in dmp.state_dict().items():
+        if not key.startswith("model."):
+            continue
+        name = key.removeprefix("model.")
+        if isinstance(value, ShardedTensor):
+            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=out)
+            full[name] = out
+        else:
+            full[name] = value.detach().cpu()
+    return full if rank == 0 else None
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from models.batch import collate
+
+    setup: TrainSetup = loop_config["setup"]
+    cfg = TrainConfig.model_validate(setup.config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = torch.cuda.is_available() and bool(loop_config["use_gpu"])
+    device = torch.device("cuda", ctx.get_local_rank()) if use_gpu else torch.device("cpu")
+    sharding = cfg.distributed.sharding or ("row_wise" if use_gpu else "table_wise")
+    torch.manual_seed(cfg.optim.seed)
+    dmp, dense_optimizer, optimizer = _sharded_model(setup, world, device, sharding)
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / f"rank-{rank}.pt", weights_only=False)
+        dmp.load_state_dict(state["model"])
+        dense_optimizer.init_state()  # Adam creates its state lazily; loading needs it in place
+        dense_optimizer.load_state_dict(state["dense_optimizer"])
+        dmp.fused_optimizer.load_state_dict(state["fused_optimizer"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+    rng = np.random.default_rng(cfg.optim.seed + 1000 * rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    t_report, n_report = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        dmp.train()
+        batches = train_shard.iter_batches(
+            batch_size=cfg.optim.batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.optim.batch_size * 8,
+            local_shuffle_seed=cfg.optim.seed + epoch,
+        )
+        for i, cols in enumerate(batches):
+            if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
+                break
+            b = collate(cols, setup.layout, setup.encoder, id_dropout=cfg.optim.id_dropout, rng=rng)
+            loss, (losses, _) = dmp(
+                b.dense.to(device),
+                b.sparse.to(device),
+                {k: v.to(device) for k, v in b.labels.items()},
+                b.weights.to(device),
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n_report += len(b)
+            if step % cfg.optim.report_every == 0:
+                elapsed = time.perf_counter() - t_report
+                metrics = {k: float(v) for k, v in losses.items()}
+                metrics.update(epoch=epoch, step=step, samples_per_s=n_report * world / max(elapsed, 1e-9))
+                ray.train.report(metrics)
+                t_report, n_report = time.perf_counter(), 0
+        # Validation loss, summed over every rank's shard.
+        dmp.eval()
+        sums = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for cols in valid_shard.iter_batches(
+                batch_size=cfg.optim.batch_size, batch_format="numpy", drop_last=True
+            ):
+                b = collate(cols, setup.layout, setup.encoder)
+                loss, _ = dmp(
+                    b.dense.to(device),
+                    b.sparse.to(device),
+                    {k: v.to(device) for k, v in b.labels.items()},
+                    b.weights.to(device),
+                )
+                sums += torch.tensor([float(loss) * len(b), len(b)], dtype=torch.float64)
+        dist.all_reduce(sums)
+        metrics = {
+            **metrics,
+            "epoch": epoch,
+            "step": step,
+            "valid/loss": float(sums[0]) / max(float(sums[1]), 1.0),
+        }
+        last = epoch == cfg.optim.epochs - 1
+        full = _gather_full_state(dmp, rank) if last else None
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(
+                {
+                    "model": dmp.state_dict(),
+                    "dense_optimizer": dense_optimizer.state_dict(),
+                    "fused_optimizer": dmp.fused_optimizer.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                },
+                Path(tmp) / f"rank-{rank}.pt",
+            )
+            if full is not None:
+                torch.save({"state_dict": full, "setup": setup}, Path(tmp) / MODEL_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# --------------------------------------------------------------------------------------------- the driver
+def train(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Any:
+    """Run the TorchTrainer; returns the Ray Train ``Result`` (its checkpoint holds ``model.pt``)."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    setup = build_setup(data_dir, cfg)
+    columns = [
+        *setup.layout.dense,
+        *setup.layout.vectors,
+        *setup.layout.sparse,
+        "click",
+        "like",
+        "comment",
+        "share",
+        "hide",
+        "skip",
+        "dwell_ms",
+        "sample_weight",
+    ]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.use_datasource_v2 = False
+    datasets = {
+        split: ray.data.read_parquet(str(data_dir / "features" / split), columns=columns, partitioning=None)
+        for split in ("train", "valid")
+    }
+    use_gpu = cfg.distributed.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.distributed.num_workers
+    storage = (data_dir / "train_runs").resolve()
+    name = cfg.experiment
+    if not resume and (storage / name).exists():
+        name = f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer_kwargs: dict[str, Any] = dict(
+        train_loop_config={"setup": setup, "use_gpu": use_gpu},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.distributed.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": cfg.distributed.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    trainer = TorchTrainer(train_loop, **trainer_kwargs)
+    result = trainer.fit()
+    log.info("trained: %s", {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)})
+    return result
+
+
+def load_trained(checkpoint_dir: Path) -> tuple[Any, TrainSetup]:
+    """The unsharded servable ranker and its setup from a final checkpoint folder."""
+    import torch
+
+    from models.ranker import MultiTaskRanker
+
+    payload = torch.load(checkpoint_dir / MODEL_FILE, weights_only=False)
+    setup: TrainSetup = payload["setup"]
+    model = MultiTaskRanker(setup.spec)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), setup
+
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
+
+
+@app.command()
+def main(
+    data_dir: Annotated[Path, typer.Option(help="Data directory holding features/.")],
+    config: Annotated[Path | None, typer.Option(help="YAML config (configs/train.yaml).")] = Path(
+        "configs/train.yaml"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Continue the experiment's last run from its checkpoint.")
+    ] = False,
+) -> None:
+    """Train the multitask ranker with Ray Train + TorchRec."""
+    from pipelines.runtime import ray_session, setup_logging
+
+    setup_logging()
+    with exit_on_error():
+        cfg = load_config(config, TrainConfig)
+        log.info("resolved config:\n%s", dump_config(cfg))
+        load_manifest(data_dir)
+        with ray_session():
+            result = train(cfg, data_dir, resume=resume)
+        log.info("checkpoint: %s", result.checkpoint.path if result.checkpoint else None)
+
+
+if __name__ == "__main__":
+    # Run through the package so pickled classes (TrainSetup) name `pipelines.train`, not `__main__`.
+    from pipelines.train import app as package_app
+
+    package_app()
