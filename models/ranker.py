@@ -46,9 +46,7 @@ from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch,
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 
-BINARY_TASKS = ("click", "like", "comment", "share", "hide", "skip")
-REGRESSION_TASKS = ("dwell",)
-TASKS = BINARY_TASKS + REGRESSION_TASKS
+from models.tasks import BINARY_TASKS, TASKS
 
 
 @dataclass(frozen=True)

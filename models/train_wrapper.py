@@ -32,24 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from models.ranker import BINARY_TASKS, MultiTaskRanker
+from models.ranker import MultiTaskRanker
+from models.tasks import BINARY_TASKS, DEFAULT_TASK_WEIGHTS
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """How per-task losses combine."""
 
-    task_weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "click": 1.0,
-            "like": 1.0,
-            "comment": 1.0,
-            "share": 1.0,
-            "hide": 1.0,
-            "skip": 0.5,
-            "dwell": 0.5,
-        }
-    )
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     pos_weight: dict[str, float] = field(default_factory=dict)  # task → BCE pos_weight
     learned_weights: bool = False  # uncertainty weighting instead of task_weights
     huber_delta: float = 1.0

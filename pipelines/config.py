@@ -19,6 +19,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.tasks import DEFAULT_TASK_WEIGHTS
+
 
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
@@ -121,17 +123,7 @@ class ModelConfig(StrictModel):
 class LossSettings(StrictModel):
     """Per-task loss weighting (``models.train_wrapper.LossConfig``)."""
 
-    task_weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "click": 1.0,
-            "like": 1.0,
-            "comment": 1.0,
-            "share": 1.0,
-            "hide": 1.0,
-            "skip": 0.5,
-            "dwell": 0.5,
-        }
-    )
+    task_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     pos_weight: dict[str, float] = Field(default_factory=dict)
     learned_weights: bool = False
     huber_delta: float = Field(1.0, gt=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -44,16 +44,14 @@ ENCODER = SparseEncoder(
 )
 
 
+def _spec(**overrides: Any) -> RankerSpec:
+    shapes: dict[str, Any] = {"embedding_dim": 4, "bottom_mlp": (8,), "top_mlp": (8,)}
+    return RankerSpec(sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, **(shapes | overrides))
+
+
 @pytest.mark.parametrize("interaction", ["dot", "dcn"])
 def test_forward_shapes(interaction: Literal["dot", "dcn"]) -> None:
-    spec = RankerSpec(
-        sparse=ENCODER.table_rows(),
-        n_dense=LAYOUT.n_dense,
-        embedding_dim=4,
-        bottom_mlp=(8,),
-        top_mlp=(16, 8),
-        interaction=interaction,
-    )
+    spec = _spec(top_mlp=(16, 8), interaction=interaction)
     batch = collate(_columns(5, np.random.default_rng(0)), LAYOUT, ENCODER)
     out = MultiTaskRanker(spec)(batch.dense, batch.sparse)
     assert set(out) == set(TASKS)
@@ -70,9 +68,7 @@ def test_unknown_ids_go_to_the_oov_row_and_still_score() -> None:
     batch = collate(cols, LAYOUT, ENCODER)
     assert batch.sparse["sp_viewer"].values().tolist()[0] == 0
     assert batch.sparse["sp_post"].values().tolist()[:2] == [0, 0]
-    spec = RankerSpec(
-        sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,)
-    )
+    spec = _spec()
     out = MultiTaskRanker(spec)(batch.dense, batch.sparse)
     assert torch.isfinite(out["click"]).all()
 
@@ -88,13 +84,7 @@ def test_id_dropout_only_touches_id_features() -> None:
 def test_training_learns_the_toy_problem(learned: bool) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(3)
-    spec = RankerSpec(
-        sparse=ENCODER.table_rows(),
-        n_dense=LAYOUT.n_dense,
-        embedding_dim=8,
-        bottom_mlp=(16,),
-        top_mlp=(32, 16),
-    )
+    spec = _spec(embedding_dim=8, bottom_mlp=(16,), top_mlp=(32, 16))
     wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig(learned_weights=learned))
     opt = torch.optim.Adam(wrapper.parameters(), lr=0.01)
     valid = collate(_columns(500, np.random.default_rng(99)), LAYOUT, ENCODER)
@@ -117,9 +107,7 @@ def test_training_learns_the_toy_problem(learned: bool) -> None:
 
 
 def test_sample_weights_change_the_loss() -> None:
-    spec = RankerSpec(
-        sparse=ENCODER.table_rows(), n_dense=LAYOUT.n_dense, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,)
-    )
+    spec = _spec()
     wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig())
     b = collate(_columns(64, np.random.default_rng(4)), LAYOUT, ENCODER)
     base, _ = wrapper(b.dense, b.sparse, b.labels, b.weights)
