@@ -3,7 +3,7 @@
 One training example per impression, point-in-time correct (see :mod:`pipelines.pit`)::
 
     clean/ ──► vocabularies, History (compact event index, in the object store)
-          └──► posts ─► Ray Data map_batches(TextEncoder: MiniLM) ─► PCA ─► post embeddings
+          └──► posts ─► TextEncoder Ray actors (MiniLM, ONNX Runtime) ─► PCA ─► post embeddings
     for each served_at day (one Ray task per day, memory bounded by a day):
         impressions of the day + engagements of the day and the attribution window after it
           ─► labels (click, like, comment, share, hide, report, dwell_ms, skip)
@@ -399,13 +399,11 @@ def _text_hashes(posts: pa.Table) -> np.ndarray:
 
 
 def _matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A column of equal-length vectors (list, fixed-size list or Ray tensor) as an (N, dim) float32 array."""
+    """A column of equal-length vectors (list or fixed-size list) as an (N, dim) float32 array."""
     if isinstance(column, pa.ChunkedArray):
         parts = [_matrix(c, dim) for c in column.chunks]
         return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-    storage = column.storage if isinstance(column, pa.ExtensionArray) else column
-    values = storage.flatten() if hasattr(storage, "flatten") else storage.values
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
 def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tuple[np.ndarray, int]:

@@ -5,12 +5,13 @@ For each table, in reference order (users → friendships → blocks → posts �
     raw/<table>/**/*.{parquet,csv,jsonl}
         │  file check (driver): readable? every required column present?   → DataError, exit 2
         ▼
-    Ray Data read ─► map_batches(validate_batch)   types, enums, ranges, timestamps, references
-        ├─ rejected rows ───────────────────────────────► quarantine/<table>/  (raw row + reason + file)
+    Ray Data read ─► map_batches(validate_batch) ─► write_parquet(partition_cols=["_bucket"])
+        │  types, enums, ranges, timestamps, references; bucket = hash(key) % 16 (staging)
         ▼
-    groupby(hash(key) % 16).map_groups(dedup_group)     exact copies dropped, conflicting ids quarantined
+    one Ray task per bucket: dedup_group        exact copies dropped, same key + other content quarantined
+        ├─ rejected rows ─────────────────────► quarantine/<table>/  (raw row + reason + source file)
         ▼
-    clean/<table>/[date=YYYY-MM-DD/]*.parquet           the contract's schema, non-null where required
+    clean/<table>/[date=YYYY-MM-DD/]*.parquet   the contract's schema, non-null where required
 
 Accounting per table, written to ``D/ingest_summary.json``: ``read = accepted + quarantined + duplicates``.
 Everything is written to a hidden staging folder and moved into place only when every table succeeded:

@@ -26,7 +26,6 @@ from pipelines import schema
 from pipelines.schema import Table
 
 N_BUCKETS = 16
-EXTRA_COLUMNS = ("_reason", "_raw", "_source", "_bucket", "_content")
 
 
 def hash_strings(values: Any) -> np.ndarray:
