@@ -493,8 +493,8 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
     probe_df, probe_vec = build_rows(
         h,
         cat,
-        _read_clean(clean, "impressions").slice(0, 0),
-        _read_clean(clean, "engagements").slice(0, 0),
+        schema.IMPRESSIONS.empty_table(),
+        schema.ENGAGEMENTS.empty_table(),
         cfg,
     )
     dense_cols = [c for c in probe_df.columns if c.startswith(DENSE_PREFIXES)]
