@@ -9,6 +9,7 @@ VENV ?= .venv
 GPU ?= 0
 DATA_DIR ?= data/demo
 CONFIG ?= configs/data.yaml
+TRAIN_CONFIG ?= configs/train.yaml
 VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(VARIANT)
@@ -35,7 +36,7 @@ setup: $(STAMP)
 setup-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.demo --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(PY) -m pipelines.demo --config $(CONFIG) --train-config $(TRAIN_CONFIG) --data-dir $(DATA_DIR)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,6 +50,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
+	$(PY) -m bench.train_speed --out bench/RESULTS.md
 
 clean-data:
 	rm -rf data/

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Annotated, Any
 import psutil
 import typer
 
+from bench.report import machine, write_section
 from pipelines.config import DataConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,21 +109,6 @@ def bench_scale(users: int, days: int, data_dir: Path, logs: Path) -> list[dict[
     return rows
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, no GPU"
-    )
-
-
 def render(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "## Data pipeline (issue 2)",
@@ -183,15 +168,7 @@ def main(
         shutil.rmtree(d, ignore_errors=True)
     command = "make bench" if scales == "1,10" else f"python -m bench.data_pipeline --scales {scales}"
     section = render(rows, command)
-    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    marker = "## Data pipeline (issue 2)"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        nxt = rest.find("\n## ")
-        text = head + section + (rest[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text)
+    write_section(out, section)
     print(section)
 
 

@@ -38,6 +38,7 @@ class FeatureLayout:
     dense: tuple[str, ...]
     vectors: dict[str, int]
     sparse: tuple[str, ...]
+    bias: tuple[str, ...] = ()  # training-only bias inputs (logged position); absent at serving
 
     @property
     def n_dense(self) -> int:
@@ -81,6 +82,7 @@ class Batch:
     sparse: KeyedJaggedTensor
     labels: dict[str, torch.Tensor]  # task → (B,) float32; dwell in ms
     weights: torch.Tensor  # (B,)
+    bias: torch.Tensor | None = None  # (B, n_bias) when the columns carry the bias inputs
 
     def __len__(self) -> int:
         return int(self.dense.shape[0])
@@ -144,7 +146,10 @@ def collate(
     for task in TASKS:
         col = "dwell_ms" if task == "dwell" else task
         if col in columns:
-            labels[task] = torch.from_numpy(np.asarray(columns[col], dtype=np.float32))
+            labels[task] = torch.from_numpy(np.array(columns[col], dtype=np.float32))
     w = columns.get("sample_weight")
-    weights = torch.from_numpy(np.asarray(w, dtype=np.float32)) if w is not None else torch.ones(n)
-    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights)
+    weights = torch.from_numpy(np.array(w, dtype=np.float32)) if w is not None else torch.ones(n)
+    bias = None
+    if layout.bias and all(c in columns for c in layout.bias):
+        bias = torch.from_numpy(np.stack([np.asarray(columns[c], np.float32) for c in layout.bias], axis=1))
+    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights, bias=bias)

@@ -63,6 +63,7 @@ class RankerSpec:
     dcn_rank: int = 16
     mean_pooled: tuple[str, ...] = ("sp_topics",)  # multi-valued features averaged, others summed
     tasks: tuple[str, ...] = field(default=TASKS)
+    n_bias: int = 0  # bias-only inputs (logged position): a linear "shallow tower", left out at serving
 
     def tables(self) -> list[EmbeddingBagConfig]:
         return [
@@ -86,7 +87,7 @@ class MultiTaskRanker(nn.Module):
             ``DistributedModelParallel`` materialize only each rank's shards.
 
     Shapes: ``dense`` (B, n_dense) float; ``sparse`` a KJT with ``spec.sparse`` keys and batch size B;
-    returns ``{task: (B,)}``.
+    ``bias`` (B, n_bias) or None; returns ``{task: (B,)}``.
     """
 
     dense_mean: torch.Tensor
@@ -112,17 +113,26 @@ class MultiTaskRanker(nn.Module):
             inter_out = (n_f + 1) * d
         self.shared = MLP(inter_out, list(spec.top_mlp))
         self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
+        # Position bias: learned next to, not inside, the main network, so that serving without it (all
+        # items at the top slot) shifts every item's logit equally instead of changing their order.
+        self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks)) if spec.n_bias else None
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Dense inputs are standardized inside the model, so serving feeds raw feature values."""
         self.dense_mean.copy_(mean)
         self.dense_std.copy_(std.clamp_min(1e-6))
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, dense: torch.Tensor, sparse: KeyedJaggedTensor, bias: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``bias`` (B, n_bias): training-time bias inputs (log position); None at serving."""
         x = self.dense_arch((dense - self.dense_mean) / self.dense_std)
         emb = self.sparse_arch(sparse)
         shared = self.shared(self.interaction(x, emb))
-        return {t: head(shared).squeeze(-1) for t, head in self.heads.items()}
+        logits = torch.cat([head(shared) for head in self.heads.values()], dim=1)  # (B, tasks)
+        if bias is not None and self.bias_tower is not None:
+            logits = logits + self.bias_tower(bias)
+        return {t: logits[:, i] for i, t in enumerate(self.heads)}
 
 
 def probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

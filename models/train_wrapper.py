@@ -77,8 +77,9 @@ class RankerTrainWrapper(nn.Module):
         sparse: KeyedJaggedTensor,
         labels: dict[str, torch.Tensor],
         weights: torch.Tensor,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-        outputs = self.model(dense, sparse)
+        outputs = self.model(dense, sparse, bias)
         norm = weights.sum().clamp_min(1e-9)
         per_task = []
         losses: dict[str, torch.Tensor] = {}

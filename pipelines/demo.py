@@ -1,7 +1,9 @@
 """The main job on embedded defaults: ``python -m pipelines.demo`` (what ``make demo`` runs).
 
-Today it runs the data part end to end on one local Ray instance — synth → ingest → features — and prints
-what each stage produced. Later stages (training, serving) join here as they land.
+On one local Ray instance: synth → ingest → features → train (Ray Train + TorchRec, logged to the embedded
+MLflow store ``D/mlflow.db``) → evaluate against the baselines → register a ``feed-ranker`` version
+(alias ``challenger``) → promote it to ``champion`` if it beats the current one. Prints what each stage
+produced and the offline quality table. Serving joins here when it lands.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.config import DataConfig, dump_config, load_config
+from pipelines.config import DataConfig, TrainConfig, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,31 @@ def report(
     console.print(f"[bold]Data ready in {data_dir}[/bold] ({timing}).")
 
 
+def quality_table(evaluation: Any) -> Table:
+    """The offline quality table: AUC per task, dwell MAE, NDCG@k and MRR for the ranker and baselines."""
+    from models.tasks import BINARY_TASKS
+
+    t = Table(
+        title=f"Offline quality on the test split ({evaluation.rows:,} impressions, "
+        f"{evaluation.requests:,} requests): AUC per task, ranking of each request by the value model",
+        title_justify="left",
+    )
+    t.add_column("scorer")
+    for col in (*BINARY_TASKS, "dwell MAE s", f"NDCG@{evaluation.ndcg_k}", "MRR"):
+        t.add_column(col, justify="right")
+    for name, m in evaluation.models.items():
+        mae = f"{m['dwell_mae_s']:.2f}" if "dwell_mae_s" in m else "–"
+        t.add_row(
+            name,
+            *(f"{m['tasks'][task]['auc']:.3f}" for task in BINARY_TASKS),
+            mae,
+            f"{m[f'ndcg@{evaluation.ndcg_k}']:.3f}",
+            f"{m['mrr']:.3f}",
+            style="bold" if name == "ranker" else None,
+        )
+    return t
+
+
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
 
@@ -86,20 +113,28 @@ def main(
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/data.yaml).")] = Path(
         "configs/data.yaml"
     ),
+    train_config: Annotated[Path | None, typer.Option(help="YAML config (configs/train.yaml).")] = Path(
+        "configs/train.yaml"
+    ),
 ) -> None:
-    """Run synth → ingest → features on a local Ray instance and print what they produced."""
+    """Run the data stages, train, evaluate, register and promote; print what each produced."""
     from pipelines.cli import exit_on_error
     from pipelines.features import features
     from pipelines.ingest import ingest
+    from pipelines.promote import promote
     from pipelines.runtime import ray_session, setup_logging
     from pipelines.synth import synth
+    from pipelines.tracking import tracking_uri
+    from pipelines.train import train_and_publish
 
     setup_logging(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 120)
     with exit_on_error():
         cfg = load_config(config, DataConfig)
+        train_cfg = load_config(train_config, TrainConfig)
         console.rule("resolved config")
         console.print(dump_config(cfg), end="")
+        console.print(dump_config(train_cfg), end="")
         seconds: dict[str, float] = {}
 
         @contextlib.contextmanager
@@ -116,7 +151,22 @@ def main(
                 ingest_summary = ingest(cfg.ingest, data_dir)
             with stage("features"):
                 manifest = features(cfg.features, data_dir)
-        report(console, synth_rows, ingest_summary, manifest, seconds, data_dir)
+            report(console, synth_rows, ingest_summary, manifest, seconds, data_dir)
+            with stage("train"):
+                published = train_and_publish(train_cfg, data_dir)
+        with stage("promote"):
+            decision = promote(data_dir, train_cfg)
+        console.print(quality_table(published.evaluation))
+        verdict = "promoted to champion" if decision.promoted else "not promoted"
+        console.print(
+            f"[bold]{published.model_name} version {published.version}[/bold] (alias challenger) {verdict}: "
+            f"{decision.reason}"
+        )
+        timing = ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
+        console.print(
+            f"Stages: {timing}. Evaluation files and plots: {data_dir / 'evaluation'}; browse runs and the "
+            f"registry with: mlflow ui --backend-store-uri {tracking_uri(data_dir)}"
+        )
 
 
 if __name__ == "__main__":

@@ -226,6 +226,7 @@ def build_rows(
     dense: dict[str, np.ndarray] = {"ctx_position": np.log1p(df["position"].to_numpy()).astype(np.float32)}
     user = pit.user_features(h, v, t, WEEK)
     topic_share = user.pop("u_topic_share")
+    modality_share = user.pop("u_modality_share")
     dense.update(user)
     dense["u_age"] = np.where(age > 0, age, 0).astype(np.float32) / 100.0
     dense.update(pit.post_features(h, p, t, cfg.windows))
@@ -234,6 +235,10 @@ def build_rows(
     dense.update(pit.pair_features(h, v, a, t))
     post_topics = h.post_topics[pp] * (p >= 0)[:, None]
     dense["x_topic_match"] = (topic_share * post_topics).sum(1) / np.maximum(post_topics.sum(1), 1)
+    post_mod = np.where(p >= 0, h.post_modality[pp], -1)
+    dense["x_modality_match"] = np.where(
+        post_mod >= 0, modality_share[np.arange(len(pp)), np.maximum(post_mod, 0)], 0.0
+    )
     dense["p_text_len"] = np.log1p(cat.post_text_len[pp]).astype(np.float32)
     dense["p_media_duration"] = np.log1p(cat.post_duration[pp]).astype(np.float32)
     dense["p_n_topics"] = post_topics.sum(1).astype(np.float32)
@@ -241,6 +246,7 @@ def build_rows(
         df[k] = np.asarray(col, dtype=np.float32)
     vectors = {
         "u_topic_share": topic_share.astype(np.float32),
+        "u_modality_share": modality_share.astype(np.float32),
         "p_text_emb": cat.post_text_emb[pp] * (p >= 0)[:, None],
         "p_media": cat.post_media[pp] * (p >= 0)[:, None],
     }
@@ -326,14 +332,12 @@ def build_online(
     users = tables["users"]
     u_order = np.argsort(users["user_id"].to_numpy())
     user_feats = pit.user_features(h, uc, tu, WEEK)
-    topic_share = user_feats.pop("u_topic_share")
+    profiles = {k: user_feats.pop(k) for k in ("u_topic_share", "u_modality_share")}
     u = users.take(pa.array(u_order))
     for k, col in user_feats.items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))
-    u = u.append_column(
-        "u_topic_share",
-        pa.FixedSizeListArray.from_arrays(pa.array(topic_share.reshape(-1)), topic_share.shape[1]),
-    )
+    for k, mat in profiles.items():
+        u = u.append_column(k, pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1]))
     for k, col in pit.author_features(h, uc, tu, WEEK).items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))
     u = u.append_column("city_code", pa.array(h.user_city)).append_column(

@@ -110,6 +110,7 @@ class History:
     post_author: np.ndarray  # (P,) user code
     post_created: np.ndarray  # (P,) seconds
     post_topics: np.ndarray  # (P, T) multi-hot
+    post_modality: np.ndarray  # (P,) index into schema.MODALITIES, -1 unknown
     user_city: np.ndarray  # (U,) vocab code
     user_school: np.ndarray  # (U,) int code, -1 unknown
     user_work: np.ndarray  # (U,) int code, -1 unknown
@@ -119,7 +120,7 @@ class History:
     friends_of: EventIndex  # key user: friendships by creation time
     posts_by_author: EventIndex
     actions_by_post_type: EventIndex  # key post*8+action
-    actions_by_viewer: EventIndex  # values: topic multi-hot of the post
+    actions_by_viewer: EventIndex  # values: topic multi-hot, then modality one-hot, of the post
     actions_by_author: EventIndex
     actions_by_pair: EventIndex  # key viewer*U+author
     imps_by_post: EventIndex
@@ -190,6 +191,8 @@ def build_history(
     author = users_c(posts["author_id"].to_numpy())[p_order]
     created = secs(posts["created_at"])[p_order]
     topics = topic_multi_hot(posts["topics"], topic_vocab)[p_order]
+    mod_code = {m: i for i, m in enumerate(schema.MODALITIES)}
+    modality = np.array([mod_code.get(m, -1) for m in posts["modality"].to_pylist()], np.int64)[p_order]
     # Friendships, both directions.
     fa, fb = users_c(friendships["user_a"].to_numpy()), users_c(friendships["user_b"].to_numpy())
     fs = secs(friendships["created_at"])
@@ -206,7 +209,9 @@ def build_history(
     aa = np.where(ap >= 0, author[np.maximum(ap, 0)], -1)
     at = secs(actions["at"])
     atype = np.array([ACTION_CODE.get(x, -1) for x in actions["type"].to_pylist()], np.int64)
-    a_topics = topics[np.maximum(ap, 0)] * (ap >= 0)[:, None]
+    a_mod = modality[np.maximum(ap, 0)]
+    a_modality = (a_mod[:, None] == np.arange(len(schema.MODALITIES))[None, :]) & (ap >= 0)[:, None]
+    a_values = np.concatenate([topics[np.maximum(ap, 0)] * (ap >= 0)[:, None], a_modality], axis=1)
     positive = np.isin(atype, [ACTION_CODE[a] for a in POSITIVE_ACTIONS]) & (ap >= 0) & (av >= 0)
     pos_order = np.lexsort((at[positive], ap[positive]))
     return History(
@@ -218,6 +223,7 @@ def build_history(
         post_author=author,
         post_created=created,
         post_topics=topics,
+        post_modality=modality,
         user_city=city,
         user_school=school,
         user_work=work,
@@ -227,7 +233,7 @@ def build_history(
         friends_of=EventIndex(src, since, span),
         posts_by_author=EventIndex(author, created, span),
         actions_by_post_type=EventIndex(np.where((ap >= 0) & (atype >= 0), ap * 8 + atype, -1), at, span),
-        actions_by_viewer=EventIndex(av, at, span, values=a_topics),
+        actions_by_viewer=EventIndex(av, at, span, values=a_values),
         actions_by_author=EventIndex(aa, at, span),
         actions_by_pair=EventIndex(np.where((av >= 0) & (aa >= 0), av * n_u + aa, -1), at, span),
         imps_by_post=EventIndex(ip, it, span),
@@ -257,11 +263,13 @@ def topic_multi_hot(topics: pa.ChunkedArray | pa.Array, vocab: dict[str, int]) -
 
 # ------------------------------------------------------------------------------------------- feature groups
 def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[str, np.ndarray]:
-    """Viewer activity as of ``t`` and the topic profile of what they engaged with."""
+    """Viewer activity as of ``t`` and the topic and modality profiles of what they engaged with."""
     acts = h.actions_by_viewer.count(v, t)
     imps = h.imps_by_viewer.count(v, t)
-    topic_counts = h.actions_by_viewer.total(v, t)
+    totals = h.actions_by_viewer.total(v, t)
+    topic_counts, mod_counts = totals[:, : h.n_topics], totals[:, h.n_topics :]
     topic_share = (topic_counts + 0.1) / (topic_counts.sum(1, keepdims=True) + 0.1 * h.n_topics)
+    mod_share = (mod_counts + 1.0) / (mod_counts.sum(1, keepdims=True) + mod_counts.shape[1])
     joined = h.user_joined[np.maximum(v, 0)]
     return {
         "u_friends": np.log1p(h.friends_of.count(v, t)),
@@ -270,6 +278,7 @@ def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[s
         "u_action_rate": ((acts + 0.5) / (imps + 5.0)).astype(np.float32),
         "u_tenure_days": np.log1p(np.maximum(t - joined, 0) / 86400).astype(np.float32),
         "u_topic_share": topic_share.astype(np.float32),
+        "u_modality_share": mod_share.astype(np.float32),
     }
 
 

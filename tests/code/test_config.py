@@ -60,3 +60,15 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     p = tmp_path / "dumped.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p, DataConfig) == cfg
+
+
+def test_train_config_rejects_unknown_tasks_in_the_value_model(tmp_path: Path) -> None:
+    from pipelines.config import TrainConfig
+
+    assert load_config(REPO / "configs" / "train.yaml", TrainConfig).registry.model_name == "feed-ranker"
+    p = tmp_path / "bad.yaml"
+    p.write_text("evaluate:\n  value_weights: {clik: 1.0}\n")
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: evaluate: Value error, value_weights: unknown tasks \['clik'\]"
+    ):
+        load_config(p, TrainConfig)

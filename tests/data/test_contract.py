@@ -136,7 +136,7 @@ def test_online_store_has_one_row_per_entity(built_world: Path) -> None:
     pairs = pq.read_table(online / "user_author.parquet").to_pandas()
     assert users["user_id"].is_unique and posts["post_id"].is_unique
     assert not pairs[["viewer_id", "author_id"]].duplicated().any()
-    assert {"u_actions_7d", "a_posts_7d", "u_topic_share"} <= set(users.columns)
+    assert {"u_actions_7d", "a_posts_7d", "u_topic_share", "u_modality_share"} <= set(users.columns)
     assert {"p_like_7d", "p_text_emb", "p_media", "visibility", "deleted_at"} <= set(posts.columns)
     assert {"ua_action_rate", "rel_classmates"} <= set(pairs.columns)
     for name in ("friendships", "blocks", "recent_actions"):

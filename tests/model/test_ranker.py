@@ -115,3 +115,26 @@ def test_sample_weights_change_the_loss() -> None:
     w[b.labels["click"] > 0] = 5.0
     weighted, _ = wrapper(b.dense, b.sparse, b.labels, w)
     assert not torch.isclose(base, weighted)
+
+
+def test_position_bias_is_a_uniform_shift_left_out_at_serving() -> None:
+    """The logged position enters only through the shallow bias tower: per task it adds the same amount to
+    every item at a given position, so serving without it (bias=None) cannot reorder items by position."""
+    rng = np.random.default_rng(3)
+    layout = FeatureLayout(dense=LAYOUT.dense, vectors=LAYOUT.vectors, sparse=LAYOUT.sparse, bias=("pos",))
+    cols = _columns(16, rng)
+    cols["pos"] = np.log1p(np.arange(16, dtype=np.float32))
+    model = MultiTaskRanker(_spec(n_bias=1)).eval()
+    b = collate(cols, layout, ENCODER)
+    assert b.bias is not None
+    assert b.bias.shape == (16, 1)
+    with torch.no_grad():
+        served = model(b.dense, b.sparse)
+        logged = model(b.dense, b.sparse, b.bias)
+        tower = model.bias_tower
+        assert tower is not None
+        shift = tower(b.bias)
+    for i, task in enumerate(TASKS):
+        torch.testing.assert_close(logged[task] - served[task], shift[:, i])
+    served_cols = {k: v for k, v in cols.items() if k != "pos"}  # serving has no position column
+    assert collate(served_cols, layout, ENCODER).bias is None

@@ -1,79 +1,60 @@
 """Distributed training on CPU: two Ray Train workers, TorchRec table-wise sharding over gloo, a few steps.
 
-The validation loss falls, every epoch leaves a checkpoint, a stopped run resumes where it stopped, and the
-gathered unsharded model loads without the cluster and scores the held-out split.
+The validation loss falls, the ranker ranks better than chance, every epoch leaves a checkpoint, a stopped
+run resumes where it stopped (same MLflow run), and rank 0's progress reaches MLflow.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
+from mlflow import MlflowClient
 
-from models.batch import collate
-from pipelines.config import TrainConfig, load_config
-from pipelines.features import read_split
-from pipelines.train import load_trained, train
+from pipelines import tracking
+from tests.model.conftest import Runs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+
+def _history(runs: Runs, key: str) -> list[float]:
+    tracking.configure(runs.data_dir)
+    hist = MlflowClient().get_metric_history(runs.first.run_id, key)
+    return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
 
-def _config(epochs: int) -> TrainConfig:
-    return load_config(
-        REPO / "configs" / "train.yaml",
-        TrainConfig,
-        {
-            "optim.epochs": epochs,
-            "optim.batch_size": 64,
-            "optim.dense_lr": 0.01,
-            "optim.report_every": 4,
-            "experiment": "test-ranker",
-        },
-    )
+def test_validation_loss_falls_across_epochs(published: Runs) -> None:
+    valid = _history(published, "valid/loss")
+    assert len(valid) == 2  # one per epoch: the first run's, then the resumed run's
+    assert valid[1] < valid[0]
+    assert all(np.isfinite(_history(published, "train/loss/total")))
 
 
-@pytest.fixture(scope="module")
-def trained(built_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
-    import shutil
-
-    d = tmp_path_factory.mktemp("train")
-    shutil.copytree(built_world / "features", d / "features")
-    first = train(_config(1), d)
-    resumed = train(_config(2), d, resume=True)
-    return d, first, resumed
+def test_ranker_ranks_better_than_chance(published: Runs) -> None:
+    # ~1,000 training rows: only click and like have positives enough to learn from (observed over two
+    # seeds: click 0.61-0.64, like 0.58-0.61; comment and share, a few dozen positives, stay near chance).
+    tasks = published.resumed.evaluation.models["ranker"]["tasks"]
+    assert tasks["click"]["auc"] > 0.55
+    assert tasks["like"]["auc"] > 0.53
 
 
-def test_loss_falls_and_checkpoints_each_epoch(trained: tuple[Path, object, object]) -> None:
-    _, first, resumed = trained
-    # Validation loss after epoch 0 (first run) and after epoch 1 (resumed run), same validation split.
-    assert resumed.metrics["valid/loss"] < first.metrics["valid/loss"]  # type: ignore[attr-defined]
-    assert np.isfinite(resumed.metrics["loss/total"])  # type: ignore[attr-defined]
-    assert resumed.metrics["samples_per_s"] > 0  # type: ignore[attr-defined]
-    assert (Path(first.checkpoint.path) / "rank-0.pt").exists()  # type: ignore[attr-defined]
-    assert (Path(first.checkpoint.path) / "rank-1.pt").exists()  # type: ignore[attr-defined]
-    assert (Path(resumed.checkpoint.path) / "model.pt").exists()  # type: ignore[attr-defined]
+def test_checkpoints_each_epoch_and_resume_continues(published: Runs) -> None:
+    first, resumed = published.first.checkpoint, published.resumed.checkpoint
+    assert first != resumed
+    assert (first / "rank-0.pt").exists()
+    assert (first / "rank-1.pt").exists()
+    assert (resumed / "model.pt").exists()
+    assert published.first.run_id == published.resumed.run_id  # --resume continues the MLflow run too
+    steps = [m.step for m in MlflowClient().get_metric_history(published.first.run_id, "valid/loss")]
+    assert steps[1] > steps[0]
 
 
-def test_resume_continues_from_the_last_checkpoint(trained: tuple[Path, object, object]) -> None:
-    _, first, resumed = trained
-    assert first.metrics["epoch"] == 0  # type: ignore[attr-defined]
-    assert resumed.metrics["epoch"] == 1  # type: ignore[attr-defined]
-    assert resumed.metrics["step"] > first.metrics["step"]  # type: ignore[attr-defined]
-
-
-def test_gathered_model_loads_unsharded_and_scores(
-    trained: tuple[Path, object, object], built_world: Path
-) -> None:
-    _, _, resumed = trained
-    model, setup = load_trained(Path(resumed.checkpoint.path))  # type: ignore[attr-defined]
-    test = read_split(built_world, "test").to_pandas()
-    batch = collate({c: test[c].to_numpy() for c in test.columns}, setup.layout, setup.encoder)
-    with torch.no_grad():
-        out = model(batch.dense, batch.sparse)
-    assert set(out) == set(setup.spec.tasks)
-    assert all(torch.isfinite(v).all() for v in out.values())
-    assert out["click"].shape == (len(test),)
+def test_rank_zero_reports_progress_to_mlflow(published: Runs) -> None:
+    tracking.configure(published.data_dir)
+    run = MlflowClient().get_run(published.first.run_id)
+    assert run.data.metrics["samples_per_s"] > 0
+    assert len(_history(published, "train/loss/click")) >= 2
+    assert run.data.params["optim.batch_size"] == "32"
+    assert run.data.tags["eval_set"] == published.resumed.evaluation.eval_set
+    artifacts = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/quality.md", "evaluation/roc.png", "evaluation/calibration.png"} <= artifacts
+    assert "evaluation/losses.png" in artifacts

@@ -1,0 +1,67 @@
+"""The ranker written with plain PyTorch (``nn.EmbeddingBag``, no TorchRec), for the speed comparison.
+
+Same shapes as :class:`models.ranker.MultiTaskRanker` with ``interaction="dot"``: one bag per sparse
+feature (sum, or mean for multi-valued ones), bottom MLP to D, pairwise dot products of the F+1 vectors,
+shared top MLP, one linear head per task, a linear position-bias tower. It trains with the same
+:class:`models.train_wrapper.RankerTrainWrapper` losses; replicated tables (DDP) instead of sharded ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from models.ranker import RankerSpec
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class PlainRanker(nn.Module):
+    """``forward(dense, sparse, bias)`` with ``sparse = {feature: (values, offsets)}``."""
+
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
+    pairs: torch.Tensor
+
+    def __init__(self, spec: RankerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        d = spec.embedding_dim
+        self.register_buffer("dense_mean", torch.zeros(spec.n_dense))
+        self.register_buffer("dense_std", torch.ones(spec.n_dense))
+        self.bags = nn.ModuleDict(
+            {
+                name: nn.EmbeddingBag(rows, d, mode="mean" if name in spec.mean_pooled else "sum")
+                for name, rows in spec.sparse.items()
+            }
+        )
+        self.bottom = _mlp([spec.n_dense, *spec.bottom_mlp, d])
+        n = len(spec.sparse) + 1
+        self.register_buffer("pairs", torch.triu_indices(n, n, offset=1), persistent=False)
+        self.top = _mlp([d + n * (n - 1) // 2, *spec.top_mlp])
+        self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
+        self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks)) if spec.n_bias else None
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        sparse: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        bias: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        x = self.bottom((dense - self.dense_mean) / self.dense_std)
+        embs = [bag(*sparse[name]) for name, bag in self.bags.items()]
+        stacked = torch.stack([x, *embs], dim=1)  # (B, F+1, D)
+        dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
+        shared = self.top(torch.cat([x, dots], dim=1))
+        out = {t: head(shared).squeeze(-1) for t, head in self.heads.items()}
+        if bias is not None and self.bias_tower is not None:
+            shift = self.bias_tower(bias)
+            out = {t: v + shift[:, i] for i, (t, v) in enumerate(out.items())}
+        return out

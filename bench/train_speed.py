@@ -1,0 +1,294 @@
+"""Training figures: ``python -m bench.train_speed --data-dir data/demo`` (what ``make bench`` runs).
+
+In one run, on the same features:
+
+1. the real pipeline, ``pipelines.train.train_and_publish`` with configs/train.yaml (2 Ray Train workers,
+   TorchRec table-wise sharding over gloo): its samples/s and the quality table of its evaluation;
+2. the same Ray Train + TorchRec loop with 1 worker;
+3. the same model in plain PyTorch (``bench.plain_ranker``: ``nn.EmbeddingBag``, replicated tables, DDP over
+   gloo for 2 processes), same batches, collate, losses and optimizers (Adagrad on tables, Adam on the
+   rest), 1 and 2 processes with as many torch threads per process as a Ray Train worker gets.
+
+Throughput is the median of the per-interval samples/s (every ``report_every`` steps; the first interval
+of each epoch, which waits for the data pipeline to start, is left out). Writes the "Training (issue 3)"
+section of ``--out``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from bench.report import machine, write_section
+from pipelines.config import TrainConfig, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SPEED_EPOCHS = 2
+
+
+def _median_rate(history: list[tuple[int, float, int]]) -> float:
+    """``(step, samples_per_s, epoch)`` → median, leaving out each epoch's first interval."""
+    seen: set[int] = set()
+    rates = []
+    for _, rate, epoch in sorted(history):
+        if epoch in seen:
+            rates.append(rate)
+        seen.add(epoch)
+    return statistics.median(rates) if rates else float("nan")
+
+
+def ray_torchrec(cfg: TrainConfig, data_dir: Path, publish: bool) -> dict[str, Any]:
+    """One run of the real Ray Train + TorchRec loop; ``publish`` runs the whole train_and_publish."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.train import train, train_and_publish
+
+    start = time.perf_counter()
+    evaluation = None
+    if publish:
+        published = train_and_publish(cfg, data_dir)
+        run_id, evaluation = published.run_id, published.evaluation
+        uri = tracking.tracking_uri(data_dir)
+    else:
+        uri = tracking.configure(data_dir)
+        client = MlflowClient(uri)
+        run_id = client.create_run(tracking.experiment_id(cfg.experiment, data_dir)).info.run_id
+        train(cfg, data_dir, tracking={"uri": uri, "run_id": run_id})
+        client.set_terminated(run_id)
+    wall = time.perf_counter() - start
+    client = MlflowClient(uri)
+    rates = {m.step: m.value for m in client.get_metric_history(run_id, "samples_per_s")}
+    epochs = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
+    history = [(s, r, int(epochs.get(s, 0))) for s, r in rates.items()]
+    return {"samples_per_s": _median_rate(history), "wall_s": wall, "evaluation": evaluation}
+
+
+# ------------------------------------------------------------------------------------- plain PyTorch
+def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from bench.plain_ranker import PlainRanker
+    from models.batch import collate
+    from models.train_wrapper import RankerTrainWrapper
+    from pipelines.evaluate import read_columns
+    from pipelines.train import build_setup
+
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig)
+    setup = build_setup(Path(data_dir), cfg)
+    torch.manual_seed(cfg.optim.seed)
+    model = PlainRanker(setup.spec)
+    model.dense_mean.copy_(torch.tensor(setup.dense_mean))
+    model.dense_std.copy_(torch.tensor(setup.dense_std).clamp_min(1e-6))
+    wrapper = RankerTrainWrapper(model, setup.loss)  # type: ignore[arg-type]
+    ddp = DistributedDataParallel(wrapper) if world > 1 else wrapper
+    tables = list(model.bags.parameters())
+    table_ids = {id(p) for p in tables}
+    rest = [p for p in wrapper.parameters() if id(p) not in table_ids]
+    opt_tables = torch.optim.Adagrad(tables, lr=cfg.optim.embedding_lr)
+    opt_rest = torch.optim.Adam(rest, lr=cfg.optim.dense_lr)
+    cols = read_columns(Path(data_dir), "train")
+    n = len(cols["impression_id"])
+    mine = np.arange(rank, n, world)  # this process's shard
+    rng = np.random.default_rng(cfg.optim.seed + rank)
+    bs, every = cfg.optim.batch_size, cfg.optim.report_every
+    history: list[tuple[int, float, int]] = []
+    step = 0
+    for epoch in range(SPEED_EPOCHS):
+        order = rng.permutation(mine)
+        t0, seen = time.perf_counter(), 0
+        for lo in range(0, len(order) - bs + 1, bs):
+            idx = order[lo : lo + bs]
+            b = collate(
+                {k: v[idx] for k, v in cols.items()}, setup.layout, setup.encoder, cfg.optim.id_dropout, rng
+            )
+            sparse = {k: (jt.values(), jt.offsets()) for k, jt in b.sparse.to_dict().items()}
+            loss, _ = ddp(b.dense, sparse, b.labels, b.weights, b.bias)
+            opt_tables.zero_grad()
+            opt_rest.zero_grad()
+            loss.backward()
+            opt_tables.step()
+            opt_rest.step()
+            step += 1
+            seen += len(idx)
+            if step % every == 0:
+                history.append((step, seen * world / (time.perf_counter() - t0), epoch))
+                t0, seen = time.perf_counter(), 0
+    if rank == 0:
+        Path(out).write_text(json.dumps(history))
+    dist.destroy_process_group()
+
+
+def plain_pytorch(data_dir: Path, world: int, threads: int) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "history"
+        start = time.perf_counter()
+        mp.spawn(_plain_worker, args=(world, port, str(data_dir), threads, str(out)), nprocs=world, join=True)
+        wall = time.perf_counter() - start
+        history = eval(out.read_text())
+    return {"samples_per_s": _median_rate(history), "wall_s": wall}
+
+
+def _build_demo_data(work: Path) -> None:
+    """synth → ingest → features on configs/data.yaml (the demo scale) into ``work``."""
+    from pipelines.config import DataConfig
+    from pipelines.features import features
+    from pipelines.ingest import ingest
+    from pipelines.synth import synth
+
+    data = load_config(REPO / "configs" / "data.yaml", DataConfig)
+    synth(data.synth, work, progress=False)
+    ingest(data.ingest, work)
+    features(data.features, work, progress=False)
+
+
+def _ray_threads() -> int:
+    """torch threads inside a Ray task that reserves what a Ray Train worker reserves."""
+    import ray
+
+    cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig)
+
+    @ray.remote(num_cpus=cfg.distributed.cpus_per_worker)
+    def threads() -> int:
+        import torch
+
+        return int(torch.get_num_threads())
+
+    return int(ray.get(threads.remote()))
+
+
+def render(rows: list[dict[str, Any]], evaluation: Any, threads: int, rows_train: int) -> str:
+    by = {(r["impl"], r["workers"]): r for r in rows}
+    lines = [
+        "## Training (issue 3)",
+        "",
+        f"Command: `make bench` (`python -m bench.train_speed`) — {dt.date.today().isoformat()},",
+        f"{machine()}. Demo-scale features (`make demo`: {rows_train:,} train rows), configs/train.yaml.",
+        f"Samples/s: median over {SPEED_EPOCHS}+ epochs of per-interval rates, each epoch's first interval",
+        f"left out. Ray Train workers reserve 0.5 CPU each and run {threads} torch thread(s); the",
+        f"plain-PyTorch processes were given the same ({threads}).",
+        "",
+        "| implementation | workers | samples/s | wall s (whole run) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['impl']} | {r['workers']} | {r['samples_per_s']:,.0f} | {r['wall_s']:.1f} |")
+    lines.append("")
+    for w in (1, 2):
+        a, b = by.get(("Ray Train + TorchRec", w)), by.get(("plain PyTorch nn.EmbeddingBag", w))
+        if a and b:
+            lines.append(
+                f"- {w} worker(s): TorchRec / plain PyTorch = {a['samples_per_s'] / b['samples_per_s']:.2f}×."
+            )
+    a1, a2 = by.get(("Ray Train + TorchRec", 1)), by.get(("Ray Train + TorchRec", 2))
+    if a1 and a2:
+        ratio = a2["samples_per_s"] / a1["samples_per_s"]
+        lines.append(f"- Ray Train + TorchRec, 2 workers / 1 worker = {ratio:.2f}×.")
+    if evaluation is not None:
+        lines += [
+            "",
+            "### Offline quality (test split)",
+            "",
+            f"The 2-worker run above, as published to MLflow: test split `{evaluation.eval_set}`, "
+            f"{evaluation.rows:,} impressions in {evaluation.requests:,} requests. AUC per task; NDCG@"
+            f"{evaluation.ndcg_k} and MRR of the value-model order within each request.",
+            "",
+            evaluation.table(),
+            "",
+            gap_summary(evaluation),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def gap_summary(evaluation: Any) -> str:
+    """How the ranker compares with the best baseline and the oracle, per task."""
+    from models.tasks import BINARY_TASKS
+
+    m = evaluation.models
+    base = [n for n in ("logistic", "popularity", "reverse_chron") if n in m]
+    parts, beaten = [], 0
+    for t in BINARY_TASKS:
+        r = m["ranker"]["tasks"][t]["auc"]
+        best = max(m[n]["tasks"][t]["auc"] for n in base)
+        beaten += r > best
+        gap = ""
+        if "oracle" in m:
+            o = m["oracle"]["tasks"][t]["auc"]
+            gap = f", {100 * (r - 0.5) / max(o - 0.5, 1e-9):.0f}% of the oracle's lift over chance"
+        parts.append(f"{t} {r:.3f} vs best baseline {best:.3f}{gap}")
+    return f"Ranker beats every baseline on {beaten} of {len(BINARY_TASKS)} tasks: " + "; ".join(parts) + "."
+
+
+def main(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory with features/ (default: build demo-scale data).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Markdown file to write the section into.")] = Path(
+        "bench/RESULTS.md"
+    ),
+) -> None:
+    """Measure training throughput (TorchRec vs plain PyTorch, 1 and 2 workers) and offline quality."""
+    import shutil
+
+    import ray
+
+    from pipelines.features import load_manifest
+    from pipelines.runtime import ray_session, setup_logging
+
+    setup_logging()
+    cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig, {"experiment": "bench"})
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # this run's own store, inside `work`
+    rows: list[dict[str, Any]] = []
+    try:
+        if data_dir is not None:
+            shutil.copytree(data_dir / "features", work / "features")
+            if (data_dir / "truth").exists():
+                shutil.copytree(data_dir / "truth", work / "truth")
+        with ray_session():
+            if data_dir is None:
+                _build_demo_data(work)
+            threads = _ray_threads()
+            full = ray_torchrec(cfg, work, publish=True)
+            rows.append({"impl": "Ray Train + TorchRec", "workers": 2, **full})
+            one = cfg.model_copy(deep=True)
+            one.distributed.num_workers = 1
+            one.optim.epochs, one.optim.patience = SPEED_EPOCHS, None
+            rows.append(
+                {"impl": "Ray Train + TorchRec", "workers": 1, **ray_torchrec(one, work, publish=False)}
+            )
+            ray.shutdown()
+        for w in (1, 2):
+            rows.append(
+                {"impl": "plain PyTorch nn.EmbeddingBag", "workers": w, **plain_pytorch(work, w, threads)}
+            )
+        rows_train = int(load_manifest(work)["splits"]["train"]["rows"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    section = render(rows, full["evaluation"], threads, rows_train)
+    write_section(out, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    typer.run(main)

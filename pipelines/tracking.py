@@ -1,0 +1,145 @@
+"""MLflow: where runs and the model registry live, and how a ranker becomes a registered version.
+
+Tracking defaults to an embedded SQLite store in the data directory (``D/mlflow.db``, artifacts in
+``D/mlartifacts/``); ``MLFLOW_TRACKING_URI`` points everything at a tracking server instead (the cluster's).
+Serving and promotion only ever resolve ``models:/feed-ranker@<alias>``, so an alias moved by
+``pipelines.promote`` and one moved by hand in the MLflow UI are the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def tracking_uri(data_dir: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///D/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env or f"sqlite:///{(data_dir / DB_FILE).resolve()}"
+
+
+def configure(data_dir: Path) -> str:
+    """Point the MLflow client (tracking and registry) at this data directory's store; returns the URI."""
+    import mlflow
+
+    uri = tracking_uri(data_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str, data_dir: Path) -> str:
+    """The experiment's id, created on first use; with the embedded store its artifacts stay in ``D/``."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (data_dir / ARTIFACT_DIR / name).resolve().as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → dotted MLflow params (values as strings, capped at MLflow's 6,000 characters).
+
+    >>> flat_params({"optim": {"lr": 0.1, "tasks": [1, 2]}, "w": {"click": 1.0}})
+    {'optim.lr': '0.1', 'optim.tasks': '[1, 2]', 'w.click': '1.0'}
+    """
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{key}."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def example_frame(ranker: Any, cols: dict[str, np.ndarray], rows: int = 5) -> pd.DataFrame:
+    """The ranker's input columns as a DataFrame (vectors and lists as Python lists, as JSON carries them)."""
+    data: dict[str, Any] = {}
+    for c in ranker.input_columns:
+        v = cols[c][:rows]
+        data[c] = [np.asarray(x).tolist() for x in v] if (v.ndim > 1 or v.dtype == object) else v
+    return pd.DataFrame(data)
+
+
+def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any:
+    """Log ``ranker`` (a ServableRanker) as a pyfunc model in the active run and register it as a new
+    version of ``model_name``; returns the ``ModelVersion``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from models.pyfunc import ARTIFACT, RankerPyfunc, output_frame
+
+    example = example_frame(ranker, cols)
+    signature = infer_signature(
+        example, output_frame(ranker.predict({c: example[c].to_numpy() for c in ranker.input_columns}))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ranker.pt"
+        ranker.save(path)
+        info = mlflow.pyfunc.log_model(
+            name="ranker",
+            python_model=RankerPyfunc(),
+            artifacts={ARTIFACT: str(path)},
+            code_paths=[str(REPO / "models")],
+            signature=signature,
+            input_example=example,
+            registered_model_name=model_name,
+            pip_requirements=_requirements(),
+        )
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version(model_name, str(info.registered_model_version))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("torch", "torchrec", "numpy", "pandas", "mlflow"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    fb = "fbgemm-gpu-cpu"
+    try:
+        reqs.append(f"{fb}=={version(fb)}")
+    except PackageNotFoundError:
+        reqs.append(f"fbgemm-gpu=={version('fbgemm-gpu')}")
+    return reqs
+
+
+def load_ranker_version(uri: str) -> Any:
+    """A ServableRanker from a registered model URI (``models:/feed-ranker@champion``, ``models:/x/3``)."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(uri)
+    return model.unwrap_python_model().ranker
+
+
+def version_of(model_name: str, alias: str) -> Any | None:
+    """The ``ModelVersion`` an alias points at, or None when it is not set."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
