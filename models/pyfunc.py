@@ -1,8 +1,8 @@
 """MLflow packaging of the servable ranker (the one ``models/`` module that knows about MLflow).
 
-A registered ``feed-ranker`` version is an MLflow pyfunc model: this class, the ``models/`` package as
-``code_paths`` and the ranker payload (:class:`models.servable.ServableRanker`) as an artifact. Loading it
-needs torch and torchrec, not Ray, the training code or a process group::
+A registered ``feed-ranker`` version is an MLflow pyfunc model logged *from code*: this file, the
+``models/`` package as ``code_paths`` and the ranker payload (:class:`models.servable.ServableRanker`) as
+an artifact. Loading it needs torch and torchrec, not Ray, the training code or a process group::
 
     model = mlflow.pyfunc.load_model("models:/feed-ranker@champion")
     model.predict(features_df)                      # DataFrame → DataFrame of per-task outputs
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.models import set_model
 from mlflow.pyfunc.model import PythonModel
 
 from models.servable import ServableRanker
@@ -45,3 +46,7 @@ class RankerPyfunc(PythonModel):
             raise ValueError(f"model input lacks columns: {', '.join(missing)}")
         cols = {c: model_input[c].to_numpy() for c in self.ranker.input_columns}
         return output_frame(self.ranker.predict(cols))
+
+
+# Models from code: MLflow logs this file and runs it to load the model, so no pickled object is stored.
+set_model(RankerPyfunc())

@@ -43,7 +43,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             num_cpus=num_cpus,
-            include_dashboard=False,
+            include_dashboard=True,  # also what Ray Train's state queries need (else warnings every second)
             runtime_env={"env_vars": {"PYTHONPATH": path}},
             log_to_driver=True,
         )

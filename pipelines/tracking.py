@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,21 @@ def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any
     import mlflow
     from mlflow.models import infer_signature
 
-    from models.pyfunc import ARTIFACT, RankerPyfunc, output_frame
+    from models.pyfunc import ARTIFACT, output_frame
 
     example = example_frame(ranker, cols)
-    signature = infer_signature(
-        example, output_frame(ranker.predict({c: example[c].to_numpy() for c in ranker.input_columns}))
-    )
-    with tempfile.TemporaryDirectory() as tmp:
+    with warnings.catch_warnings():  # ids and codes are integers that are never missing
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(
+            example, output_frame(ranker.predict({c: example[c].to_numpy() for c in ranker.input_columns}))
+        )
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         path = Path(tmp) / "ranker.pt"
         ranker.save(path)
         info = mlflow.pyfunc.log_model(
             name="ranker",
-            python_model=RankerPyfunc(),
+            python_model=str(REPO / "models" / "pyfunc.py"),
             artifacts={ARTIFACT: str(path)},
             code_paths=[str(REPO / "models")],
             signature=signature,

@@ -210,6 +210,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from pipelines.runtime import setup_logging
 
     setup_logging()  # this worker's log lines (rank 0's progress) reach the driver through Ray
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report and checkpoint line
     setup: TrainSetup = loop_config["setup"]
     cfg = TrainConfig.model_validate(setup.config)
     ctx = ray.train.get_context()
