@@ -113,9 +113,10 @@ class MultiTaskRanker(nn.Module):
             inter_out = (n_f + 1) * d
         self.shared = MLP(inter_out, list(spec.top_mlp))
         self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
-        # Position bias: learned next to, not inside, the main network, so that serving without it (all
-        # items at the top slot) shifts every item's logit equally instead of changing their order.
-        self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks)) if spec.n_bias else None
+        # Position bias: learned next to, not inside, the main network, so that serving without it shifts
+        # every item's logit equally instead of changing their order. No intercept: the top slot
+        # (log1p(0) = 0) adds nothing, so leaving the tower out *is* scoring every item at the top slot.
+        self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks), bias=False) if spec.n_bias else None
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Dense inputs are standardized inside the model, so serving feeds raw feature values."""

@@ -53,10 +53,15 @@ class ServableRanker:
         return collate(columns, self.layout, self.encoder)
 
     @torch.no_grad()
-    def predict(self, columns: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Feature columns (length B each) → ``{task: (B,)}``: probabilities, and dwell in milliseconds."""
+    def predict(self, columns: dict[str, Any], at_logged_position: bool = False) -> dict[str, np.ndarray]:
+        """Feature columns (length B each) → ``{task: (B,)}``: probabilities, and dwell in milliseconds.
+
+        As served, every item is scored at the top slot. ``at_logged_position`` applies the position-bias
+        tower to the columns' logged position instead (offline calibration against logged outcomes).
+        """
         b = self.batch(columns)
-        out = probabilities(self.model(b.dense, b.sparse))
+        bias = b.bias if at_logged_position else None
+        out = probabilities(self.model(b.dense, b.sparse, bias))
         return {t: v.numpy().astype(np.float64) for t, v in out.items()}
 
     # ------------------------------------------------------------------ serialization (no pickled classes)

@@ -8,10 +8,11 @@ Scores the test split (``D/features/test``) with the ranker and, side by side on
     oracle          the ground-truth probabilities in D/truth/ (synthetic data only): the ceiling
 
 Per task: ROC-AUC, PR-AUC, log loss and expected calibration error (probability models only; ECE from
-torchmetrics) and a reliability plot; dwell: MAE in seconds. Ranking: NDCG@k (graded relevance of what
-the viewer did) and MRR of the value-model order within each request (requests with no engagement carry no
-signal and are skipped). Items are scored as serving scores them, without the logged position: the
-ranker leaves its position-bias tower out, the logistic baseline is fitted and scored at position 0.
+torchmetrics) and a reliability plot; dwell: MAE in seconds. AUCs and ranking use the scores as served
+(every item at the top slot); log loss, ECE, reliability and dwell MAE compare the ranker with what
+happened, so they apply its position-bias tower to the logged position. Ranking: NDCG@k (graded
+relevance of what the viewer did) and MRR of the value-model order within each request (requests with
+no engagement carry no signal and are skipped). The logistic baseline is fitted and scored at position 0.
 
 Writes ``evaluation.json``, ``quality.md`` and plots to ``--out`` (default ``D/evaluation/<name>``);
 training runs it at the end and logs the same files to MLflow.
@@ -94,13 +95,16 @@ def at_serving_position(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------- scorers
-def score_ranker(ranker: Any, cols: dict[str, np.ndarray], batch_size: int = 8192) -> dict[str, np.ndarray]:
-    """Per-task outputs of a :class:`models.servable.ServableRanker` in batches (as served: the ranker's
-    position-bias tower is not applied)."""
+def score_ranker(
+    ranker: Any, cols: dict[str, np.ndarray], at_logged_position: bool = False, batch_size: int = 8192
+) -> dict[str, np.ndarray]:
+    """Per-task outputs of a :class:`models.servable.ServableRanker` in batches: as served (every item at
+    the top slot), or ``at_logged_position`` (the position-bias tower applied to the logged position)."""
     n = len(cols[ranker.input_columns[0]])
+    names = [*ranker.input_columns, *(ranker.layout.bias if at_logged_position else ())]
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, n, batch_size):
-        parts.append(ranker.predict({c: cols[c][lo : lo + batch_size] for c in ranker.input_columns}))
+        parts.append(ranker.predict({c: cols[c][lo : lo + batch_size] for c in names}, at_logged_position))
     return {t: np.concatenate([p[t] for p in parts]) for t in parts[0]} if parts else {}
 
 
@@ -214,7 +218,11 @@ def oracle(data_dir: Path, impression_ids: np.ndarray) -> dict[str, np.ndarray] 
 
 
 # --------------------------------------------------------------------------------------------- metrics
-def task_metrics(y: np.ndarray, score: np.ndarray, probabilistic: bool, bins: int) -> dict[str, float]:
+def task_metrics(
+    y: np.ndarray, score: np.ndarray, probabilistic: bool, bins: int, prob: np.ndarray | None = None
+) -> dict[str, float]:
+    """ROC-AUC and PR-AUC of ``score``; log loss and ECE of ``prob`` (default ``score``) when the scorer
+    gives probabilities."""
     import torch
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
     from torchmetrics.functional.classification import binary_calibration_error
@@ -227,7 +235,7 @@ def task_metrics(y: np.ndarray, score: np.ndarray, probabilistic: bool, bins: in
         "positives": int(y.sum()),
     }
     if probabilistic:
-        p = np.clip(score, 1e-7, 1 - 1e-7)
+        p = np.clip(score if prob is None else prob, 1e-7, 1 - 1e-7)
         out["log_loss"] = float(log_loss(y, p, labels=[0, 1]))
         out["ece"] = float(binary_calibration_error(torch.from_numpy(p), torch.from_numpy(y), n_bins=bins))
     return out
@@ -304,8 +312,10 @@ def evaluate(
         raise DataError(f"{data_dir / 'features' / split}: no rows to evaluate")
     preds: dict[str, dict[str, np.ndarray]] = {}
     probabilistic: dict[str, bool] = {}
+    logged: dict[str, dict[str, np.ndarray]] = {}  # rankers at the logged position: calibration, dwell MAE
     for name, ranker in scorers.items():
         preds[name], probabilistic[name] = score_ranker(ranker, cols), True
+        logged[name] = score_ranker(ranker, cols, at_logged_position=True)
     if baselines:
         log.info("fitting the logistic-regression baseline")
         preds["logistic"], probabilistic["logistic"] = fit_logistic(data_dir, cfg).predict(cols), True
@@ -321,14 +331,17 @@ def evaluate(
     gain = np.asarray(gain, np.int64) if not np.isscalar(gain) else np.zeros(n, np.int64)
     models: dict[str, dict[str, Any]] = {}
     for name, pred in preds.items():
+        calib = logged.get(name, pred)
         m: dict[str, Any] = {
             "tasks": {
-                t: task_metrics(cols[t].astype(np.int64), pred[t], probabilistic[name], cfg.calibration_bins)
+                t: task_metrics(
+                    cols[t].astype(np.int64), pred[t], probabilistic[name], cfg.calibration_bins, calib[t]
+                )
                 for t in BINARY_TASKS
             }
         }
-        if "dwell" in pred:
-            m["dwell_mae_s"] = float(np.mean(np.abs(pred["dwell"] - cols["dwell_ms"]))) / 1000.0
+        if "dwell" in calib:
+            m["dwell_mae_s"] = float(np.mean(np.abs(calib["dwell"] - cols["dwell_ms"]))) / 1000.0
         order = value_score(pred, cfg.value_weights) if "dwell" in pred else pred["click"]
         m.update(ranking_metrics(cols["request_id"], order, gain, cfg.ndcg_k))
         m["mean_auc"] = float(np.nanmean([m["tasks"][t]["auc"] for t in BINARY_TASKS]))
@@ -341,7 +354,7 @@ def evaluate(
         models={k: models[k] for k in [*scorers, *(s for s in SCORERS if s in models and s not in scorers)]},
     )
     if out_dir is not None:
-        write_report(result, cols, preds, probabilistic, cfg, out_dir)
+        write_report(result, cols, preds, {**preds, **logged}, probabilistic, cfg, out_dir)
     return result
 
 
@@ -350,6 +363,7 @@ def write_report(
     result: Evaluation,
     cols: dict[str, np.ndarray],
     preds: dict[str, dict[str, np.ndarray]],
+    calibrated: dict[str, dict[str, np.ndarray]],
     probabilistic: dict[str, bool],
     cfg: EvaluateConfig,
     out_dir: Path,
@@ -379,7 +393,10 @@ def write_report(
                     ax.plot(fpr, tpr, label=f"{name} {auc:.3f}")
                 else:
                     frac, mean = calibration_curve(
-                        y, np.clip(pred[task], 0, 1), n_bins=cfg.calibration_bins, strategy="quantile"
+                        y,
+                        np.clip(calibrated[name][task], 0, 1),
+                        n_bins=cfg.calibration_bins,
+                        strategy="quantile",
                     )
                     ece = result.models[name]["tasks"][task].get("ece", float("nan"))
                     ax.plot(mean, frac, marker=".", label=f"{name} ECE {ece:.3f}")

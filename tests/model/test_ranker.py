@@ -119,7 +119,8 @@ def test_sample_weights_change_the_loss() -> None:
 
 def test_position_bias_is_a_uniform_shift_left_out_at_serving() -> None:
     """The logged position enters only through the shallow bias tower: per task it adds the same amount to
-    every item at a given position, so serving without it (bias=None) cannot reorder items by position."""
+    every item at a given position, so serving without it (bias=None) cannot reorder items by position,
+    and serving without it is scoring at the top slot."""
     rng = np.random.default_rng(3)
     layout = FeatureLayout(dense=LAYOUT.dense, vectors=LAYOUT.vectors, sparse=LAYOUT.sparse, bias=("pos",))
     cols = _columns(16, rng)
@@ -136,5 +137,7 @@ def test_position_bias_is_a_uniform_shift_left_out_at_serving() -> None:
         shift = tower(b.bias)
     for i, task in enumerate(TASKS):
         torch.testing.assert_close(logged[task] - served[task], shift[:, i])
+        # No intercept: the top slot (log1p(0) = 0) scores exactly as served.
+        torch.testing.assert_close(logged[task][0], served[task][0])
     served_cols = {k: v for k, v in cols.items() if k != "pos"}  # serving has no position column
     assert collate(served_cols, layout, ENCODER).bias is None
