@@ -24,7 +24,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class PlainRanker(nn.Module):
-    """``forward(dense, sparse, bias)`` with ``sparse = {feature: (values, offsets)}``."""
+    """``forward(dense, sparse, bias)`` with ``sparse = {feature: (values, offsets)}``, offsets of length
+    B + 1 (the KeyedJaggedTensor convention)."""
 
     dense_mean: torch.Tensor
     dense_std: torch.Tensor
@@ -38,7 +39,9 @@ class PlainRanker(nn.Module):
         self.register_buffer("dense_std", torch.ones(spec.n_dense))
         self.bags = nn.ModuleDict(
             {
-                name: nn.EmbeddingBag(rows, d, mode="mean" if name in spec.mean_pooled else "sum")
+                name: nn.EmbeddingBag(
+                    rows, d, mode="mean" if name in spec.mean_pooled else "sum", include_last_offset=True
+                )
                 for name, rows in spec.sparse.items()
             }
         )

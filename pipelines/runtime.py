@@ -22,6 +22,18 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def setup_worker_logging() -> None:
+    """In a Ray worker: this project's INFO lines to stderr (Ray forwards them to the driver), without
+    touching the root logger, so Ray's own loggers keep the levels Ray gave them."""
+    lg = logging.getLogger("pipelines")
+    if not lg.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+
+
 @contextlib.contextmanager
 def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     """Connect to the Ray cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.

@@ -207,10 +207,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from models.batch import collate
-    from pipelines.runtime import setup_logging
+    from pipelines.runtime import setup_worker_logging
 
-    setup_logging()  # this worker's log lines (rank 0's progress) reach the driver through Ray
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report and checkpoint line
+    setup_worker_logging()  # rank 0's progress lines reach the driver through Ray
     setup: TrainSetup = loop_config["setup"]
     cfg = TrainConfig.model_validate(setup.config)
     ctx = ray.train.get_context()
@@ -386,6 +385,8 @@ def train(
             name=name,
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
+            # Ray Train's own INFO lines (every report, every checkpoint) would drown rank 0's progress.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             # The best epoch by validation loss is kept (and published); the latest is kept for resuming.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="valid/loss", checkpoint_score_order="min"
