@@ -386,7 +386,7 @@ def train(
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
             # Ray Train's own INFO lines (every report, every checkpoint) would drown rank 0's progress.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             # The best epoch by validation loss is kept (and published); the latest is kept for resuming.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="valid/loss", checkpoint_score_order="min"
