@@ -119,6 +119,21 @@ def _fixed(vectors: list[Any], dim: int) -> np.ndarray:
     return out
 
 
+def load_clean(clean: Path) -> dict[str, pa.Table]:
+    """What the features read from ``clean/``: the snapshot tables, posts, impressions (viewer, post,
+    served_at) and ``actions`` (engagements other than views)."""
+    return {
+        "users": _read_clean(clean, "users"),
+        "friendships": _read_clean(clean, "friendships"),
+        "blocks": _read_clean(clean, "blocks"),
+        "posts": _read_clean(clean, "posts"),
+        "impressions": _read_clean(clean, "impressions", ["viewer_id", "post_id", "served_at"]),
+        "actions": _read_clean(
+            clean, "engagements", ["viewer_id", "post_id", "type", "at"], pc.field("type") != "view"
+        ),
+    }
+
+
 def _read_clean(clean: Path, name: str, columns: list[str] | None = None, where: Any = None) -> pa.Table:
     root = clean / name
     files = sorted(str(p) for p in root.rglob("*.parquet"))
@@ -388,12 +403,59 @@ def build_online(
         ),
         out / "recent_actions.parquet",
     )
+    viewer_events = recent_viewer_events(tables["impressions"], tables["actions"], (as_of_s + h.t0) * 1000)
+    pq.write_table(viewer_events, out / "viewer_events.parquet")
     return {
         "users": u.num_rows,
         "posts": posts.num_rows,
         "user_author": pairs.num_rows,
         "recent_actions": int(recent.sum()),
+        "viewer_events": viewer_events.num_rows,
     }
+
+
+VIEWER_EVENTS = pa.schema(
+    [
+        pa.field("viewer_id", pa.int64()),
+        pa.field("post_id", pa.int64()),
+        pa.field("type", pa.string()),
+        pa.field("at", schema.TS),
+    ]
+)
+
+
+def recent_viewer_events(impressions: pa.Table, actions: pa.Table, as_of_ms: int) -> pa.Table:
+    """What each viewer was shown (``type="impression"``) and hid or reported in the week before
+    ``as_of_ms``: serving excludes hidden posts, demotes seen ones and applies "see fewer" fatigue."""
+    lo = pa.scalar(as_of_ms - WEEK * 1000, schema.TS)
+    hi = pa.scalar(as_of_ms, schema.TS)
+
+    def window(t: pa.Table, column: str) -> pa.Table:
+        at = pc.cast(t[column], schema.TS)
+        return t.filter(pc.and_(pc.greater_equal(at, lo), pc.less(at, hi)))
+
+    imps = window(impressions, "served_at")
+    negatives = window(actions.filter(pc.is_in(actions["type"], pa.array(["hide", "report"]))), "at")
+    return pa.table(
+        {
+            "viewer_id": pa.concat_arrays(
+                [imps["viewer_id"].combine_chunks(), negatives["viewer_id"].combine_chunks()]
+            ),
+            "post_id": pa.concat_arrays(
+                [imps["post_id"].combine_chunks(), negatives["post_id"].combine_chunks()]
+            ),
+            "type": pa.concat_arrays(
+                [pa.array(["impression"] * imps.num_rows, pa.string()), negatives["type"].combine_chunks()]
+            ),
+            "at": pa.concat_arrays(
+                [
+                    pc.cast(imps["served_at"], schema.TS).combine_chunks(),
+                    pc.cast(negatives["at"], schema.TS).combine_chunks(),
+                ]
+            ),
+        },
+        schema=VIEWER_EVENTS,
+    )
 
 
 # --------------------------------------------------------------------------------------------- embeddings
@@ -471,20 +533,14 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
     ray.data.DataContext.get_current().enable_progress_bars = False
     t_start = time.perf_counter()
     clean = data_dir / "clean"
-    users = _read_clean(clean, "users")
-    friendships = _read_clean(clean, "friendships")
-    blocks = _read_clean(clean, "blocks")
-    posts = _read_clean(clean, "posts")
-    imp_hist = _read_clean(clean, "impressions", ["viewer_id", "post_id", "served_at"])
-    actions = _read_clean(
-        clean, "engagements", ["viewer_id", "post_id", "type", "at"], pc.field("type") != "view"
-    )
+    tables = load_clean(clean)
+    users, friendships, posts = tables["users"], tables["friendships"], tables["posts"]
+    imp_hist, actions = tables["impressions"], tables["actions"]
     days = sorted(p.name.split("=", 1)[1] for p in (clean / "impressions").glob("date=*"))
     splits = assign_splits(days, cfg)
     vocab = make_vocab(users, posts)
     topic_vocab = vocab["topic"]
     h = pit.build_history(users, friendships, posts, imp_hist, actions, topic_vocab, vocab["city"])
-    del imp_hist
     # Text embeddings: MiniLM in a Ray Data actor (only for posts not embedded by an earlier run), then PCA.
     t0 = time.perf_counter()
     posts_sorted = posts.take(pc.sort_indices(posts["post_id"]))
@@ -588,7 +644,7 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
         online_counts = build_online(
             h,
             cat,
-            {"users": users, "posts": posts, "friendships": friendships, "blocks": blocks},
+            tables,
             as_of_s,
             cfg,
             tmp_online,

@@ -141,3 +141,17 @@ def test_online_store_has_one_row_per_entity(built_world: Path) -> None:
     assert {"ua_action_rate", "rel_classmates"} <= set(pairs.columns)
     for name in ("friendships", "blocks", "recent_actions"):
         assert (online / f"{name}.parquet").exists()
+
+
+def test_online_viewer_events_are_the_last_week_of_impressions_and_hides(built_world: Path) -> None:
+    import datetime as dt
+
+    online = built_world / "online"
+    as_of = dt.datetime.fromisoformat(json.loads((online / "manifest.json").read_text())["as_of"])
+    events = pq.read_table(online / "viewer_events.parquet").to_pandas()
+    assert set(events["type"]) <= {"impression", "hide", "report"}
+    assert (events["type"] == "impression").any() and (events["type"] != "impression").any()
+    assert events["at"].lt(as_of).all() and events["at"].ge(as_of - dt.timedelta(days=7)).all()
+    clean = pq.read_table(built_world / "clean" / "engagements").to_pandas()
+    hides = clean[clean["type"].isin(["hide", "report"]) & clean["at"].ge(as_of - dt.timedelta(days=7))]
+    assert len(events[events["type"] != "impression"]) == len(hides)
