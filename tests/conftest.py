@@ -8,11 +8,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pipelines.config import DataConfig, load_config
+from pipelines.config import DataConfig, TrainConfig, load_config
+
+if TYPE_CHECKING:
+    from pipelines.train import Published
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"synth.users": 120, "synth.days": 4, "synth.users_per_task": 60, "synth.mean_degree": 15.0}
@@ -73,3 +78,41 @@ def copy_raw(src: Path, dst: Path) -> Path:
     shutil.copytree(src / "raw", dst / "raw")
     shutil.copy(src / "synth_summary.json", dst / "synth_summary.json")
     return dst
+
+
+# ------------------------------------------------------------------------ a published ranker (model, serving)
+
+
+def train_config(epochs: int) -> TrainConfig:
+    """configs/train.yaml shrunk for the tiny world: small batches, a few dozen steps."""
+    return load_config(
+        REPO / "configs" / "train.yaml",
+        TrainConfig,
+        {
+            "optim.epochs": epochs,
+            "optim.batch_size": 32,
+            "optim.dense_lr": 0.005,
+            "optim.report_every": 4,
+            "evaluate.baseline_rows": 2000,
+            "experiment": "test-ranker",
+        },
+    )
+
+
+@dataclass
+class Runs:
+    data_dir: Path
+    first: Published
+    resumed: Published
+
+
+@pytest.fixture(scope="session")
+def published(built_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    from pipelines.train import train_and_publish
+
+    d = tmp_path_factory.mktemp("published")
+    for sub in ("features", "truth", "online"):
+        shutil.copytree(built_world / sub, d / sub)
+    first = train_and_publish(train_config(1), d)
+    resumed = train_and_publish(train_config(2), d, resume=True)
+    return Runs(d, first, resumed)

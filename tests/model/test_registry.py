@@ -16,7 +16,7 @@ from pipelines import tracking
 from pipelines.evaluate import read_columns
 from pipelines.promote import promote
 from pipelines.train import load_trained
-from tests.model.conftest import Runs, train_config
+from tests.conftest import Runs, train_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 NAME = "feed-ranker"

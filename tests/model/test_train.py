@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines import tracking
-from tests.model.conftest import Runs
+from tests.conftest import Runs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,0 +1,215 @@
+"""The feed on Ray Serve: the FeedIngress deployment, and the Ranker deployment when the model runs apart.
+
+::
+
+    HTTP ──► FeedIngress (FastAPI, autoscaled, fractional CPU)
+               │  auth (JWT) · validation · retrieval over its online store · re-ranking · page + cursor
+               │  served impressions, events and posts → serving log (D/raw/*/serving/, durable)
+               │
+               ├─ ranking.placement: ingress (default)
+               │     RankingHost in the same replica: @serve.batch across concurrent feeds,
+               │     online features for every candidate → one forward per arm
+               │
+               └─ ranking.placement: deployment
+                     handle.score.remote({viewer, post ids, now, arm})   ids in, probabilities out
+                        ▼
+                     Ranker (autoscaled; @serve.batch; the same RankingHost)
+
+    RankingHost: models:/feed-ranker@champion (+ @challenger), aliases re-resolved every model.poll_s
+
+Retrieval and re-ranking are index lookups and array arithmetic on the replica's own store; with a
+separate Ranker only the candidate ids (a few KB) and the probabilities cross a process boundary, and the
+feature rows are assembled next to the model. If ranking fails or exceeds ``ranking.timeout_s`` the
+ingress serves the retrieved posts newest first (``fallback: true``).
+
+Run, deploy, test::
+
+    FEED_JWT_SECRET=... serve run configs/serve.yaml        # foreground, local Ray
+    FEED_JWT_SECRET=... serve deploy configs/serve.yaml     # onto a running cluster (ray start --head)
+    make demo                                               # pipelines, then this app and a real feed
+    pytest tests/serving
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.api import create_api
+from serve.auth import TokenAuth
+from serve.config import ServeConfig, ServeConfigError, parse
+from serve.feed import Clock, FeedService, StoreSync
+from serve.log import LogTailer, ServingLog
+from serve.metrics import FeedMetrics
+from serve.ranking import ModelSlots, Scorer
+from serve.store import EmbeddedStore, OnlineStore
+
+log = logging.getLogger(__name__)
+
+
+def open_store(cfg: ServeConfig) -> tuple[OnlineStore, StoreSync]:
+    """The configured online store, kept current from the serving log."""
+    store = EmbeddedStore.load(cfg.data_dir)
+    tailer = LogTailer(cfg.data_dir, since_ms=int(store.as_of_s * 1000))
+    return store, StoreSync(store, tailer, cfg.store.poll_s)
+
+
+def _writer_name(prefix: str) -> str:
+    try:
+        return f"{prefix}-{serve.get_replica_context().replica_id.unique_id}"
+    except Exception:  # outside a replica (the single-process benchmark)
+        import os
+
+        return f"{prefix}-{os.getpid()}"
+
+
+class RankingHost:
+    """The ranker where it runs: model slots re-resolved by a watcher thread, the scorer, a warm-up."""
+
+    def __init__(self, cfg: ServeConfig, store: OnlineStore) -> None:
+        import torch
+
+        torch.set_num_threads(cfg.ranking.torch_threads)
+        self.cfg = cfg
+        self.store = store
+        self.slots = ModelSlots(cfg.model, cfg.data_dir)
+        self.slots.refresh()
+        self.scorer = Scorer(store, self.slots)
+        self._stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="alias-watch", daemon=True)
+        self.watcher.start()
+        viewer, posts = store.sample(8)
+        for arm in self.slots.versions():  # the first request should not pay for lazy initialization
+            self.scorer.score([{"viewer": viewer, "post_ids": posts, "now_s": store.as_of_s, "arm": arm}])
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.cfg.model.poll_s):
+            self.slots.refresh()
+
+
+def _batching(method: Any, cfg: ServeConfig) -> None:
+    method.set_max_batch_size(cfg.ranking.max_batch_size)
+    method.set_batch_wait_timeout_s(cfg.ranking.batch_wait_timeout_s)
+
+
+@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Ranker:
+    """Scores feed candidates with the registered ranker (``ranking.placement: deployment``)."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        cfg = parse(args)
+        self.store, self.sync = open_store(cfg)
+        self.host = RankingHost(cfg, self.store)
+        _batching(self.score, cfg)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.host.scorer.score(requests)
+
+    async def versions(self) -> dict[str, str]:
+        return self.host.slots.versions()
+
+    def check_health(self) -> None:
+        if not self.host.watcher.is_alive() or not self.sync.alive():
+            raise RuntimeError("a background thread of the ranker died")
+
+
+@serve.deployment(name="FeedIngress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.ingress()
+class FeedIngress:
+    """HTTP front: auth, retrieval, ranking (here or through the Ranker handle), re-ranking, paging, event
+    and post intake."""
+
+    def __init__(self, args: dict[str, Any], ranker: DeploymentHandle | None = None) -> None:
+        cfg = parse(args)
+        self.cfg = cfg
+        self.ranker = ranker
+        self.auth = TokenAuth.from_config(cfg.auth)
+        store, self.sync = open_store(cfg)
+        self.host = RankingHost(cfg, store) if ranker is None else None
+        _batching(self._score_here, cfg)
+        self._encoder: Any = None
+        self._encoder_lock = threading.Lock()
+        self.service = FeedService(
+            cfg,
+            store,
+            ServingLog(cfg.data_dir, _writer_name("ingress")),
+            self._score_here if ranker is None else self._score_remote,
+            Clock(cfg.clock.mode, store.as_of_s, cfg.clock.origin_s),
+            FeedMetrics(),
+            self.sync,
+            self._encode_text,
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _score_here(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self.host is not None
+        return self.host.scorer.score(requests)
+
+    async def _score_remote(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.ranker is not None
+        result: dict[str, Any] = await self.ranker.score.remote(request)
+        return result
+
+    async def _health(self) -> dict[str, Any]:
+        if self.host is not None:
+            return {"models": self.host.slots.versions(), "placement": "ingress"}
+        assert self.ranker is not None
+        return {"models": await self.ranker.versions.remote(), "placement": "deployment"}
+
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = text_encoder(self.cfg.data_dir)
+        out: np.ndarray = self._encoder(texts)
+        return out
+
+    def check_health(self) -> None:
+        if not self.sync.alive() or (self.host is not None and not self.host.watcher.is_alive()):
+            raise RuntimeError("a background thread of the ingress died")
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_api(self.service, self.auth, self._health)
+
+
+def text_encoder(data_dir: Path) -> Any:
+    """MiniLM + the features run's PCA: new posts get the same text embedding training used."""
+    from pipelines.text_encoder import Projection, TextEncoder
+
+    pca = data_dir / "features" / "text_pca.npz"
+    if not pca.exists():
+        raise ServeConfigError(f"{pca}: missing (run pipelines.features first)")
+    encoder, projection = TextEncoder(threads=1), Projection.load(pca)
+    return lambda texts: projection(encoder.encode(list(texts)))
+
+
+def build_app(args: dict[str, Any], deployments: list[dict[str, Any]] | None = None) -> Any:
+    """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serve.app:build_app``).
+
+    Validates the args, resolves ``data_dir`` against the current directory and fixes the snapshot clock's
+    origin (when ``online/`` was written), so every replica of every app agrees on serving time.
+    ``deployments`` (the Serve config file's list, for the Python API; ``serve run`` applies it itself)
+    sets replicas, autoscaling and resources per deployment.
+    """
+    cfg = parse(args, "applications[0].args")
+    data_dir = cfg.data_dir.resolve()
+    if not (data_dir / "online" / "manifest.json").exists():
+        raise ServeConfigError(f"{data_dir}/online: no online snapshot (run make demo or pipelines.features)")
+    auth = TokenAuth.from_config(cfg.auth)  # fail at deploy time, not in every replica, without a secret
+    resolved = cfg.model_dump(mode="json")
+    resolved["auth"]["secret"] = auth.secret  # replicas may run where the deployer's environment is not
+    resolved["data_dir"] = str(data_dir)
+    if resolved["clock"]["origin_s"] is None:  # when the snapshot was written: every app agrees
+        resolved["clock"]["origin_s"] = (data_dir / "online" / "manifest.json").stat().st_mtime
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments or []}
+    ingress = FeedIngress.options(**options.get("FeedIngress", {}))  # type: ignore[attr-defined]
+    if cfg.ranking.placement == "ingress":
+        return ingress.bind(resolved)
+    ranker = Ranker.options(**options.get("Ranker", {}))  # type: ignore[attr-defined]
+    return ingress.bind(resolved, ranker.bind(resolved))

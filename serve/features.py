@@ -1,0 +1,137 @@
+"""Serving-time feature rows: the ranker's input columns for (viewer, candidate posts, now), assembled from
+the online store with the formulas of :mod:`pipelines.pit` / :func:`pipelines.features.build_rows`.
+
+What depends on the request time is computed here (post age, tenure, friendship age, hours since the
+last interaction, friends' engagement windows); the rest is the snapshot plus live counters. The
+train/serve skew test (``tests/serving/test_features_skew.py``) builds an online snapshot as of a time
+``T`` and checks these rows against the training rows of impressions served at ``T``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.features import AGE_BUCKETS
+from pipelines.pit import NEVER
+from pipelines.schema import MODALITIES
+from serve.store import OnlineStore
+
+WEEK = 7 * 86400
+MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}  # the order of u_modality_share
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0)).astype(np.float32)
+
+
+def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float) -> dict[str, Any]:
+    """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals."""
+    n = len(post_ids)
+    post = store.posts(post_ids)
+    authors = post["author_id"]
+    user = store.users(np.array([viewer], np.int64))
+    auth = store.users(authors)
+    pair = store.pairs(viewer, authors)
+    cols: dict[str, Any] = {}
+    rep = lambda x: np.repeat(np.asarray(x, np.float32), n)  # noqa: E731
+    # Sparse ids and codes.
+    age = int(user["age"][0])
+    cols["sp_viewer"] = np.full(n, viewer, np.int64)
+    cols["sp_author"] = authors.astype(np.int64)
+    cols["sp_post"] = np.asarray(post_ids, np.int64)
+    cols["sp_city"] = np.full(n, int(user["city_code"][0]), np.int64)
+    cols["sp_author_city"] = np.where(auth["found"], auth["city_code"], 0).astype(np.int64)
+    cols["sp_gender"] = np.full(n, int(user["gender_code"][0]), np.int64)
+    bucket = int(np.searchsorted(AGE_BUCKETS, age, side="right") + 1) if age > 0 else 0
+    cols["sp_age_bucket"] = np.full(n, bucket, np.int64)
+    cols["sp_modality"] = post["modality_code"].astype(np.int64)
+    topics = np.empty(n, dtype=object)
+    codes, counts = post["topic_codes"], post["n_topics"]
+    topics[:] = [codes[i, : counts[i]] for i in range(n)]
+    cols["sp_topics"] = topics
+    # Viewer.
+    for k in ("u_friends", "u_actions_7d", "u_impressions_7d", "u_action_rate"):
+        cols[k] = rep(user[k][0])
+    cols["u_tenure_days"] = rep(np.log1p(max(now_s - float(user["joined_s"][0]), 0) / 86400))
+    cols["u_age"] = rep(max(age, 0) / 100.0)
+    # Post: age now, counters (counts → log1p), content.
+    cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)
+    for k, v in post.items():
+        if k.startswith(
+            ("p_impressions_", "p_click_", "p_like_", "p_comment_", "p_share_", "p_hide_", "p_report_")
+        ):
+            cols[k] = _log1p(v)
+    cols.update(friend_counters(store, viewer, post_ids, now_s))
+    # Author.
+    for k in ("a_posts_7d", "a_actions_7d", "a_friends", "a_action_rate"):
+        cols[k] = np.where(auth["found"], auth[k], 0).astype(np.float32)
+    # Viewer–author affinity: history from the snapshot (aged to now), relations from the profiles.
+    found = pair["found"]
+    cols["ua_impressions"] = np.where(found, pair["ua_impressions"], 0).astype(np.float32)
+    cols["ua_actions"] = np.where(found, pair["ua_actions"], 0).astype(np.float32)
+    cols["ua_action_rate"] = np.where(found, pair["ua_action_rate"], 0.1).astype(np.float32)
+    interacted = found & (pair["ua_has_interacted"] > 0)
+    hours = np.expm1(pair["ua_last_action_h"].astype(np.float64)) + max(now_s - store.as_of_s, 0) / 3600
+    cols["ua_last_action_h"] = np.log1p(np.where(interacted, hours, NEVER)).astype(np.float32)
+    cols["ua_has_interacted"] = interacted.astype(np.float32)
+    friend_ids, since = store.friends(viewer)
+    pos = np.searchsorted(friend_ids, authors)
+    pos = np.minimum(pos, max(len(friend_ids) - 1, 0))
+    is_friend = (len(friend_ids) > 0) & (friend_ids[pos] == authors) if len(friend_ids) else np.zeros(n, bool)
+    f_since = np.where(is_friend, since[pos] if len(since) else 0.0, np.nan)
+    is_friend = is_friend & (f_since < now_s)
+    cols["rel_friend"] = is_friend.astype(np.float32)
+    cols["rel_friend_days"] = np.log1p(np.where(is_friend, (now_s - f_since) / 86400, 0)).astype(np.float32)
+
+    def same(col: str) -> np.ndarray:
+        v = user[col][0]
+        return ((auth[col] == v) & (auth[col] >= 0) & (v >= 0) & auth["found"]).astype(np.float32)
+
+    cols["rel_same_city"] = same("city_code")
+    cols["rel_classmates"] = same("school")
+    cols["rel_colleagues"] = same("work")
+    # Crosses and content.
+    topic_share = user["u_topic_share"][0]
+    multi_hot = np.zeros((n, len(topic_share)), np.float32)
+    rows = np.repeat(np.arange(n), counts)
+    flat = (
+        np.concatenate([codes[i, : counts[i]] for i in range(n)]) if counts.sum() else np.zeros(0, np.int64)
+    )
+    multi_hot[rows, np.clip(flat, 0, len(topic_share) - 1)] = 1.0
+    n_topics = multi_hot.sum(1)
+    cols["x_topic_match"] = ((multi_hot * topic_share).sum(1) / np.maximum(n_topics, 1)).astype(np.float32)
+    if "u_modality_share" in user:
+        share = user["u_modality_share"][0]
+        mod = np.array([MODALITY_INDEX.get(m, -1) for m in post["modality"]], np.int64)
+        cols["x_modality_match"] = np.where(mod >= 0, share[np.clip(mod, 0, len(share) - 1)], 0).astype(
+            np.float32
+        )
+        cols["u_modality_share"] = np.repeat(share[None, :], n, axis=0)
+    cols["p_text_len"] = np.log1p([len(t) for t in post["text"]]).astype(np.float32)
+    cols["p_media_duration"] = np.log1p(post["media_duration_s"]).astype(np.float32)
+    cols["p_n_topics"] = n_topics.astype(np.float32)
+    cols["u_topic_share"] = np.repeat(topic_share[None, :], n, axis=0)
+    cols["p_text_emb"] = post["p_text_emb"]
+    cols["p_media"] = post["p_media"]
+    cols["author_id"] = authors
+    return cols
+
+
+def friend_counters(
+    store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
+) -> dict[str, np.ndarray]:
+    """Positive actions on each post by the viewer's friends (friends before the action's time)."""
+    n = len(post_ids)
+    out = {f"p_friend_actions_{name}": np.zeros(n, np.float32) for name in store.windows}
+    rows, users, at = store.engagers(post_ids)
+    friend_ids, since = store.friends(viewer)
+    if len(rows) == 0 or len(friend_ids) == 0:
+        return out
+    pos = np.minimum(np.searchsorted(friend_ids, users), len(friend_ids) - 1)
+    is_friend = (friend_ids[pos] == users) & (since[pos] < now_s) & (at < now_s)
+    for name, w in store.windows.items():
+        hit = is_friend & (at >= now_s - w)
+        out[f"p_friend_actions_{name}"] = np.log1p(np.bincount(rows[hit], minlength=n)).astype(np.float32)
+    return out

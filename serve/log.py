@@ -1,0 +1,126 @@
+"""The serving log: served impressions, received engagements and new posts, appended durably to the raw
+interaction logs, so the next ``ingest → features → train`` run learns from what was served.
+
+Each writer (one per replica) appends JSON lines to its own files::
+
+    D/raw/impressions/serving/date=YYYY-MM-DD/<writer>.jsonl   the contract's columns (+ arm, model_version)
+    D/raw/engagements/serving/date=YYYY-MM-DD/<writer>.jsonl
+    D/raw/posts/serving/date=YYYY-MM-DD/<writer>.jsonl         (+ text_emb: the post's embedding)
+
+Ingestion reads them like any raw file and ignores the extra keys. The same files are how replicas learn
+about each other's writes: :class:`LogTailer` reads what every writer appended since its last poll and
+hands it to the online store (records carry a ``kind`` and a unique ``id``; applying one twice is a no-op).
+
+Writes are flushed and ``fsync``-ed before :meth:`ServingLog.append` returns, in one call per request (a
+request's impressions or events are one ``write``), so an accepted request is on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+TABLE_OF = {"impression": "impressions", "engagement": "engagements", "post": "posts"}
+TIME_OF = {"impression": "served_at", "engagement": "at", "post": "created_at"}
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds → ISO 8601 UTC with milliseconds (what ingestion parses)."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def to_line(record: dict[str, Any]) -> dict[str, Any]:
+    """A store record → the raw-log row (contract columns with ISO timestamps, plus extras)."""
+    row = {k: v for k, v in record.items() if k not in ("kind", "id") and not k.endswith("_ms")}
+    for k, v in record.items():
+        if k.endswith("_ms") and k != "dwell_ms":
+            row[k[:-3]] = iso(int(v))
+    if record.get("dwell_ms") is not None:
+        row["dwell_ms"] = record["dwell_ms"]
+    return row
+
+
+def from_line(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A raw-log row written by :func:`to_line` → the store record."""
+    rec = dict(row)
+    for k in ("served_at", "at", "created_at"):
+        if k in rec and isinstance(rec[k], str):
+            rec[f"{k}_ms"] = int(dt.datetime.fromisoformat(rec.pop(k)).timestamp() * 1000)
+    rec["kind"] = kind
+    rec["id"] = {
+        "impression": lambda r: r["impression_id"],
+        "engagement": lambda r: r["event_id"],
+        "post": lambda r: f"post:{r['post_id']}",
+    }[kind](rec)
+    return rec
+
+
+class ServingLog:
+    """Durable appends for one writer (a replica); thread-safe."""
+
+    def __init__(self, data_dir: Path, writer: str) -> None:
+        self.raw = data_dir / "raw"
+        self.writer = writer
+        self._lock = threading.Lock()
+
+    def path(self, kind: str, ms: int) -> Path:
+        day = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
+        return self.raw / TABLE_OF[kind] / "serving" / f"date={day}" / f"{self.writer}.jsonl"
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append records (each with ``kind`` and ``<time>_ms``); returns once they are on disk."""
+        by_file: dict[Path, list[str]] = {}
+        for r in records:
+            ms = int(r[f"{TIME_OF[r['kind']]}_ms"])
+            by_file.setdefault(self.path(r["kind"], ms), []).append(
+                json.dumps(to_line(r), separators=(",", ":")) + "\n"
+            )
+        with self._lock:
+            for path, lines in by_file.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, "".join(lines).encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+class LogTailer:
+    """Reads every writer's complete lines appended since the last :meth:`poll` (in file order)."""
+
+    def __init__(self, data_dir: Path, since_ms: int = 0) -> None:
+        self.raw = data_dir / "raw"
+        self.since_ms = since_ms
+        self._offsets: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def poll(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            # Posts first: impressions and engagements refer to them.
+            for kind in ("post", "impression", "engagement"):
+                root = self.raw / TABLE_OF[kind] / "serving"
+                if not root.is_dir():
+                    continue
+                for path in sorted(root.glob("date=*/*.jsonl")):
+                    start = self._offsets.get(path, 0)
+                    size = path.stat().st_size
+                    if size <= start:
+                        continue
+                    with path.open("rb") as fh:
+                        fh.seek(start)
+                        chunk = fh.read(size - start)
+                    end = chunk.rfind(b"\n") + 1  # only complete lines; the rest is read next time
+                    self._offsets[path] = start + end
+                    for line in chunk[:end].splitlines():
+                        if not line.strip():
+                            continue
+                        rec = from_line(kind, json.loads(line))
+                        if rec[f"{TIME_OF[kind]}_ms"] > self.since_ms:
+                            out.append(rec)
+        return out

@@ -1,0 +1,276 @@
+"""Re-ranking: the feed's last stage, small YAML-configurable policies applied to the ranked candidates.
+
+The ranker scores each candidate alone; re-ranking turns those scores into a page. In order, :func:`rerank`
+applies :class:`Freshness` (an additive bonus that halves every ``half_life_h``), :class:`Fatigue` ("see
+fewer" after the viewer hid or reported an author), :class:`SeenDemotion` (already shown items go last or
+go away), :class:`Dedup` (one post per identical text), :class:`AuthorDiversity` (a greedy order that
+penalises an author's k-th item by ``decay * k``) and :class:`Exploration` (epsilon-greedy swaps of items
+from below the cut into the page). Scores are in value-model units and may be negative, so every
+adjustment is additive. Each policy is a frozen pydantic model with ``enabled``; a disabled one is the
+identity. The caller takes the first ``ctx.limit`` items of the result.
+
+Example::
+
+    >>> import numpy as np
+    >>> now = 1_000_000.0
+    >>> slate = Slate(
+    ...     post_id=np.array([1, 2, 3, 4]), author_id=np.array([7, 7, 8, 9]),
+    ...     created_s=np.array([now - 86400, now - 86400, now, now - 86400]),
+    ...     text_hash=np.array([11, 12, 13, 11]), score=np.array([2.0, 1.9, 1.5, 1.8]),
+    ...     seen=np.zeros(4, dtype=bool),
+    ... )
+    >>> ctx = RerankContext(now_s=now, hidden_authors={}, seed=0, limit=3)
+    >>> out = rerank(slate, ctx, RerankConfig())
+    >>> out.post_id.tolist()    # 4 repeats 1's text; 2 pays 0.5 as author 7's second item; 3 is fresh
+    [1, 3, 2]
+    >>> out.reasons
+    [[], ['fresh'], []]
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass
+class Slate:
+    """Candidates of one feed request after ranking, one entry per candidate (arrays of equal length N)."""
+
+    post_id: np.ndarray  # int64
+    author_id: np.ndarray  # int64
+    created_s: np.ndarray  # float64, epoch seconds
+    text_hash: np.ndarray  # int64, hash of the normalized text; 0 = no text (never a duplicate)
+    score: np.ndarray  # float64, value-model score: higher is better, may be negative
+    seen: np.ndarray  # bool, already shown to this viewer
+    reasons: list[list[str]] = field(default_factory=list)  # tags added by policies; empty → one [] each
+
+    def __post_init__(self) -> None:
+        self.post_id = np.asarray(self.post_id, dtype=np.int64)
+        self.author_id = np.asarray(self.author_id, dtype=np.int64)
+        self.created_s = np.asarray(self.created_s, dtype=np.float64)
+        self.text_hash = np.asarray(self.text_hash, dtype=np.int64)
+        self.score = np.asarray(self.score, dtype=np.float64)
+        self.seen = np.asarray(self.seen, dtype=bool)
+        n = len(self.post_id)
+        if not self.reasons:
+            self.reasons = [[] for _ in range(n)]
+        lengths = {len(a) for a in (self.author_id, self.created_s, self.text_hash, self.score, self.seen)}
+        if lengths | {len(self.reasons)} != {n}:
+            raise ValueError(f"Slate fields must all have length {n}")
+
+    def __len__(self) -> int:
+        return len(self.post_id)
+
+    def take(self, idx: np.ndarray) -> Slate:
+        """The candidates at ``idx``, in that order (every field consistently; reason lists are copied)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Slate(
+            post_id=self.post_id[idx],
+            author_id=self.author_id[idx],
+            created_s=self.created_s[idx],
+            text_hash=self.text_hash[idx],
+            score=self.score[idx],
+            seen=self.seen[idx],
+            reasons=[list(self.reasons[i]) for i in idx],
+        )
+
+
+@dataclass
+class RerankContext:
+    """Per-request inputs of the policies."""
+
+    now_s: float
+    hidden_authors: dict[int, int]
+    seed: int
+    limit: int
+
+
+class Policy(Protocol):
+    """One re-ranking step."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def apply(self, slate: Slate, ctx: RerankContext) -> Slate: ...
+
+
+def _tag(reasons: list[list[str]], mask: np.ndarray, tag: str) -> list[list[str]]:
+    return [[*r, tag] if m else list(r) for r, m in zip(reasons, mask, strict=True)]
+
+
+def _by_score(slate: Slate) -> Slate:
+    """Stable sort by descending score (ties keep their current order)."""
+    return slate.take(np.argsort(-slate.score, kind="stable"))
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+
+    def apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        """The re-ranked slate; the input unchanged when the policy is disabled or the slate is empty."""
+        if not self.enabled or len(slate) == 0:
+            return slate
+        return self._apply(slate, ctx)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        raise NotImplementedError
+
+
+class Freshness(_Base):
+    """``score += weight * 0.5 ** (age_h / half_life_h)``, then re-sort; tag ``fresh`` while younger than
+    one half-life."""
+
+    weight: float = Field(0.3, ge=0)
+    half_life_h: float = Field(6.0, gt=0)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        age_h = np.maximum(ctx.now_s - slate.created_s, 0.0) / 3600.0
+        bonus = self.weight * 0.5 ** (age_h / self.half_life_h)
+        fresh = bonus > self.weight / 2
+        return _by_score(
+            replace(slate, score=slate.score + bonus, reasons=_tag(slate.reasons, fresh, "fresh"))
+        )
+
+
+class Fatigue(_Base):
+    """``score -= penalty * min(hides of the author, max_hides)``, then re-sort; tag ``fatigue``."""
+
+    penalty: float = Field(1.0, ge=0)
+    max_hides: int = Field(3, ge=1)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        if not ctx.hidden_authors:
+            return slate
+        keys = np.array(sorted(ctx.hidden_authors), dtype=np.int64)
+        counts = np.array([ctx.hidden_authors[int(k)] for k in keys], dtype=np.float64)
+        pos = np.minimum(np.searchsorted(keys, slate.author_id), len(keys) - 1)
+        hides = np.where(keys[pos] == slate.author_id, np.minimum(counts[pos], self.max_hides), 0.0)
+        hit = hides > 0
+        score = slate.score - self.penalty * hides
+        return _by_score(replace(slate, score=score, reasons=_tag(slate.reasons, hit, "fatigue")))
+
+
+class SeenDemotion(_Base):
+    """Seen items are dropped (``exclude``) or moved after every unseen one, order kept (``demote``)."""
+
+    mode: Literal["demote", "exclude"] = "demote"
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        unseen, seen = np.flatnonzero(~slate.seen), np.flatnonzero(slate.seen)
+        if self.mode == "exclude":
+            return slate.take(unseen)
+        out = slate.take(np.concatenate([unseen, seen]))
+        out.reasons = _tag(out.reasons, out.seen, "seen")
+        return out
+
+
+class Dedup(_Base):
+    """Among candidates with the same non-zero ``text_hash`` keep the highest-scored (earliest on ties)."""
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        order = np.argsort(-slate.score, kind="stable")
+        _, first = np.unique(slate.text_hash[order], return_index=True)
+        keep = slate.text_hash == 0
+        keep[order[first]] = True
+        return slate.take(np.flatnonzero(keep))
+
+
+class AuthorDiversity(_Base):
+    """Greedy order by ``score - decay * k`` (k = the author's items already placed), ties by position.
+
+    Runs separately on the unseen then the seen block when the slate is partitioned, so it never undoes
+    :class:`SeenDemotion`. An author's items are consumed in descending score order, so only each author's
+    head competes: a heap over heads makes it O(N log N).
+    """
+
+    decay: float = Field(0.5, ge=0)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        seen = slate.seen
+        if np.all(seen[:-1] <= seen[1:]):  # partitioned: unseen block, then seen block
+            blocks = [np.flatnonzero(~seen), np.flatnonzero(seen)]
+        else:
+            blocks = [np.arange(len(slate))]
+        order = [b[self._greedy(slate.score[b], slate.author_id[b])] for b in blocks if len(b)]
+        return slate.take(np.concatenate(order))
+
+    def _greedy(self, score: np.ndarray, author: np.ndarray) -> np.ndarray:
+        n = len(score)
+        by_author = np.lexsort((np.arange(n), -score, author))  # author, then score desc, then position
+        grouped = author[by_author]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        ends = np.r_[starts[1:], n]
+        # heap entry: (-effective score, position, pointer into by_author, end of the author's run, k)
+        heap = [
+            (-float(score[by_author[s]]), int(by_author[s]), int(s), int(e), 0)
+            for s, e in zip(starts, ends, strict=True)
+        ]
+        heapq.heapify(heap)
+        out = np.empty(n, dtype=np.int64)
+        for slot in range(n):
+            _, pos, ptr, end, k = heapq.heappop(heap)
+            out[slot] = pos
+            if ptr + 1 < end:
+                nxt = int(by_author[ptr + 1])
+                heapq.heappush(heap, (-(float(score[nxt]) - self.decay * (k + 1)), nxt, ptr + 1, end, k + 1))
+        return out
+
+
+class Exploration(_Base):
+    """With probability ``epsilon`` per slot in ``[start, limit)``, swap in a random unseen item from below
+    the cut (without replacement; ``default_rng(ctx.seed)``, so reproducible); tag ``exploration``.
+
+    Only unseen items are drawn, so a demoted seen item never comes back above the cut.
+    """
+
+    epsilon: float = Field(0.0, ge=0, le=1)
+    start: int = Field(3, ge=0)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        cut = max(ctx.limit, 0)
+        pool = (np.flatnonzero(~slate.seen[cut:]) + cut).tolist()
+        end = min(cut, len(slate))
+        if self.epsilon == 0 or end <= self.start or not pool:
+            return slate
+        rng = np.random.default_rng(ctx.seed)
+        slots = np.flatnonzero(rng.random(end - self.start) < self.epsilon) + self.start
+        perm = np.arange(len(slate))
+        swapped = np.zeros(len(slate), dtype=bool)
+        for slot in slots[: len(pool)]:
+            j = pool.pop(int(rng.integers(len(pool))))
+            perm[slot], perm[j] = perm[j], perm[slot]
+            swapped[slot] = True
+        out = slate.take(perm)
+        out.reasons = _tag(out.reasons, swapped, "exploration")
+        return out
+
+
+class RerankConfig(BaseModel):
+    """The ``rerank`` section of the serving YAML: one entry per policy, applied in field order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    freshness: Freshness = Freshness()
+    fatigue: Fatigue = Fatigue()
+    seen: SeenDemotion = SeenDemotion()
+    dedup: Dedup = Dedup()
+    diversity: AuthorDiversity = AuthorDiversity()
+    exploration: Exploration = Exploration()
+
+    def policies(self) -> list[Policy]:
+        """The policies in application order."""
+        return [self.freshness, self.fatigue, self.seen, self.dedup, self.diversity, self.exploration]
+
+
+def rerank(slate: Slate, ctx: RerankContext, cfg: RerankConfig) -> Slate:
+    """Apply every policy of ``cfg`` in order; the caller takes the first ``ctx.limit`` of the result."""
+    for policy in cfg.policies():
+        slate = policy.apply(slate, ctx)
+    return slate

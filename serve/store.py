@@ -1,0 +1,519 @@
+"""The online store: what retrieval and ranking read about users, the graph, posts and recent activity.
+
+One interface (:class:`OnlineStore`), two backends:
+
+- :class:`EmbeddedStore` (default, one machine): numpy arrays loaded from ``D/online/`` (written by
+  ``pipelines.features``) in every replica that needs them.
+- ``serve.redis_store.RedisStore`` (several nodes): the same data in a ``redis-server``.
+
+Live updates (new posts, served impressions, engagements) are :class:`serve.log.Record` s. The serving log
+(:mod:`serve.log`) makes them durable and hands them to every store; the embedded store applies records
+newer than its snapshot, so a replica started later replays what the log holds since the snapshot.
+
+Counters are kept as counts (the snapshot's ``log1p`` values are undone once at load) and live events add
+to every window; a window's old events do not expire until the next ``pipelines.features`` snapshot.
+User and user–author aggregates (``u_*``, ``a_*``, ``ua_*``) are refreshed by that snapshot only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import schema
+
+#: Post columns kept as counts; ``p_impressions_<w>`` and ``p_<action>_<w>`` for every window.
+COUNTER_PREFIX = "p_"
+POSITIVE = ("click", "like", "comment", "share")
+NEGATIVE = ("hide", "report")
+#: User columns ranking reads (the u_* / a_* scalars are found in the snapshot's schema).
+USER_VECTORS = ("u_topic_share", "u_modality_share")
+ONLINE_TABLES = ("users", "posts", "user_author", "friendships", "blocks", "recent_actions", "viewer_events")
+
+
+@dataclass
+class ViewerState:
+    """What one viewer was shown and pushed away recently."""
+
+    seen: np.ndarray  # int64 post ids shown to the viewer
+    hidden: np.ndarray  # int64 post ids the viewer hid or reported
+    hidden_authors: dict[int, int]  # author id → hides + reports of their posts
+
+
+@dataclass
+class Snapshot:
+    """Static parts of the embedded store (replaced whole, never mutated while readers hold it)."""
+
+    users: np.ndarray  # sorted user ids
+    user_cols: dict[str, np.ndarray]  # aligned with users
+    friend_ptr: np.ndarray  # CSR over user codes
+    friend_ids: np.ndarray
+    friend_since: np.ndarray  # epoch seconds
+    blocked: dict[int, np.ndarray]  # user id → ids blocked by or blocking them
+    posts: np.ndarray  # sorted post ids
+    post_cols: dict[str, np.ndarray]  # aligned with posts
+    by_author_order: np.ndarray  # post codes sorted by (author, created)
+    by_author_keys: np.ndarray  # author id of each entry of by_author_order
+    pair_keys: np.ndarray  # sorted (viewer code * n_users + author code)
+    pair_cols: dict[str, np.ndarray]
+
+
+class OnlineStore(Protocol):
+    """Reads used by retrieval and ranking; vectorized over ids. Unknown ids come back with found=False."""
+
+    as_of_s: float
+    windows: dict[str, int]
+    vocab: dict[str, dict[str, int]]
+
+    def has_user(self, user_id: int) -> bool: ...
+
+    def users(self, ids: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def friends(self, user_id: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def blocked_with(self, user_id: int) -> np.ndarray: ...
+
+    def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray: ...
+
+    def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def pairs(self, viewer: int, authors: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def engagers(self, post_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def viewer(self, viewer: int) -> ViewerState: ...
+
+    def apply(self, records: list[dict[str, Any]]) -> int: ...
+
+    def sample(self, n: int) -> tuple[int, np.ndarray]: ...
+
+
+def _secs(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """UTC timestamps → float epoch seconds (NaN for nulls)."""
+    ms = pc.cast(pc.cast(col, schema.TS), pa.int64())
+    return np.asarray(pc.fill_null(pc.cast(ms, pa.float64()), np.nan).to_numpy(zero_copy_only=False)) / 1000.0
+
+
+def _matrix(col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros((0, arr.type.list_size), np.float32)
+    return np.asarray(arr.values.to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), -1)
+
+
+def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of ``ids`` in ``sorted_ids``; -1 where absent."""
+    ids = np.asarray(ids, np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def _factorize(values: list[str | None]) -> np.ndarray:
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(v, len(codes)) if v else -1 for v in values], np.int64)
+
+
+@dataclass
+class _Live:
+    """Mutable state fed by log records (guarded by the store's lock)."""
+
+    seen: dict[int, set[int]] = field(default_factory=dict)
+    hidden: dict[int, set[int]] = field(default_factory=dict)
+    hidden_authors: dict[int, dict[int, int]] = field(default_factory=dict)
+    # positive actions: post id → list of (user id, at seconds)
+    engagers: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)  # record ids already applied (idempotent replay)
+
+
+class EmbeddedStore:
+    """The online store in this process's memory, loaded from ``D/online/``.
+
+    Example::
+
+        store = EmbeddedStore.load(Path("data/demo"))
+        store.friends(42)            # (friend ids, friendship start in epoch seconds)
+        store.posts(np.array([5_000_000]))["author_id"]
+    """
+
+    def __init__(
+        self,
+        snap: Snapshot,
+        as_of_s: float,
+        windows: dict[str, int],
+        vocab: dict[str, dict[str, int]],
+        engagers: dict[int, list[tuple[int, float]]],
+        events: pa.Table,
+    ) -> None:
+        self._snap = snap
+        self.as_of_s = as_of_s
+        self.windows = windows
+        self.vocab = vocab
+        self._lock = threading.RLock()
+        self._live = _Live(engagers=engagers)
+        self._topic_width = snap.post_cols["topic_codes"].shape[1]
+        viewers = events["viewer_id"].to_numpy()
+        post_ids = events["post_id"].to_numpy()
+        kinds = events["type"].to_pylist()
+        authors = self._author_of(post_ids)
+        for v, p, k, a in zip(viewers.tolist(), post_ids.tolist(), kinds, authors.tolist(), strict=True):
+            self._note_viewer_event(int(v), int(p), k, int(a))
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, data_dir: Path) -> EmbeddedStore:
+        online = data_dir / "online"
+        manifest_path = online / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{online}: no online snapshot (run pipelines.features first)")
+        manifest = json.loads(manifest_path.read_text())
+        vocab_path = Path(manifest.get("features_dir", data_dir / "features")) / "vocab.json"
+        if not vocab_path.exists():
+            vocab_path = data_dir / "features" / "vocab.json"
+        vocab = json.loads(vocab_path.read_text())
+        import datetime as dt
+
+        as_of_s = dt.datetime.fromisoformat(manifest["as_of"]).timestamp()
+        tables = {name: pq.read_table(online / f"{name}.parquet") for name in ONLINE_TABLES}
+        return cls.from_tables(tables, as_of_s, dict(manifest["windows"]), vocab)
+
+    @classmethod
+    def from_tables(
+        cls,
+        tables: dict[str, pa.Table],
+        as_of_s: float,
+        windows: dict[str, int],
+        vocab: dict[str, dict[str, int]],
+    ) -> EmbeddedStore:
+        """From the online tables (``ONLINE_TABLES``, as ``pipelines.features.build_online`` writes them)."""
+        snap = _snapshot(
+            tables["users"], tables["posts"], tables["user_author"], tables["friendships"], tables["blocks"]
+        )
+        recent = tables["recent_actions"]
+        engagers: dict[int, list[tuple[int, float]]] = {}
+        for p, u, t in zip(
+            recent["post_id"].to_pylist(),
+            recent["user_id"].to_pylist(),
+            _secs(recent["at"]).tolist(),
+            strict=True,
+        ):
+            engagers.setdefault(int(p), []).append((int(u), float(t)))
+        return cls(snap, as_of_s, windows, vocab, engagers, tables["viewer_events"])
+
+    # -------------------------------------------------------------------------------------------- reads
+    def has_user(self, user_id: int) -> bool:
+        return bool(_lookup(self._snap.users, np.array([user_id]))[0] >= 0)
+
+    def users(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        snap = self._snap
+        pos = _lookup(snap.users, ids)
+        found = pos >= 0
+        at = np.maximum(pos, 0)
+        out = {k: v[at] if len(v) else v for k, v in snap.user_cols.items()}
+        out["found"] = found
+        out["user_id"] = np.asarray(ids, np.int64)
+        return out
+
+    def friends(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        snap = self._snap
+        code = int(_lookup(snap.users, np.array([user_id]))[0])
+        if code < 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        lo, hi = snap.friend_ptr[code], snap.friend_ptr[code + 1]
+        return snap.friend_ids[lo:hi], snap.friend_since[lo:hi]
+
+    def blocked_with(self, user_id: int) -> np.ndarray:
+        return self._snap.blocked.get(int(user_id), np.zeros(0, np.int64))
+
+    def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray:
+        """Ids of posts by ``authors`` created in ``[since_s, until_s)``, newest first (deleted included:
+        retrieval applies visibility)."""
+        snap = self._snap
+        authors = np.unique(np.asarray(authors, np.int64))
+        lo = np.searchsorted(snap.by_author_keys, authors, side="left")
+        hi = np.searchsorted(snap.by_author_keys, authors, side="right")
+        lengths = hi - lo
+        if lengths.sum() == 0:
+            return np.zeros(0, np.int64)
+        idx = np.repeat(lo, lengths) + (
+            np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )
+        codes = snap.by_author_order[idx]
+        created = snap.post_cols["created_s"][codes]
+        keep = codes[(created >= since_s) & (created < until_s)]
+        order = np.argsort(-snap.post_cols["created_s"][keep], kind="stable")
+        return snap.posts[keep[order]]
+
+    def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        snap = self._snap
+        pos = _lookup(snap.posts, ids)
+        at = np.maximum(pos, 0)
+        with self._lock:
+            if len(snap.posts):
+                out = {k: v[at] for k, v in snap.post_cols.items()}
+            else:
+                out = {k: np.zeros((len(pos), *v.shape[1:]), v.dtype) for k, v in snap.post_cols.items()}
+        out["found"] = pos >= 0
+        out["post_id"] = np.asarray(ids, np.int64)
+        return out
+
+    def pairs(self, viewer: int, authors: np.ndarray) -> dict[str, np.ndarray]:
+        snap = self._snap
+        n_u = len(snap.users)
+        v = int(_lookup(snap.users, np.array([viewer]))[0])
+        a = _lookup(snap.users, authors)
+        keys = np.where((v >= 0) & (a >= 0), v * n_u + a, -1)
+        pos = _lookup(snap.pair_keys, keys)
+        out = {k: col[np.maximum(pos, 0)] for k, col in snap.pair_cols.items()}
+        out["found"] = (pos >= 0) & (keys >= 0)
+        return out
+
+    def engagers(self, post_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positive actions on each post: (row index into ``post_ids``, user id, at seconds)."""
+        rows: list[int] = []
+        users: list[int] = []
+        ats: list[float] = []
+        with self._lock:
+            for i, p in enumerate(np.asarray(post_ids, np.int64).tolist()):
+                for u, t in self._live.engagers.get(p, ()):
+                    rows.append(i)
+                    users.append(u)
+                    ats.append(t)
+        return np.array(rows, np.int64), np.array(users, np.int64), np.array(ats, np.float64)
+
+    def viewer(self, viewer: int) -> ViewerState:
+        with self._lock:
+            live = self._live
+            return ViewerState(
+                seen=np.fromiter(live.seen.get(viewer, ()), np.int64),
+                hidden=np.fromiter(live.hidden.get(viewer, ()), np.int64),
+                hidden_authors=dict(live.hidden_authors.get(viewer, {})),
+            )
+
+    def user_ids(self) -> np.ndarray:
+        return self._snap.users.copy()
+
+    def sample(self, n: int) -> tuple[int, np.ndarray]:
+        """A user id and up to ``n`` post ids (warm-up traffic)."""
+        snap = self._snap
+        return int(snap.users[0]) if len(snap.users) else 0, snap.posts[:n].copy()
+
+    # ------------------------------------------------------------------------------------------- writes
+    def apply(self, records: list[dict[str, Any]]) -> int:
+        """Apply log records (see :mod:`serve.log`); replaying a record twice changes nothing."""
+        new_posts = [r for r in records if r["kind"] == "post" and r["id"] not in self._live.applied]
+        if new_posts:
+            self._add_posts(new_posts)
+        n = 0
+        with self._lock:
+            for r in records:
+                if r["id"] in self._live.applied:
+                    continue
+                self._live.applied.add(r["id"])
+                n += 1
+                if r["kind"] == "impression":
+                    self._count(r["post_id"], "impressions")
+                    author = int(self._author_of(np.array([r["post_id"]]))[0])
+                    self._note_viewer_event(r["viewer_id"], r["post_id"], "impression", author)
+                elif r["kind"] == "engagement" and r["type"] != "view":
+                    self._count(r["post_id"], r["type"])
+                    author = int(self._author_of(np.array([r["post_id"]]))[0])
+                    self._note_viewer_event(r["viewer_id"], r["post_id"], r["type"], author)
+                    if r["type"] in POSITIVE:
+                        self._live.engagers.setdefault(r["post_id"], []).append(
+                            (r["viewer_id"], r["at_ms"] / 1000.0)
+                        )
+        return n
+
+    def _author_of(self, post_ids: np.ndarray) -> np.ndarray:
+        """Author of each post; -1 for posts the store does not know."""
+        post = self.posts(np.asarray(post_ids, np.int64))
+        return np.where(post["found"], post["author_id"], -1)
+
+    def _note_viewer_event(self, viewer: int, post: int, kind: str, author: int) -> None:
+        live = self._live
+        if kind == "impression":
+            live.seen.setdefault(viewer, set()).add(post)
+        elif kind in NEGATIVE:
+            live.hidden.setdefault(viewer, set()).add(post)
+            if author >= 0:
+                per = live.hidden_authors.setdefault(viewer, {})
+                per[author] = per.get(author, 0) + 1
+
+    def _count(self, post_id: int, what: str) -> None:
+        pos = int(_lookup(self._snap.posts, np.array([post_id]))[0])
+        if pos < 0:
+            return
+        for w in self.windows:
+            col = self._snap.post_cols.get(f"p_{what}_{w}")
+            if col is not None:
+                col[pos] += 1.0
+
+    def _add_posts(self, records: list[dict[str, Any]]) -> None:
+        """New posts: rebuild the post arrays (copy-on-write; readers keep the old snapshot)."""
+        with self._lock:
+            old = self._snap
+            fresh = [r for r in records if _lookup(old.posts, np.array([r["post_id"]]))[0] < 0]
+            if not fresh:
+                return
+            cols = _post_record_columns(fresh, self.vocab, self._topic_width, old.post_cols, self.windows)
+            ids = np.concatenate([old.posts, np.array([r["post_id"] for r in fresh], np.int64)])
+            order = np.argsort(ids, kind="stable")
+            merged = {k: np.concatenate([old.post_cols[k], cols[k]])[order] for k in old.post_cols}
+            posts = ids[order]
+            by_author = np.lexsort((merged["created_s"], merged["author_id"]))
+            self._snap = Snapshot(
+                **{
+                    **old.__dict__,
+                    "posts": posts,
+                    "post_cols": merged,
+                    "by_author_order": by_author,
+                    "by_author_keys": merged["author_id"][by_author],
+                }
+            )
+
+
+def _post_record_columns(
+    records: list[dict[str, Any]],
+    vocab: dict[str, dict[str, int]],
+    topic_width: int,
+    like: dict[str, np.ndarray],
+    windows: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """Columns for new posts (a post log record carries the contract's fields plus ``text_emb``)."""
+    n = len(records)
+    out: dict[str, np.ndarray] = {}
+    for k, col in like.items():
+        out[k] = np.zeros((n, *col.shape[1:]), col.dtype)
+    topic_vocab = vocab["topic"]
+    for i, r in enumerate(records):
+        out["author_id"][i] = r["author_id"]
+        out["created_s"][i] = r["created_at_ms"] / 1000.0
+        deleted = r.get("deleted_at_ms")
+        out["deleted_s"][i] = np.nan if deleted is None else deleted / 1000.0
+        out["visibility"][i] = r["visibility"]
+        out["modality"][i] = r["modality"]
+        out["text"][i] = r.get("text") or ""
+        out["modality_code"][i] = vocab["modality"].get(r["modality"], 0)
+        codes = [topic_vocab.get(t, 0) for t in (r.get("topics") or [])][:topic_width]
+        out["topic_codes"][i, : len(codes)] = codes
+        out["n_topics"][i] = len(codes)
+        out["p_text_emb"][i, : len(r["text_emb"])] = r["text_emb"]
+        media = r.get("media_vector") or []
+        k = min(len(media), out["p_media"].shape[1])
+        out["p_media"][i, :k] = media[:k]
+        out["media_duration_s"][i] = r.get("media_duration_s") or 0.0
+        out["text_hash"][i] = text_hash(r.get("text"))
+    return out
+
+
+def text_hash(text: str | None) -> int:
+    """A stable 62-bit hash of normalized text (0 for no text): duplicates share it."""
+    import hashlib
+
+    norm = " ".join((text or "").lower().split())
+    if not norm:
+        return 0
+    return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little") >> 2
+
+
+def _snapshot(
+    users: pa.Table,
+    posts: pa.Table,
+    pairs: pa.Table,
+    friendships: pa.Table,
+    blocks: pa.Table,
+) -> Snapshot:
+    # Users (already sorted by id in the snapshot; sort again to be safe).
+    users = users.take(pc.sort_indices(users["user_id"]))
+    uid = users["user_id"].to_numpy()
+    ucols: dict[str, np.ndarray] = {
+        "age": pc.fill_null(users["age"], 0).to_numpy().astype(np.int64),
+        "city_code": users["city_code"].to_numpy().astype(np.int64),
+        "gender_code": users["gender_code"].to_numpy().astype(np.int64),
+        "school": _factorize(users["school"].to_pylist()),
+        "work": _factorize(users["work"].to_pylist()),
+        "joined_s": _secs(users["joined_at"]),
+    }
+    for name in users.column_names:
+        if name.startswith(("u_", "a_")) and name not in USER_VECTORS:
+            ucols[name] = users[name].to_numpy().astype(np.float32)
+    for name in USER_VECTORS:
+        if name in users.column_names:
+            ucols[name] = _matrix(users[name])
+    # Friendships, both directions, CSR by user code.
+    codes = lambda col: _lookup(uid, friendships[col].to_numpy())  # noqa: E731
+    fa, fb = codes("user_a"), codes("user_b")
+    since = _secs(friendships["created_at"])
+    src, dst = np.concatenate([fa, fb]), np.concatenate([fb, fa])
+    fs = np.concatenate([since, since])
+    ok = (src >= 0) & (dst >= 0)
+    src, dst, fs = src[ok], dst[ok], fs[ok]
+    order = np.lexsort((dst, src))
+    src, dst, fs = src[order], dst[order], fs[order]
+    ptr = np.searchsorted(src, np.arange(len(uid) + 1))
+    # Blocks, symmetric.
+    blocked: dict[int, list[int]] = {}
+    for a, b in zip(blocks["blocker_id"].to_pylist(), blocks["blocked_id"].to_pylist(), strict=True):
+        blocked.setdefault(int(a), []).append(int(b))
+        blocked.setdefault(int(b), []).append(int(a))
+    # Posts.
+    posts = posts.take(pc.sort_indices(posts["post_id"]))
+    pid = posts["post_id"].to_numpy()
+    n_p = len(pid)
+    topic_lists = posts["topic_codes"].to_pylist()
+    width = max([len(t) for t in topic_lists] + [schema.MAX_TOPICS_PER_POST])
+    topic_codes = np.zeros((n_p, width), np.int64)
+    for i, ts in enumerate(topic_lists):
+        topic_codes[i, : len(ts)] = ts
+    pcols: dict[str, np.ndarray] = {
+        "author_id": posts["author_id"].to_numpy().astype(np.int64),
+        "created_s": _secs(posts["created_at"]),
+        "deleted_s": _secs(posts["deleted_at"]),
+        "visibility": np.asarray(posts["visibility"].to_pylist(), dtype=object),
+        "modality": np.asarray(posts["modality"].to_pylist(), dtype=object),
+        "text": np.asarray([t or "" for t in posts["text"].to_pylist()], dtype=object),
+        "modality_code": posts["modality_code"].to_numpy().astype(np.int64),
+        "topic_codes": topic_codes,
+        "n_topics": np.array([len(t) for t in topic_lists], np.int64),
+        "p_text_emb": _matrix(posts["p_text_emb"]),
+        "p_media": _matrix(posts["p_media"]),
+        "media_duration_s": pc.fill_null(posts["media_duration_s"], 0).to_numpy().astype(np.float32),
+        "text_hash": np.array([text_hash(t) for t in posts["text"].to_pylist()], np.int64),
+    }
+    for name in posts.column_names:
+        if name.startswith(COUNTER_PREFIX) and name not in ("p_text_emb", "p_media"):
+            pcols[name] = np.expm1(posts[name].to_numpy().astype(np.float64))  # counts, not log1p
+    by_author = np.lexsort((pcols["created_s"], pcols["author_id"]))
+    # User–author pairs.
+    pv, pa_ = _lookup(uid, pairs["viewer_id"].to_numpy()), _lookup(uid, pairs["author_id"].to_numpy())
+    keys = pv * len(uid) + pa_
+    order = np.argsort(keys)
+    pair_cols = {
+        name: pairs[name].to_numpy().astype(np.float32)[order]
+        for name in pairs.column_names
+        if name.startswith("ua_")
+    }
+    return Snapshot(
+        users=uid,
+        user_cols=ucols,
+        friend_ptr=ptr,
+        friend_ids=uid[dst],
+        friend_since=fs,
+        blocked={k: np.array(sorted(set(v)), np.int64) for k, v in blocked.items()},
+        posts=pid,
+        post_cols=pcols,
+        by_author_order=by_author,
+        by_author_keys=pcols["author_id"][by_author],
+        pair_keys=keys[order],
+        pair_cols=pair_cols,
+    )
