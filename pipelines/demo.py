@@ -2,8 +2,9 @@
 
 On one local Ray instance: synth → ingest → features → train (Ray Train + TorchRec, logged to the embedded
 MLflow store ``D/mlflow.db``) → evaluate against the baselines → register a ``feed-ranker`` version
-(alias ``challenger``) → promote it to ``champion`` if it beats the current one. Prints what each stage
-produced and the offline quality table. Serving joins here when it lands.
+(alias ``challenger``) → promote it to ``champion`` if it beats the current one → deploy the feed
+(``configs/serve.yaml``) on Ray Serve and fetch feeds for sample users over HTTP with minted tokens. Prints
+what each stage produced, the offline quality table and a readable feed.
 """
 
 from __future__ import annotations
@@ -102,6 +103,94 @@ def quality_table(evaluation: Any) -> Table:
     return t
 
 
+def sample_viewers(data_dir: Path, n: int) -> list[int]:
+    """Users with the most candidate posts right now (what a demo should show)."""
+    import numpy as np
+
+    from serve.retrieval import RetrievalConfig, retrieve
+    from serve.store import EmbeddedStore
+
+    store = EmbeddedStore.load(data_dir)
+    ids = store.user_ids()[:: max(1, len(store.user_ids()) // 400)]
+    sizes = [len(retrieve(store, u, store.as_of_s, RetrievalConfig()).post_ids) for u in ids]
+    order = np.argsort(sizes)[::-1]
+    return [int(ids[i]) for i in order[:n]]
+
+
+def feed_table(body: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"GET /feed/{body['user_id']}: model {body['model']['name']} v{body['model']['version']} "
+        f"({body['model']['arm']}){', FALLBACK ' + str(body['fallback_reason']) if body['fallback'] else ''}",
+        title_justify="left",
+    )
+    for col in ("#", "post", "author", "posted", "kind", "text", "P(click)", "P(like)", "score", "why"):
+        t.add_column(col, justify="right" if col in ("#", "P(click)", "P(like)", "score") else "left")
+    for it in body["items"]:
+        p = it["probabilities"] or {}
+        t.add_row(
+            str(it["position"]),
+            str(it["post_id"]),
+            str(it["author_id"]),
+            it["created_at"][5:16].replace("T", " "),
+            it["modality"],
+            it["text"][:48],
+            f"{p['click']:.3f}" if p else "–",
+            f"{p['like']:.3f}" if p else "–",
+            f"{it['score']:.3f}",
+            it["why"],
+        )
+    return t
+
+
+def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_serving: bool) -> None:
+    """Deploy the feed app on the current Ray instance and print real feeds fetched over HTTP."""
+    import os
+    import secrets
+
+    import requests
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.auth import TokenAuth
+    from serve.config import load_serve_yaml
+
+    doc, cfg = load_serve_yaml(serve_config)
+    secret = os.environ.get(cfg.auth.secret_env) or secrets.token_urlsafe(32)
+    args = cfg.model_dump(mode="json") | {"data_dir": str(data_dir)}
+    args["auth"] = {**args["auth"], "secret": secret}
+    http = doc.get("http_options", {})
+    host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+    serve.start(http_options={"host": host, "port": port})
+    app = doc["applications"][0]
+    serve.run(
+        build_app(args, app.get("deployments")), name=app["name"], route_prefix=app.get("route_prefix", "/")
+    )
+    base = f"http://{host}:{port}"
+    auth = TokenAuth(secret, cfg.auth.issuer, cfg.auth.leeway_s)
+    viewers = sample_viewers(data_dir, 2)
+    for viewer in viewers:
+        r = requests.get(
+            f"{base}/feed/{viewer}",
+            params={"limit": 10},
+            headers={"Authorization": f"Bearer {auth.mint(viewer)}"},
+            timeout=30,
+        )
+        r.raise_for_status()
+        console.print(feed_table(r.json()))
+        console.print(f"Server-Timing: {r.headers.get('server-timing')}")
+    token = auth.mint(viewers[0], ttl_s=3600)
+    console.print(
+        f"Feed: {base}/feed/{{user_id}} (OpenAPI docs: {base}/docs). Try:\n"
+        f"  curl -H 'Authorization: Bearer {token}' '{base}/feed/{viewers[0]}?limit=5'"
+    )
+    if keep_serving:
+        console.print("Serving until Ctrl-C.")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    serve.shutdown()
+
+
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
 
@@ -116,6 +205,10 @@ def main(
     train_config: Annotated[Path | None, typer.Option(help="YAML config (configs/train.yaml).")] = Path(
         "configs/train.yaml"
     ),
+    serve_config: Annotated[Path, typer.Option(help="Ray Serve config (configs/serve.yaml).")] = Path(
+        "configs/serve.yaml"
+    ),
+    keep_serving: Annotated[bool, typer.Option(help="Keep the feed up until Ctrl-C.")] = False,
 ) -> None:
     """Run the data stages, train, evaluate, register and promote; print what each produced."""
     from pipelines.cli import exit_on_error
@@ -157,6 +250,8 @@ def main(
         with stage("promote"):
             decision = promote(data_dir, train_cfg)
         console.print(quality_table(published.evaluation))
+        with ray_session(), stage("serve"):
+            serve_feed(console, data_dir, serve_config, keep_serving)
         verdict = "promoted to champion" if decision.promoted else "not promoted"
         console.print(
             f"[bold]{published.model_name} version {published.version}[/bold] (alias challenger) {verdict}: "
