@@ -181,7 +181,8 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     token = auth.mint(viewers[0], ttl_s=3600)
     console.print(
         f"Feed: {base}/feed/{{user_id}} (OpenAPI docs: {base}/docs). Try:\n"
-        f"  curl -H 'Authorization: Bearer {token}' '{base}/feed/{viewers[0]}?limit=5'"
+        f"  curl -H 'Authorization: Bearer {token}' '{base}/feed/{viewers[0]}?limit=5'",
+        soft_wrap=True,
     )
     if keep_serving:
         console.print("Serving until Ctrl-C.")

@@ -53,8 +53,12 @@ from serve.store import EmbeddedStore, OnlineStore
 log = logging.getLogger(__name__)
 
 
-def open_store(cfg: ServeConfig) -> tuple[OnlineStore, StoreSync]:
-    """The configured online store, kept current from the serving log."""
+def open_store(cfg: ServeConfig) -> tuple[OnlineStore, StoreSync | None]:
+    """The configured online store; an embedded one is kept current from the serving log."""
+    if cfg.store.backend == "redis":
+        from serve.redis_store import RedisStore
+
+        return RedisStore.connect(cfg.store.redis_url, cfg.data_dir, cfg.store.redis_prefix), None
     store = EmbeddedStore.load(cfg.data_dir)
     tailer = LogTailer(cfg.data_dir, since_ms=int(store.as_of_s * 1000))
     return store, StoreSync(store, tailer, cfg.store.poll_s)
@@ -116,7 +120,7 @@ class Ranker:
         return self.host.slots.versions()
 
     def check_health(self) -> None:
-        if not self.host.watcher.is_alive() or not self.sync.alive():
+        if not self.host.watcher.is_alive() or (self.sync is not None and not self.sync.alive()):
             raise RuntimeError("a background thread of the ranker died")
 
 
@@ -171,7 +175,9 @@ class FeedIngress:
         return out
 
     def check_health(self) -> None:
-        if not self.sync.alive() or (self.host is not None and not self.host.watcher.is_alive()):
+        if (self.sync is not None and not self.sync.alive()) or (
+            self.host is not None and not self.host.watcher.is_alive()
+        ):
             raise RuntimeError("a background thread of the ingress died")
 
     def __serve_build_asgi_app__(self) -> Any:

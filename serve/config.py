@@ -23,8 +23,13 @@ class Section(BaseModel):
 
 
 class StoreConfig(Section):
-    backend: Literal["embedded", "redis"] = Field("embedded", description="Where online features live.")
+    backend: Literal["embedded", "redis"] = Field(
+        "embedded",
+        description="embedded: each replica holds D/online/ in memory and reads the others' writes from the "
+        "serving log; redis: one copy in redis_url for every replica on every node.",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="With backend redis.")
+    redis_prefix: str = Field("feed", min_length=1, description="Key prefix (several feeds in one Redis).")
     poll_s: float = Field(1.0, gt=0, le=60, description="How often a replica reads the others' writes.")
 
 

@@ -332,9 +332,14 @@ class FeedService:
             self._pages.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------ writes
-    def log_impressions(self, records: list[dict[str, Any]]) -> None:
+    def publish(self, records: list[dict[str, Any]]) -> None:
+        """Durably log, then apply to this replica's store (other replicas: through the log or Redis)."""
         if records:
             self.log.append(records)
+            self.store.apply(records)
+
+    def log_impressions(self, records: list[dict[str, Any]]) -> None:
+        self.publish(records)
 
     def events(self, viewer: int, events: list[dict[str, Any]]) -> dict[str, Any]:
         """Validate a whole batch; store all of it or none (422 with every problem)."""
@@ -424,9 +429,7 @@ class FeedService:
             raise FeedError(
                 422, {"message": f"{len(errors)} problem(s); nothing was stored", "errors": errors}
             )
-        self.log.append(records)
-        if self.sync is not None:
-            self.sync.poll_now()
+        self.publish(records)
         self.metrics.event("accepted", len(records))
         return {"accepted": len(records), "event_ids": [r["id"] for r in records]}
 
@@ -453,7 +456,5 @@ class FeedService:
             "media_vector": post.get("media_vector"),
             "text_emb": [float(x) for x in emb],
         }
-        self.log.append([record])
-        if self.sync is not None:
-            self.sync.poll_now()
+        self.publish([record])
         return {"post_id": post_id, "created_at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat()}

@@ -118,6 +118,24 @@ def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
 
 
+def _take(cols: dict[str, np.ndarray], pos: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``pos`` of every column; rows where ``pos`` is -1 (unknown ids) are zeros / empty strings."""
+    missing = pos < 0
+    at = np.maximum(pos, 0)
+    out = {}
+    for k, v in cols.items():
+        if len(v) == 0:
+            col = np.zeros((len(pos), *v.shape[1:]), v.dtype)
+            if v.dtype == object:
+                col[:] = ""
+        else:
+            col = v[at]
+            if missing.any():
+                col[missing] = "" if v.dtype == object else 0
+        out[k] = col
+    return out
+
+
 def _factorize(values: list[str | None]) -> np.ndarray:
     codes: dict[str, int] = {}
     return np.array([codes.setdefault(v, len(codes)) if v else -1 for v in values], np.int64)
@@ -217,8 +235,7 @@ class EmbeddedStore:
         snap = self._snap
         pos = _lookup(snap.users, ids)
         found = pos >= 0
-        at = np.maximum(pos, 0)
-        out = {k: v[at] if len(v) else v for k, v in snap.user_cols.items()}
+        out = _take(snap.user_cols, pos)
         out["found"] = found
         out["user_id"] = np.asarray(ids, np.int64)
         return out
@@ -256,12 +273,8 @@ class EmbeddedStore:
     def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         snap = self._snap
         pos = _lookup(snap.posts, ids)
-        at = np.maximum(pos, 0)
         with self._lock:
-            if len(snap.posts):
-                out = {k: v[at] for k, v in snap.post_cols.items()}
-            else:
-                out = {k: np.zeros((len(pos), *v.shape[1:]), v.dtype) for k, v in snap.post_cols.items()}
+            out = _take(snap.post_cols, pos)
         out["found"] = pos >= 0
         out["post_id"] = np.asarray(ids, np.int64)
         return out
@@ -273,7 +286,8 @@ class EmbeddedStore:
         a = _lookup(snap.users, authors)
         keys = np.where((v >= 0) & (a >= 0), v * n_u + a, -1)
         pos = _lookup(snap.pair_keys, keys)
-        out = {k: col[np.maximum(pos, 0)] for k, col in snap.pair_cols.items()}
+        pos = np.where(keys >= 0, pos, -1)
+        out = _take(snap.pair_cols, pos)
         out["found"] = (pos >= 0) & (keys >= 0)
         return out
 

