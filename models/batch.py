@@ -32,6 +32,28 @@ from models.ranker import TASKS
 
 
 @dataclass(frozen=True)
+class Jagged:
+    """A multi-valued column in the jagged layout: ``values`` of every row back to back, ``lengths`` per row.
+
+    Serving builds these with array operations, so no per-row Python object is made for a 2,000-row batch.
+    """
+
+    values: np.ndarray  # (sum(lengths),) int64
+    lengths: np.ndarray  # (rows,) int64
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rows(self) -> list[list[int]]:
+        ends = np.cumsum(self.lengths)
+        return [self.values[e - n : e].tolist() for e, n in zip(ends, self.lengths, strict=True)]
+
+    @staticmethod
+    def concat(parts: list[Jagged]) -> Jagged:
+        return Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+
+@dataclass(frozen=True)
 class FeatureLayout:
     """Which input columns feed the model, in order."""
 
@@ -120,8 +142,10 @@ def collate(
     lengths: list[np.ndarray] = []
     for name in layout.sparse:
         col = columns[name]
-        arr = np.asarray(col)
-        if arr.dtype == object:  # multi-valued (lists)
+        arr = None if isinstance(col, Jagged) else np.asarray(col)
+        if arr is None:  # multi-valued, already jagged
+            lens, flat = np.asarray(col.lengths, np.int64), np.asarray(col.values, np.int64)
+        elif arr.dtype == object:  # multi-valued (lists)
             lens = np.array([len(v) for v in col], dtype=np.int64)
             flat = (
                 np.concatenate([np.asarray(v, dtype=np.int64) for v in col])

@@ -13,13 +13,25 @@ from typing import Any
 
 import numpy as np
 
+from models.batch import Jagged
 from pipelines.features import AGE_BUCKETS
-from pipelines.pit import NEVER
-from pipelines.schema import MODALITIES
+from pipelines.pit import ACTIONS, NEVER
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400
-MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}  # the order of u_modality_share
+#: What ranking reads of a post (not its text or visibility).
+POST_COLUMNS = (
+    "author_id",
+    "created_s",
+    "modality_code",
+    "modality_index",
+    "topic_codes",
+    "n_topics",
+    "text_len",
+    "media_duration_s",
+    "p_text_emb",
+    "p_media",
+)
 
 
 def _log1p(x: np.ndarray) -> np.ndarray:
@@ -29,7 +41,8 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float) -> dict[str, Any]:
     """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals."""
     n = len(post_ids)
-    post = store.posts(post_ids)
+    counters = [f"p_{what}_{w}" for w in store.windows for what in ("impressions", *ACTIONS)]
+    post = store.posts(post_ids, [*POST_COLUMNS, *counters])
     authors = post["author_id"]
     user = store.users(np.array([viewer], np.int64))
     auth = store.users(authors)
@@ -47,10 +60,9 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     bucket = int(np.searchsorted(AGE_BUCKETS, age, side="right") + 1) if age > 0 else 0
     cols["sp_age_bucket"] = np.full(n, bucket, np.int64)
     cols["sp_modality"] = post["modality_code"].astype(np.int64)
-    topics = np.empty(n, dtype=object)
     codes, counts = post["topic_codes"], post["n_topics"]
-    topics[:] = [codes[i, : counts[i]] for i in range(n)]
-    cols["sp_topics"] = topics
+    flat = codes[np.arange(codes.shape[1])[None, :] < counts[:, None]]  # row-major: each row's codes in order
+    cols["sp_topics"] = Jagged(flat.astype(np.int64), counts.astype(np.int64))
     # Viewer.
     for k in ("u_friends", "u_actions_7d", "u_impressions_7d", "u_action_rate"):
         cols[k] = rep(user[k][0])
@@ -58,11 +70,8 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     cols["u_age"] = rep(max(age, 0) / 100.0)
     # Post: age now, counters (counts → log1p), content.
     cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)
-    for k, v in post.items():
-        if k.startswith(
-            ("p_impressions_", "p_click_", "p_like_", "p_comment_", "p_share_", "p_hide_", "p_report_")
-        ):
-            cols[k] = _log1p(v)
+    for k in counters:
+        cols[k] = _log1p(post[k])
     cols.update(friend_counters(store, viewer, post_ids, now_s))
     # Author.
     for k in ("a_posts_7d", "a_actions_7d", "a_friends", "a_action_rate"):
@@ -95,21 +104,17 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     # Crosses and content.
     topic_share = user["u_topic_share"][0]
     multi_hot = np.zeros((n, len(topic_share)), np.float32)
-    rows = np.repeat(np.arange(n), counts)
-    flat = (
-        np.concatenate([codes[i, : counts[i]] for i in range(n)]) if counts.sum() else np.zeros(0, np.int64)
-    )
-    multi_hot[rows, np.clip(flat, 0, len(topic_share) - 1)] = 1.0
+    multi_hot[np.repeat(np.arange(n), counts), np.clip(flat, 0, len(topic_share) - 1)] = 1.0
     n_topics = multi_hot.sum(1)
     cols["x_topic_match"] = ((multi_hot * topic_share).sum(1) / np.maximum(n_topics, 1)).astype(np.float32)
     if "u_modality_share" in user:
         share = user["u_modality_share"][0]
-        mod = np.array([MODALITY_INDEX.get(m, -1) for m in post["modality"]], np.int64)
+        mod = post["modality_index"]
         cols["x_modality_match"] = np.where(mod >= 0, share[np.clip(mod, 0, len(share) - 1)], 0).astype(
             np.float32
         )
         cols["u_modality_share"] = np.repeat(share[None, :], n, axis=0)
-    cols["p_text_len"] = np.log1p([len(t) for t in post["text"]]).astype(np.float32)
+    cols["p_text_len"] = np.log1p(post["text_len"]).astype(np.float32)
     cols["p_media_duration"] = np.log1p(post["media_duration_s"]).astype(np.float32)
     cols["p_n_topics"] = n_topics.astype(np.float32)
     cols["u_topic_share"] = np.repeat(topic_share[None, :], n, axis=0)

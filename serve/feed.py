@@ -100,12 +100,16 @@ class StoreSync:
 
 @dataclass
 class Ranked:
-    """One request's ranked list, kept to serve its next pages."""
+    """One request's ranked list (final order), kept to serve its next pages; items are built per page."""
 
     viewer: int
     request_id: str
     created: float
-    items: list[dict[str, Any]]
+    post_ids: np.ndarray
+    scores: np.ndarray
+    tags: list[list[str]]
+    probs: dict[str, np.ndarray]  # task → (N,) in final order; empty in a fallback feed
+    signals: dict[str, np.ndarray]
     model: dict[str, Any]
     fallback: str | None
     timings_ms: dict[str, float]
@@ -172,13 +176,9 @@ class FeedService:
             ranked, offset = self._resume(viewer, cursor)
         else:
             ranked, offset = await self._rank(viewer, limit), 0
-        page = ranked.items[offset : offset + limit]
-        nxt = offset + len(page)
+        out_items = self._page(ranked, offset, limit)
+        nxt = offset + len(out_items)
         served = self.clock.now()
-        out_items = [
-            {**it, "position": offset + i, "impression_id": f"{ranked.request_id}:{offset + i}"}
-            for i, it in enumerate(page)
-        ]
         records = [
             {
                 "kind": "impression",
@@ -200,13 +200,44 @@ class FeedService:
             "request_id": ranked.request_id,
             "served_at": dt.datetime.fromtimestamp(served, dt.UTC).isoformat(timespec="milliseconds"),
             "items": out_items,
-            "next_cursor": self._cursor(viewer, ranked.request_id, nxt) if nxt < len(ranked.items) else None,
+            "next_cursor": self._cursor(viewer, ranked.request_id, nxt)
+            if nxt < len(ranked.post_ids)
+            else None,
             "model": ranked.model,
             "fallback": ranked.fallback is not None,
             "fallback_reason": ranked.fallback,
             "_impressions": records,
             "_timings_ms": ranked.timings_ms if offset == 0 else {},
         }
+
+    def _page(self, ranked: Ranked, offset: int, limit: int) -> list[dict[str, Any]]:
+        """The response items of positions ``[offset, offset + limit)``."""
+        ids = ranked.post_ids[offset : offset + limit]
+        post = self.store.posts(ids, ("author_id", "created_s", "modality", "text"))
+        fallback = ranked.fallback is not None
+        items = []
+        for j, pid in enumerate(ids.tolist()):
+            k = offset + j
+            probs = ranked.probs
+            items.append(
+                {
+                    "post_id": int(pid),
+                    "author_id": int(post["author_id"][j]),
+                    "created_at": dt.datetime.fromtimestamp(float(post["created_s"][j]), dt.UTC).isoformat(),
+                    "modality": str(post["modality"][j]),
+                    "text": _snippet(str(post["text"][j]), self.cfg.feed.snippet_chars),
+                    "score": float(ranked.scores[k]),
+                    "probabilities": {t: float(probs[t][k]) for t in TASKS if t != "dwell"}
+                    if probs
+                    else None,
+                    "expected_dwell_s": float(probs["dwell"][k]) / 1000.0 if probs else None,
+                    "why": _why(ranked.signals, k, ranked.tags[k], fallback),
+                    "tags": list(ranked.tags[k]),
+                    "position": k,
+                    "impression_id": f"{ranked.request_id}:{k}",
+                }
+            )
+        return items
 
     async def _rank(self, viewer: int, limit: int) -> Ranked:
         t0 = time.perf_counter()
@@ -233,7 +264,7 @@ class FeedService:
                 fallback = "ranker_error"
         t2 = time.perf_counter()
         self.metrics.stage("ranking", (t2 - t1) * 1000)
-        post = self.store.posts(cands.post_ids)
+        post = self.store.posts(cands.post_ids, ("author_id", "created_s", "text_hash"))
         n = len(cands.post_ids)
         if result is not None:
             probs = result["probs"]
@@ -266,26 +297,7 @@ class FeedService:
         t3 = time.perf_counter()
         self.metrics.stage("rerank", (t3 - t2) * 1000)
         index = {int(p): i for i, p in enumerate(cands.post_ids.tolist())}
-        items = []
-        for k, pid in enumerate(slate.post_id.tolist()):
-            i = index[int(pid)]
-            tags = slate.reasons[k]
-            items.append(
-                {
-                    "post_id": int(pid),
-                    "author_id": int(post["author_id"][i]),
-                    "created_at": dt.datetime.fromtimestamp(float(post["created_s"][i]), dt.UTC).isoformat(),
-                    "modality": str(post["modality"][i]),
-                    "text": _snippet(str(post["text"][i]), self.cfg.feed.snippet_chars),
-                    "score": float(slate.score[k]),
-                    "probabilities": {t: float(probs[t][i]) for t in TASKS if t != "dwell"}
-                    if probs
-                    else None,
-                    "expected_dwell_s": float(probs["dwell"][i]) / 1000.0 if probs else None,
-                    "why": _why(signals, i, tags, result is None),
-                    "tags": list(tags),
-                }
-            )
+        order = np.array([index[int(p)] for p in slate.post_id.tolist()], np.int64)
         if fallback:
             self.metrics.fallback(fallback)
         self.metrics.served_version(model["arm"], model["version"])
@@ -294,7 +306,17 @@ class FeedService:
         self.metrics.stage("total", (t4 - t0) * 1000)
         timings = {"retrieval": t1 - t0, "ranking": t2 - t1, "rerank": t3 - t2, "total": t4 - t0}
         ranked = Ranked(
-            viewer, request_id, time.time(), items, model, fallback, {k: v * 1000 for k, v in timings.items()}
+            viewer=viewer,
+            request_id=request_id,
+            created=time.time(),
+            post_ids=slate.post_id,
+            scores=slate.score,
+            tags=slate.reasons,
+            probs={t: np.asarray(v)[order] for t, v in probs.items()},
+            signals={k: np.asarray(v)[order] for k, v in signals.items()},
+            model=model,
+            fallback=fallback,
+            timings_ms={k: v * 1000 for k, v in timings.items()},
         )
         self._remember(ranked)
         return ranked
@@ -349,7 +371,7 @@ class FeedService:
             raise FeedError(413, f"at most {self.cfg.feed.max_events_per_request} events per request")
         now = self.clock.now()
         post_ids = np.array([e["post_id"] for e in events], np.int64)
-        post = self.store.posts(post_ids)
+        post = self.store.posts(post_ids, ("author_id", "visibility", "deleted_s"))
         friends, since = self.store.friends(viewer)
         friend_set = set(friends[since < now].tolist())
         blocked = set(self.store.blocked_with(viewer).tolist())

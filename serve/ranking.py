@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from models.batch import Jagged
 from serve.config import ModelSlotConfig
 from serve.features import assemble
 from serve.store import OnlineStore
@@ -168,6 +169,8 @@ class Scorer:
 
 
 def _concat(parts: list[Any]) -> Any:
+    if parts and isinstance(parts[0], Jagged):
+        return Jagged.concat(parts)
     if parts and isinstance(parts[0], np.ndarray) and parts[0].dtype == object:
         out = np.empty(sum(len(p) for p in parts), dtype=object)
         out[:] = [x for p in parts for x in p]

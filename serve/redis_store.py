@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +155,16 @@ class RedisStore:
         order = np.lexsort((ids, -created))  # newest first; ties by id, as the embedded store's stable order
         return ids[order]
 
-    def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, np.int64)
         keys = ids.tolist()
-        out = self._columns("posts", "p", keys)
+        only = None if columns is None else ["author_id", *columns]  # author_id: always there, gives found
+        out = self._columns("posts", "p", keys, only)
         out["found"] = out.pop("_found", np.zeros(len(ids), bool))
         counters = [
-            c for c in self._cols["posts"] if c.startswith("p_") and c not in ("p_text_emb", "p_media")
+            c
+            for c in self._cols["posts"]
+            if c.startswith("p_") and c not in ("p_text_emb", "p_media") and (only is None or c in only)
         ]
         if keys and counters:
             pipe = self.r.pipeline(transaction=False)
@@ -318,8 +322,11 @@ def load_snapshot(client: Any, prefix: str, snapshot: str, data_dir: Path) -> No
         pipe.zadd(f"{k}by:{a}", members)
         pending += 1
         flush()
-    for pid, events in emb._live.engagers.items():
-        pipe.set(f"{k}e:{pid}", np.array(events, _EG).tobytes())
+    bounds = np.flatnonzero(np.diff(snap.eng_post)) + 1
+    for idx in np.split(np.arange(len(snap.eng_post)), bounds) if len(snap.eng_post) else []:
+        events = np.empty(len(idx), _EG)
+        events["user"], events["at"] = snap.eng_user[idx], snap.eng_at[idx]
+        pipe.set(f"{k}e:{int(snap.eng_post[idx[0]])}", events.tobytes())
         pending += 1
         flush()
     for name, sets in (("seen", emb._live.seen), ("hid", emb._live.hidden)):

@@ -70,7 +70,7 @@ def retrieve(store: OnlineStore, viewer: int, now_s: float, cfg: RetrievalConfig
         authors = np.union1d(authors, np.array([viewer], np.int64))
     ids = store.posts_by(authors, now_s - cfg.window_days * 86400, now_s)
     considered = len(ids)
-    post = store.posts(ids)
+    post = store.posts(ids, ("author_id", "visibility", "deleted_s"))
     author = post["author_id"]
     vis = post["visibility"]
     state = store.viewer(viewer)

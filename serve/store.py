@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ POSITIVE = ("click", "like", "comment", "share")
 NEGATIVE = ("hide", "report")
 #: User columns ranking reads (the u_* / a_* scalars are found in the snapshot's schema).
 USER_VECTORS = ("u_topic_share", "u_modality_share")
+MODALITY_INDEX = {m: i for i, m in enumerate(schema.MODALITIES)}  # the order of u_modality_share
 ONLINE_TABLES = ("users", "posts", "user_author", "friendships", "blocks", "recent_actions", "viewer_events")
 
 
@@ -64,6 +66,9 @@ class Snapshot:
     by_author_keys: np.ndarray  # author id of each entry of by_author_order
     pair_keys: np.ndarray  # sorted (viewer code * n_users + author code)
     pair_cols: dict[str, np.ndarray]
+    eng_post: np.ndarray  # positive actions of the snapshot, sorted by post id
+    eng_user: np.ndarray
+    eng_at: np.ndarray  # epoch seconds
 
 
 class OnlineStore(Protocol):
@@ -83,7 +88,7 @@ class OnlineStore(Protocol):
 
     def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray: ...
 
-    def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]: ...
+    def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
     def pairs(self, viewer: int, authors: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -148,7 +153,7 @@ class _Live:
     seen: dict[int, set[int]] = field(default_factory=dict)
     hidden: dict[int, set[int]] = field(default_factory=dict)
     hidden_authors: dict[int, dict[int, int]] = field(default_factory=dict)
-    # positive actions: post id → list of (user id, at seconds)
+    # positive actions applied since the snapshot: post id → list of (user id, at seconds)
     engagers: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     applied: set[str] = field(default_factory=set)  # record ids already applied (idempotent replay)
 
@@ -169,7 +174,6 @@ class EmbeddedStore:
         as_of_s: float,
         windows: dict[str, int],
         vocab: dict[str, dict[str, int]],
-        engagers: dict[int, list[tuple[int, float]]],
         events: pa.Table,
     ) -> None:
         self._snap = snap
@@ -177,7 +181,7 @@ class EmbeddedStore:
         self.windows = windows
         self.vocab = vocab
         self._lock = threading.RLock()
-        self._live = _Live(engagers=engagers)
+        self._live = _Live()
         self._topic_width = snap.post_cols["topic_codes"].shape[1]
         viewers = events["viewer_id"].to_numpy()
         post_ids = events["post_id"].to_numpy()
@@ -214,18 +218,14 @@ class EmbeddedStore:
     ) -> EmbeddedStore:
         """From the online tables (``ONLINE_TABLES``, as ``pipelines.features.build_online`` writes them)."""
         snap = _snapshot(
-            tables["users"], tables["posts"], tables["user_author"], tables["friendships"], tables["blocks"]
+            tables["users"],
+            tables["posts"],
+            tables["user_author"],
+            tables["friendships"],
+            tables["blocks"],
+            tables["recent_actions"],
         )
-        recent = tables["recent_actions"]
-        engagers: dict[int, list[tuple[int, float]]] = {}
-        for p, u, t in zip(
-            recent["post_id"].to_pylist(),
-            recent["user_id"].to_pylist(),
-            _secs(recent["at"]).tolist(),
-            strict=True,
-        ):
-            engagers.setdefault(int(p), []).append((int(u), float(t)))
-        return cls(snap, as_of_s, windows, vocab, engagers, tables["viewer_events"])
+        return cls(snap, as_of_s, windows, vocab, tables["viewer_events"])
 
     # -------------------------------------------------------------------------------------------- reads
     def has_user(self, user_id: int) -> bool:
@@ -270,11 +270,13 @@ class EmbeddedStore:
         order = np.argsort(-snap.post_cols["created_s"][keep], kind="stable")
         return snap.posts[keep[order]]
 
-    def posts(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Post columns for ``ids`` (all, or just ``columns``), plus ``found`` and ``post_id``."""
         snap = self._snap
         pos = _lookup(snap.posts, ids)
+        cols = snap.post_cols if columns is None else {c: snap.post_cols[c] for c in columns}
         with self._lock:
-            out = _take(snap.post_cols, pos)
+            out = _take(cols, pos)
         out["found"] = pos >= 0
         out["post_id"] = np.asarray(ids, np.int64)
         return out
@@ -293,16 +295,21 @@ class EmbeddedStore:
 
     def engagers(self, post_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positive actions on each post: (row index into ``post_ids``, user id, at seconds)."""
-        rows: list[int] = []
-        users: list[int] = []
-        ats: list[float] = []
+        snap = self._snap
+        post_ids = np.asarray(post_ids, np.int64)
+        lo = np.searchsorted(snap.eng_post, post_ids, side="left")
+        lengths = np.searchsorted(snap.eng_post, post_ids, side="right") - lo
+        total = int(lengths.sum())
+        rows = np.repeat(np.arange(len(post_ids)), lengths)
+        idx = np.repeat(lo, lengths) + (np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        users, ats = snap.eng_user[idx], snap.eng_at[idx]
         with self._lock:
-            for i, p in enumerate(np.asarray(post_ids, np.int64).tolist()):
-                for u, t in self._live.engagers.get(p, ()):
-                    rows.append(i)
-                    users.append(u)
-                    ats.append(t)
-        return np.array(rows, np.int64), np.array(users, np.int64), np.array(ats, np.float64)
+            live = self._live.engagers
+            extra = [(i, u, t) for i, p in enumerate(post_ids.tolist()) if p in live for u, t in live[p]]
+        if extra:
+            r, u, t = (np.array(x) for x in zip(*extra, strict=True))
+            rows, users, ats = np.concatenate([rows, r]), np.concatenate([users, u]), np.concatenate([ats, t])
+        return rows.astype(np.int64), users.astype(np.int64), ats.astype(np.float64)
 
     def viewer(self, viewer: int) -> ViewerState:
         with self._lock:
@@ -427,6 +434,8 @@ def _post_record_columns(
         out["p_media"][i, :k] = media[:k]
         out["media_duration_s"][i] = r.get("media_duration_s") or 0.0
         out["text_hash"][i] = text_hash(r.get("text"))
+        out["text_len"][i] = len(r.get("text") or "")
+        out["modality_index"][i] = MODALITY_INDEX.get(r["modality"], -1)
     return out
 
 
@@ -446,6 +455,7 @@ def _snapshot(
     pairs: pa.Table,
     friendships: pa.Table,
     blocks: pa.Table,
+    recent: pa.Table,
 ) -> Snapshot:
     # Users (already sorted by id in the snapshot; sort again to be safe).
     users = users.take(pc.sort_indices(users["user_id"]))
@@ -503,6 +513,10 @@ def _snapshot(
         "p_media": _matrix(posts["p_media"]),
         "media_duration_s": pc.fill_null(posts["media_duration_s"], 0).to_numpy().astype(np.float32),
         "text_hash": np.array([text_hash(t) for t in posts["text"].to_pylist()], np.int64),
+        "text_len": np.array([len(t or "") for t in posts["text"].to_pylist()], np.float32),
+        "modality_index": np.array(
+            [MODALITY_INDEX.get(m, -1) for m in posts["modality"].to_pylist()], np.int64
+        ),
     }
     for name in posts.column_names:
         if name.startswith(COUNTER_PREFIX) and name not in ("p_text_emb", "p_media"):
@@ -517,7 +531,12 @@ def _snapshot(
         for name in pairs.column_names
         if name.startswith("ua_")
     }
+    eng_post = recent["post_id"].to_numpy().astype(np.int64)
+    eng_order = np.argsort(eng_post, kind="stable")
     return Snapshot(
+        eng_post=eng_post[eng_order],
+        eng_user=recent["user_id"].to_numpy().astype(np.int64)[eng_order],
+        eng_at=_secs(recent["at"])[eng_order],
         users=uid,
         user_cols=ucols,
         friend_ptr=ptr,

@@ -99,7 +99,7 @@ def test_serving_rows_equal_training_rows_at_the_snapshot_time(
             np.testing.assert_allclose(
                 np.asarray(got[c], np.float64), np.asarray(expected, np.float64), atol=2e-4, err_msg=c
             )
-        got_topics = [sorted(x.tolist()) for x in got["sp_topics"]]
+        got_topics = [sorted(x) for x in got["sp_topics"].rows()]
         assert got_topics == [sorted(x) for x in want["sp_topics"]]
         n += len(posts)
     assert n > 100
