@@ -107,7 +107,7 @@ class Ranked:
     created: float
     post_ids: np.ndarray
     scores: np.ndarray
-    tags: list[list[str]]
+    tags: list[tuple[str, ...]]
     probs: dict[str, np.ndarray]  # task → (N,) in final order; empty in a fallback feed
     signals: dict[str, np.ndarray]
     model: dict[str, Any]
@@ -120,7 +120,7 @@ def _snippet(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _why(signals: dict[str, Any], j: int, tags: list[str], fallback: bool) -> str:
+def _why(signals: dict[str, Any], j: int, tags: tuple[str, ...], fallback: bool) -> str:
     if fallback:
         return "Newest from your friends"
     if "exploration" in tags:
@@ -280,7 +280,7 @@ class FeedService:
             text_hash=post["text_hash"],
             score=scores,
             seen=cands.seen,
-            reasons=[[] for _ in range(n)],
+            reasons=[()] * n,
         )
         state = self.store.viewer(viewer)
         ctx = RerankContext(

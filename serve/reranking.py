@@ -24,7 +24,7 @@ Example::
     >>> out.post_id.tolist()    # 4 repeats 1's text; 2 pays 0.5 as author 7's second item; 3 is fresh
     [1, 3, 2]
     >>> out.reasons
-    [[], ['fresh'], []]
+    [(), ('fresh',), ()]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Slate:
     text_hash: np.ndarray  # int64, hash of the normalized text; 0 = no text (never a duplicate)
     score: np.ndarray  # float64, value-model score: higher is better, may be negative
     seen: np.ndarray  # bool, already shown to this viewer
-    reasons: list[list[str]] = field(default_factory=list)  # tags added by policies; empty → one [] each
+    # Tags added by policies, one immutable tuple per candidate (shared freely between slates); empty → ().
+    reasons: list[tuple[str, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.post_id = np.asarray(self.post_id, dtype=np.int64)
@@ -58,7 +59,7 @@ class Slate:
         self.seen = np.asarray(self.seen, dtype=bool)
         n = len(self.post_id)
         if not self.reasons:
-            self.reasons = [[] for _ in range(n)]
+            self.reasons = [()] * n
         lengths = {len(a) for a in (self.author_id, self.created_s, self.text_hash, self.score, self.seen)}
         if lengths | {len(self.reasons)} != {n}:
             raise ValueError(f"Slate fields must all have length {n}")
@@ -67,7 +68,7 @@ class Slate:
         return len(self.post_id)
 
     def take(self, idx: np.ndarray) -> Slate:
-        """The candidates at ``idx``, in that order (every field consistently; reason lists are copied)."""
+        """The candidates at ``idx``, in that order (every field consistently)."""
         idx = np.asarray(idx, dtype=np.int64)
         return Slate(
             post_id=self.post_id[idx],
@@ -76,7 +77,7 @@ class Slate:
             text_hash=self.text_hash[idx],
             score=self.score[idx],
             seen=self.seen[idx],
-            reasons=[list(self.reasons[i]) for i in idx],
+            reasons=[self.reasons[i] for i in idx.tolist()],
         )
 
 
@@ -99,8 +100,8 @@ class Policy(Protocol):
     def apply(self, slate: Slate, ctx: RerankContext) -> Slate: ...
 
 
-def _tag(reasons: list[list[str]], mask: np.ndarray, tag: str) -> list[list[str]]:
-    return [[*r, tag] if m else list(r) for r, m in zip(reasons, mask, strict=True)]
+def _tag(reasons: list[tuple[str, ...]], mask: np.ndarray, tag: str) -> list[tuple[str, ...]]:
+    return [(*r, tag) if m else r for r, m in zip(reasons, mask.tolist(), strict=True)]
 
 
 def _by_score(slate: Slate) -> Slate:
@@ -187,10 +188,12 @@ class AuthorDiversity(_Base):
 
     Runs separately on the unseen then the seen block when the slate is partitioned, so it never undoes
     :class:`SeenDemotion`. An author's items are consumed in descending score order, so only each author's
-    head competes: a heap over heads makes it O(N log N).
+    head competes: a heap over heads makes it O(N log N). Only the first ``horizon`` slots are placed
+    greedily (what feeds are read to); the rest follow in score order.
     """
 
     decay: float = Field(0.5, ge=0)
+    horizon: int = Field(200, ge=1, description="Slots placed by the greedy; the rest by score.")
 
     def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
         seen = slate.seen
@@ -213,13 +216,19 @@ class AuthorDiversity(_Base):
             for s, e in zip(starts, ends, strict=True)
         ]
         heapq.heapify(heap)
+        placed = min(n, self.horizon)
         out = np.empty(n, dtype=np.int64)
-        for slot in range(n):
+        for slot in range(placed):
             _, pos, ptr, end, k = heapq.heappop(heap)
             out[slot] = pos
             if ptr + 1 < end:
                 nxt = int(by_author[ptr + 1])
                 heapq.heappush(heap, (-(float(score[nxt]) - self.decay * (k + 1)), nxt, ptr + 1, end, k + 1))
+        if placed < n:
+            rest = np.ones(n, bool)
+            rest[out[:placed]] = False
+            left = np.flatnonzero(rest)
+            out[placed:] = left[np.argsort(-score[left], kind="stable")]
         return out
 
 

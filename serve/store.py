@@ -126,6 +126,7 @@ def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _take(cols: dict[str, np.ndarray], pos: np.ndarray) -> dict[str, np.ndarray]:
     """Rows ``pos`` of every column; rows where ``pos`` is -1 (unknown ids) are zeros / empty strings."""
     missing = pos < 0
+    any_missing = bool(missing.any())
     at = np.maximum(pos, 0)
     out = {}
     for k, v in cols.items():
@@ -135,7 +136,7 @@ def _take(cols: dict[str, np.ndarray], pos: np.ndarray) -> dict[str, np.ndarray]
                 col[:] = ""
         else:
             col = v[at]
-            if missing.any():
+            if any_missing:
                 col[missing] = "" if v.dtype == object else 0
         out[k] = col
     return out
@@ -336,18 +337,24 @@ class EmbeddedStore:
             self._add_posts(new_posts)
         n = 0
         with self._lock:
+            fresh = [r for r in records if r["id"] not in self._live.applied and r["kind"] != "post"]
+            ids = np.array([r["post_id"] for r in fresh], np.int64)
+            pos = _lookup(self._snap.posts, ids)
+            authors = np.where(pos >= 0, self._snap.post_cols["author_id"][np.maximum(pos, 0)], -1)
             for r in records:
-                if r["id"] in self._live.applied:
+                if r["kind"] == "post" and r["id"] not in self._live.applied:
+                    self._live.applied.add(r["id"])
+                    n += 1
+            for r, p, author in zip(fresh, pos.tolist(), authors.tolist(), strict=True):
+                if r["id"] in self._live.applied:  # twice in this batch
                     continue
                 self._live.applied.add(r["id"])
                 n += 1
                 if r["kind"] == "impression":
-                    self._count(r["post_id"], "impressions")
-                    author = int(self._author_of(np.array([r["post_id"]]))[0])
+                    self._count(p, "impressions")
                     self._note_viewer_event(r["viewer_id"], r["post_id"], "impression", author)
                 elif r["kind"] == "engagement" and r["type"] != "view":
-                    self._count(r["post_id"], r["type"])
-                    author = int(self._author_of(np.array([r["post_id"]]))[0])
+                    self._count(p, r["type"])
                     self._note_viewer_event(r["viewer_id"], r["post_id"], r["type"], author)
                     if r["type"] in POSITIVE:
                         self._live.engagers.setdefault(r["post_id"], []).append(
@@ -357,7 +364,7 @@ class EmbeddedStore:
 
     def _author_of(self, post_ids: np.ndarray) -> np.ndarray:
         """Author of each post; -1 for posts the store does not know."""
-        post = self.posts(np.asarray(post_ids, np.int64))
+        post = self.posts(np.asarray(post_ids, np.int64), ("author_id",))
         return np.where(post["found"], post["author_id"], -1)
 
     def _note_viewer_event(self, viewer: int, post: int, kind: str, author: int) -> None:
@@ -370,8 +377,8 @@ class EmbeddedStore:
                 per = live.hidden_authors.setdefault(viewer, {})
                 per[author] = per.get(author, 0) + 1
 
-    def _count(self, post_id: int, what: str) -> None:
-        pos = int(_lookup(self._snap.posts, np.array([post_id]))[0])
+    def _count(self, pos: int, what: str) -> None:
+        """Add one event to every window of the post at row ``pos`` (-1: unknown post, nothing)."""
         if pos < 0:
             return
         for w in self.windows:

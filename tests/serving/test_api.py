@@ -232,3 +232,30 @@ def test_a_new_post_reaches_friends_feeds_on_every_replica(feed: Feed, store: Em
     bad = feed.post("/posts", author, {"text": "x", "visibility": "everyone"})
     assert bad.status_code == 422
     assert feed.post("/posts", author, {"text": "x" * 30_000}).status_code == 422
+
+
+def test_feed_falls_back_while_the_ranker_deployment_is_down_and_recovers(
+    feed: Feed, store: EmbeddedStore
+) -> None:
+    import ray
+
+    (user,) = users_with_feeds(store, 1, arm=CHAMPION)
+    assert not feed.get(user).json()["fallback"]
+    replicas = [
+        a
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "#Ranker#" in a["name"]  # SERVE_REPLICA::feed#Ranker#<id>; the degraded app has none
+    ]
+    assert replicas, ray.util.list_named_actors(all_namespaces=True)
+    for a in replicas:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+    r = feed.get(user)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fallback"]
+    assert body["fallback_reason"] in {"timeout", "ranker_error"}
+    assert body["items"]
+    deadline = time.time() + 90  # Serve replaces the dead replica; ranked feeds come back
+    while time.time() < deadline and feed.get(user).json()["fallback"]:
+        time.sleep(1.0)
+    assert not feed.get(user).json()["fallback"]
