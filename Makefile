@@ -51,6 +51,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
 	$(PY) -m bench.train_speed --out bench/RESULTS.md
+	$(PY) -m bench.serve_latency --out bench/RESULTS.md
 
 clean-data:
 	rm -rf data/
