@@ -147,8 +147,7 @@ class FeedIngress:
             self._score_here if ranker is None else self._score_remote,
             Clock(cfg.clock.mode, store.as_of_s, cfg.clock.origin_s),
             FeedMetrics(),
-            self.sync,
-            self._encode_text,
+            encode_text=self._encode_text,
         )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)

@@ -149,7 +149,6 @@ class FeedService:
         score: ScoreFn,
         clock: Clock,
         metrics: FeedMetrics,
-        sync: StoreSync | None = None,
         encode_text: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -158,7 +157,6 @@ class FeedService:
         self.score = score
         self.clock = clock
         self.metrics = metrics
-        self.sync = sync
         self._encode_text = encode_text
         self._pages: OrderedDict[str, Ranked] = OrderedDict()
         self._cursor_key = hashlib.sha256(
