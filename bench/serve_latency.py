@@ -206,7 +206,7 @@ def serve_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
     from ray import serve
 
     from pipelines.runtime import ray_session
-    from serve.app import build_app
+    from serve.app import compose
     from serve.config import load_serve_yaml
 
     doc, _ = load_serve_yaml(REPO / "configs" / "serve.yaml")
@@ -218,7 +218,7 @@ def serve_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
         for placement in ("ingress", "deployment"):
             print(f"Ray Serve, ranking.placement={placement}", flush=True)
             serve.run(
-                build_app(serve_args(data_dir, secret, placement), deployments), name="feed", route_prefix="/"
+                compose(serve_args(data_dir, secret, placement), deployments), name="feed", route_prefix="/"
             )
             out[placement] = measure(f"http://127.0.0.1:{port}", tokens, viewers, seconds)
             serve.delete("feed")

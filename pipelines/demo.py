@@ -150,7 +150,7 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     import requests
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
     from serve.auth import TokenAuth
     from serve.config import load_serve_yaml
 
@@ -163,7 +163,7 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     serve.start(http_options={"host": host, "port": port})
     app = doc["applications"][0]
     serve.run(
-        build_app(args, app.get("deployments")), name=app["name"], route_prefix=app.get("route_prefix", "/")
+        compose(args, app.get("deployments")), name=app["name"], route_prefix=app.get("route_prefix", "/")
     )
     base = f"http://{host}:{port}"
     auth = TokenAuth(secret, cfg.auth.issuer, cfg.auth.leeway_s)

@@ -194,13 +194,19 @@ def text_encoder(data_dir: Path) -> Any:
     return lambda texts: projection(encoder.encode(list(texts)))
 
 
-def build_app(args: dict[str, Any], deployments: list[dict[str, Any]] | None = None) -> Any:
-    """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serve.app:build_app``).
+def build_app(args: dict[str, Any]) -> Any:
+    """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serve.app:build_app``);
+    Serve applies the config file's ``deployments:`` section itself. See :func:`compose`."""
+    return compose(args)
+
+
+def compose(args: dict[str, Any], deployments: list[dict[str, Any]] | None = None) -> Any:
+    """The app for the Python API (``serve.run``).
 
     Validates the args, resolves ``data_dir`` against the current directory and fixes the snapshot clock's
     origin (when ``online/`` was written), so every replica of every app agrees on serving time.
-    ``deployments`` (the Serve config file's list, for the Python API; ``serve run`` applies it itself)
-    sets replicas, autoscaling and resources per deployment.
+    ``deployments`` (the Serve config file's list) sets replicas, autoscaling and resources per
+    deployment, as ``serve run`` does from the file.
     """
     cfg = parse(args, "applications[0].args")
     data_dir = cfg.data_dir.resolve()

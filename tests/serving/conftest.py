@@ -105,7 +105,7 @@ def serve_dir(published: Runs, tmp_path_factory: pytest.TempPathFactory) -> Path
 def feed(ray_cluster: None, serve_dir: Path, published: Runs) -> Iterator[Feed]:
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -113,7 +113,7 @@ def feed(ray_cluster: None, serve_dir: Path, published: Runs) -> Iterator[Feed]:
     # A sliver of CPU each: the session's Ray (2 CPUs) must still run Ray Data tasks (1 CPU) meanwhile.
     small = [{"name": n, "ray_actor_options": {"num_cpus": 0.1}} for n in ("FeedIngress", "Ranker")]
     serve.run(
-        build_app(
+        compose(
             {
                 **common,
                 "model": {"poll_s": 0.5, "challenger_traffic": 0.5},
@@ -125,7 +125,7 @@ def feed(ray_cluster: None, serve_dir: Path, published: Runs) -> Iterator[Feed]:
         route_prefix="/",
     )
     serve.run(
-        build_app(
+        compose(
             {
                 **common,
                 "model": {"alias": "no-such-alias", "poll_s": 0.5},

@@ -1,0 +1,41 @@
+"""configs/serve.yaml is a valid Ray Serve config file for this app: what `serve run` / `serve deploy`
+import exists with the signature Serve requires, and the app's args validate."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve.config import ServeConfigError, load_serve_yaml, parse
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serve_yaml_points_at_a_one_argument_builder_and_its_args_validate() -> None:
+    doc, cfg = load_serve_yaml(REPO / "configs" / "serve.yaml")
+    app = doc["applications"][0]
+    module, name = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), name)
+    assert len(inspect.signature(builder).parameters) == 1  # Serve passes the args dict, nothing else
+    assert cfg.ranking.placement == "ingress"
+    names = {d["name"] for d in app["deployments"]}
+    assert names == {"FeedIngress"}  # a deployment the app does not create is a deploy error
+
+
+def test_a_wrong_key_in_the_app_args_names_it() -> None:
+    with pytest.raises(ServeConfigError, match=r"retrieval\.windowdays"):
+        parse({"retrieval": {"windowdays": 3}})
+    with pytest.raises(ServeConfigError, match="challenger_traffic"):
+        parse({"model": {"challenger_traffic": 1.5}})
+    with pytest.raises(ServeConfigError, match="value_weights"):
+        parse({"feed": {"value_weights": {"clicks": 1.0}}})
+
+
+def test_every_rerank_policy_is_configurable_from_yaml() -> None:
+    doc = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    rerank = doc["applications"][0]["args"]["rerank"]
+    assert set(rerank) == {"freshness", "fatigue", "seen", "dedup", "diversity", "exploration"}
