@@ -44,8 +44,8 @@ from ray.serve.handle import DeploymentHandle
 from serve.api import create_api
 from serve.auth import TokenAuth
 from serve.config import ServeConfig, ServeConfigError, parse
-from serve.feed import Clock, FeedService, StoreSync
-from serve.log import LogTailer, ServingLog
+from serve.feed import Clock, FeedService
+from serve.log import LogTailer, ServingLog, StoreSync
 from serve.metrics import FeedMetrics
 from serve.ranking import ModelSlots, Scorer
 from serve.store import EmbeddedStore, OnlineStore

@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -36,7 +35,7 @@ import numpy as np
 from models.tasks import TASKS, value_score
 from pipelines import schema
 from serve.config import ServeConfig
-from serve.log import LogTailer, ServingLog
+from serve.log import ServingLog
 from serve.metrics import FeedMetrics
 from serve.ranking import arm_of
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
@@ -67,35 +66,6 @@ class Clock:
 
     def now(self) -> float:
         return time.time() + self.offset
-
-
-class StoreSync:
-    """Applies what every writer appended to the serving log, every ``poll_s`` and on demand."""
-
-    def __init__(self, store: OnlineStore, tailer: LogTailer, poll_s: float) -> None:
-        self.store, self.tailer, self.poll_s = store, tailer, poll_s
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.poll_now()
-        self._thread = threading.Thread(target=self._run, name="store-sync", daemon=True)
-        self._thread.start()
-
-    def poll_now(self) -> int:
-        with self._lock:
-            return self.store.apply(self.tailer.poll())
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll_now()
-            except Exception:
-                log.exception("applying the serving log failed; retrying")
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 @dataclass
@@ -280,7 +250,7 @@ class FeedService:
             seen=cands.seen,
             reasons=[()] * n,
         )
-        state = self.store.viewer(viewer)
+        state = cands.viewer if cands.viewer is not None else self.store.viewer(viewer)
         ctx = RerankContext(
             now_s=now,
             hidden_authors=state.hidden_authors,

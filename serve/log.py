@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serve.store import OnlineStore
+
+log = logging.getLogger(__name__)
 
 TABLE_OF = {"impression": "impressions", "engagement": "engagements", "post": "posts"}
 TIME_OF = {"impression": "served_at", "engagement": "at", "post": "created_at"}
@@ -124,3 +130,32 @@ class LogTailer:
                         if rec[f"{TIME_OF[kind]}_ms"] > self.since_ms:
                             out.append(rec)
         return out
+
+
+class StoreSync:
+    """Applies what every writer appended to the serving log, every ``poll_s`` and on demand."""
+
+    def __init__(self, store: OnlineStore, tailer: LogTailer, poll_s: float) -> None:
+        self.store, self.tailer, self.poll_s = store, tailer, poll_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.poll_now()
+        self._thread = threading.Thread(target=self._run, name="store-sync", daemon=True)
+        self._thread.start()
+
+    def poll_now(self) -> int:
+        with self._lock:
+            return self.store.apply(self.tailer.poll())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll_now()
+            except Exception:
+                log.exception("applying the serving log failed; retrying")
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()

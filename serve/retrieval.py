@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.store import OnlineStore
+from serve.store import OnlineStore, ViewerState
 
 
 class RetrievalConfig(BaseModel):
@@ -39,6 +39,7 @@ class Candidates:
     seen: np.ndarray  # bool, shown to this viewer before
     considered: int = 0  # posts by friends in the window, before the rules
     dropped: dict[str, int] = field(default_factory=dict)  # rule → posts it removed
+    viewer: ViewerState | None = None  # what the viewer saw and hid (re-ranking's fatigue reads it too)
 
 
 def visible(
@@ -90,4 +91,4 @@ def retrieve(store: OnlineStore, viewer: int, now_s: float, cfg: RetrievalConfig
         keep &= ~mask
     ids = ids[keep][: cfg.max_candidates]
     dropped["over_cap"] = int(keep.sum()) - len(ids)
-    return Candidates(ids, np.isin(ids, state.seen), considered, dropped)
+    return Candidates(ids, np.isin(ids, state.seen), considered, dropped, state)
