@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,8 +265,8 @@ class FeedService:
             slate = SeenDemotion(mode=self.cfg.rerank.seen.mode).apply(slate.take(order), ctx)
         t3 = time.perf_counter()
         self.metrics.stage("rerank", (t3 - t2) * 1000)
-        index = {int(p): i for i, p in enumerate(cands.post_ids.tolist())}
-        order = np.array([index[int(p)] for p in slate.post_id.tolist()], np.int64)
+        by_id = np.argsort(cands.post_ids)  # where each re-ranked post sat in the scored arrays
+        order = by_id[np.searchsorted(cands.post_ids, slate.post_id, sorter=by_id)]
         if fallback:
             self.metrics.fallback(fallback)
         self.metrics.served_version(model["arm"], model["version"])
@@ -328,8 +329,18 @@ class FeedService:
             self.log.append(records)
             self.store.apply(records)
 
-    def log_impressions(self, records: list[dict[str, Any]]) -> None:
-        self.publish(records)
+    async def log_impressions(self, records: list[dict[str, Any]]) -> None:
+        """After the response: queue the served impressions for the log writer (group commit, off the
+        request path) and mark them seen in this replica's store."""
+        if records:
+            n = len(records)
+
+            def written(done: Future[None]) -> None:
+                if done.exception() is not None:  # logged by the writer; counted here
+                    self.metrics.event("impressions_lost", n)
+
+            self.log.submit(records).add_done_callback(written)
+            self.store.apply(records)
 
     def events(self, viewer: int, events: list[dict[str, Any]]) -> dict[str, Any]:
         """Validate a whole batch; store all of it or none (422 with every problem)."""

@@ -11,8 +11,10 @@ Ingestion reads them like any raw file and ignores the extra keys. The same file
 about each other's writes: :class:`LogTailer` reads what every writer appended since its last poll and
 hands it to the online store (records carry a ``kind`` and a unique ``id``; applying one twice is a no-op).
 
-Writes are flushed and ``fsync``-ed before :meth:`ServingLog.append` returns, in one call per request (a
-request's impressions or events are one ``write``), so an accepted request is on disk.
+One writer thread per :class:`ServingLog` does the writing with group commit: everything queued since its
+last write goes out as one ``write`` + ``fsync`` per file. :meth:`ServingLog.append` returns once its records
+are on disk (client events: an accepted request is durable); :meth:`ServingLog.submit` returns at once
+(served impressions, logged after the response is sent; a failed write is logged and counted).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import datetime as dt
 import json
 import logging
 import os
+import queue
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,34 +70,91 @@ def from_line(kind: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 class ServingLog:
-    """Durable appends for one writer (a replica); thread-safe."""
+    """Durable appends for one writer (a replica), written by one thread with group commit; thread-safe."""
 
     def __init__(self, data_dir: Path, writer: str) -> None:
         self.raw = data_dir / "raw"
         self.writer = writer
-        self._lock = threading.Lock()
+        self.failed = 0  # records of submit() calls whose write failed
+        self._queue: queue.SimpleQueue[tuple[list[dict[str, Any]], Future[None]] | None] = queue.SimpleQueue()
+        self._dirs: dict[tuple[str, int], Path] = {}
+        self._thread = threading.Thread(target=self._run, name=f"serving-log-{writer}", daemon=True)
+        self._thread.start()
 
     def path(self, kind: str, ms: int) -> Path:
-        day = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
-        return self.raw / TABLE_OF[kind] / "serving" / f"date={day}" / f"{self.writer}.jsonl"
+        day = ms // 86_400_000
+        d = self._dirs.get((kind, day))
+        if d is None:
+            date = dt.datetime.fromtimestamp(day * 86_400, dt.UTC).date().isoformat()
+            d = self._dirs[(kind, day)] = self.raw / TABLE_OF[kind] / "serving" / f"date={date}"
+            d.mkdir(parents=True, exist_ok=True)
+        return d / f"{self.writer}.jsonl"
 
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records (each with ``kind`` and ``<time>_ms``); returns once they are on disk."""
+    def submit(self, records: list[dict[str, Any]]) -> Future[None]:
+        """Queue records (each with ``kind`` and ``<time>_ms``) for the writer; done once on disk."""
+        done: Future[None] = Future()
+        if not records:
+            done.set_result(None)
+            return done
+        if not self._thread.is_alive():
+            raise RuntimeError("the serving log's writer thread is not running")
+        self._queue.put((records, done))
+        return done
+
+    def append(self, records: list[dict[str, Any]], timeout_s: float = 30.0) -> None:
+        """Write records and return once they are on disk (raises if the write failed)."""
+        self.submit(records).result(timeout=timeout_s)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until everything submitted so far is on disk."""
+        self.submit([{"kind": "flush"}]).result(timeout=timeout_s)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while item is not None:  # group commit: take whatever else is waiting
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            jobs = [b for b in batch if b is not None]
+            try:
+                self._write([r for records, _ in jobs for r in records if r["kind"] != "flush"])
+            except Exception as e:
+                log.exception("serving log write failed (%d requests)", len(jobs))
+                for records, done in jobs:
+                    self.failed += len(records)
+                    done.set_exception(e)
+            else:
+                for _, done in jobs:
+                    done.set_result(None)
+            if len(jobs) < len(batch):
+                return
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
         by_file: dict[Path, list[str]] = {}
         for r in records:
             ms = int(r[f"{TIME_OF[r['kind']]}_ms"])
             by_file.setdefault(self.path(r["kind"], ms), []).append(
                 json.dumps(to_line(r), separators=(",", ":")) + "\n"
             )
-        with self._lock:
-            for path, lines in by_file.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, "".join(lines).encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        for path, lines in by_file.items():
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, "".join(lines).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class LogTailer:

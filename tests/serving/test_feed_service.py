@@ -114,12 +114,13 @@ def test_served_impressions_and_engagements_are_ingested_by_the_next_run(
     svc = service(world, constant_scores())
     viewer = viewer_with_posts(svc.store)
     out = asyncio.run(svc.feed(viewer, 5, None))
-    svc.log_impressions(out["_impressions"])
+    asyncio.run(svc.log_impressions(out["_impressions"]))
     first = out["items"][0]
     about = {"post_id": first["post_id"], "impression_id": first["impression_id"]}
     svc.events(
         viewer, [{"type": "view", "dwell_ms": 4200, **about}, {"type": "like", "event_id": "l1", **about}]
     )
+    svc.log.flush()  # served impressions are written by the log's thread
     summary = ingest(tiny_config().ingest, world)
     assert summary["tables"]["impressions"]["quarantined"] == 0
     import pyarrow.parquet as pq
