@@ -154,7 +154,7 @@ class Scorer:
                 for i in idx
             ]
             needed = m.ranker.input_columns
-            merged = {c: _concat([col[c] for col in cols]) for c in needed}
+            merged = cols[0] if len(cols) == 1 else {c: _concat([col[c] for col in cols]) for c in needed}
             probs = m.ranker.predict(merged)
             bounds = np.cumsum([0, *[len(requests[i]["post_ids"]) for i in idx]])
             for j, i in enumerate(idx):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.store import OnlineStore, ViewerState
+from serve.store import VISIBILITY_CODE, OnlineStore, ViewerState
 
 
 class RetrievalConfig(BaseModel):
@@ -71,18 +71,18 @@ def retrieve(store: OnlineStore, viewer: int, now_s: float, cfg: RetrievalConfig
         authors = np.union1d(authors, np.array([viewer], np.int64))
     ids = store.posts_by(authors, now_s - cfg.window_days * 86400, now_s)
     considered = len(ids)
-    post = store.posts(ids, ("author_id", "visibility", "deleted_s"))
+    post = store.posts(ids, ("author_id", "visibility_code", "deleted_s"))
     author = post["author_id"]
-    vis = post["visibility"]
+    vis = post["visibility_code"]
     state = store.viewer(viewer)
-    is_friend = np.isin(author, friends)
+    others = author != viewer
     rules = {
         "deleted": ~np.isnan(post["deleted_s"]),
-        "blocked": np.isin(author, blocked),
-        "private": (vis == "private") & (author != viewer),
-        "friends_only": (vis == "friends") & ~is_friend & (author != viewer),
-        "unknown_visibility": ~np.isin(vis, ["public", "friends", "private"]),
-        "hidden": np.isin(ids, state.hidden),
+        "blocked": np.isin(author, blocked) if len(blocked) else np.zeros(len(ids), bool),
+        "private": (vis == VISIBILITY_CODE["private"]) & others,
+        "friends_only": (vis == VISIBILITY_CODE["friends"]) & others & ~np.isin(author, friends),
+        "unknown_visibility": vis < 0,
+        "hidden": np.isin(ids, state.hidden) if len(state.hidden) else np.zeros(len(ids), bool),
     }
     keep = np.ones(len(ids), bool)
     dropped = {}
