@@ -220,6 +220,7 @@ def main(
     from pipelines.synth import synth
     from pipelines.tracking import tracking_uri
     from pipelines.train import train_and_publish
+    from serve.runtime import ray_serve_env
 
     setup_logging(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 120)
@@ -251,7 +252,7 @@ def main(
         with stage("promote"):
             decision = promote(data_dir, train_cfg)
         console.print(quality_table(published.evaluation))
-        with ray_session(), stage("serve"):
+        with ray_session(env=ray_serve_env()), stage("serve"):
             serve_feed(console, data_dir, serve_config, keep_serving)
         verdict = "promoted to champion" if decision.promoted else "not promoted"
         console.print(

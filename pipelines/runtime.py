@@ -35,11 +35,12 @@ def setup_worker_logging() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(num_cpus: int | None = None, env: dict[str, str] | None = None) -> Iterator[None]:
     """Connect to the Ray cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
 
     Reuses a connection that is already open (tests share one Ray instance per session) and only shuts
-    down what it started itself.
+    down what it started itself. ``env`` is exported before a local cluster starts, so Ray's own processes
+    see it (e.g. :func:`serve.runtime.ray_serve_env`); a running cluster was started with its own.
     """
     import ray
 
@@ -50,6 +51,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        os.environ.update(env or {})
         # A local cluster: workers must import this checkout's packages, as `--working-dir .` gives
         # a real cluster.
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)

@@ -30,11 +30,15 @@ def tiny_config() -> DataConfig:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Start Ray once per test session (starting it costs seconds); model exports go to a temp cache."""
+    """Start Ray once per test session (starting it costs seconds); model exports go to a temp cache.
+    Serve runs as in production (:func:`serve.runtime.ray_serve_env`), with a short drain."""
     import ray
+
+    from serve.runtime import ray_serve_env
 
     cache = str(tmp_path_factory.mktemp("model-cache"))
     os.environ["RAY_FEED_CACHE"] = cache
+    os.environ.update(ray_serve_env(drain_s=1.0))
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=2,
