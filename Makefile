@@ -1,8 +1,11 @@
 # One entry point for people and CI. Every target installs what it needs first (idempotent .venv).
 #   make setup        CPU dependency set into .venv (GPU=1 for the CUDA set: fbgemm-gpu, nccl)
-#   make demo         the main job on embedded defaults (local Ray, synthetic data)
+#   make demo         the main job: local cluster + MLflow server, stages as Ray jobs, the feed deployed
+#   make demo-local   the same in one process (local Ray, embedded MLflow store)
 #   make test         lint + type check + the whole test suite
 #   make bench        figures for bench/RESULTS.md
+#   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
+#   make image        the container image the cluster/ manifests run (GPU=1 for the CUDA one)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,11 +14,14 @@ DATA_DIR ?= data/demo
 CONFIG ?= configs/data.yaml
 TRAIN_CONFIG ?= configs/train.yaml
 VARIANT := $(if $(filter 1,$(GPU)),gpu,cpu)
+WORKERS ?= 1
+REDIS ?= 0
+IMAGE ?= ray-feed:2.60.0-$(VARIANT)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo test lint typecheck bench clean-data
+.PHONY: setup setup-dev demo demo-local test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +42,10 @@ setup: $(STAMP)
 setup-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
+	$(PY) -m cluster.demo --config $(CONFIG) --train-config $(TRAIN_CONFIG) --data-dir $(DATA_DIR) \
+		--workers $(WORKERS)
+
+demo-local: $(STAMP)
 	$(PY) -m pipelines.demo --config $(CONFIG) --train-config $(TRAIN_CONFIG) --data-dir $(DATA_DIR)
 
 lint: $(DEV_STAMP)
@@ -52,6 +62,19 @@ bench: $(STAMP)
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
 	$(PY) -m bench.train_speed --out bench/RESULTS.md
 	$(PY) -m bench.serve_latency --out bench/RESULTS.md
+
+up: $(STAMP)
+	$(PY) -m cluster.local up --workers $(WORKERS) --data-dir $(DATA_DIR) $(if $(filter 1,$(REDIS)),--redis,)
+
+status: $(STAMP)
+	$(PY) -m cluster.local status
+
+stop: $(STAMP)
+	$(PY) -m cluster.local down
+
+image:
+	docker build -f cluster/docker/Dockerfile --build-arg VARIANT=$(VARIANT) \
+		--build-arg BASE=rayproject/ray:2.60.0-py311-$(VARIANT) -t $(IMAGE) .
 
 clean-data:
 	rm -rf data/

@@ -1,4 +1,5 @@
-"""The main job on embedded defaults: ``python -m pipelines.demo`` (what ``make demo`` runs).
+"""The main job in one process on embedded defaults: ``python -m pipelines.demo`` (``make demo-local``;
+``make demo`` runs the same stages as Ray jobs on a local cluster, :mod:`cluster.demo`).
 
 On one local Ray instance: synth → ingest → features → train (Ray Train + TorchRec, logged to the embedded
 MLflow store ``D/mlflow.db``) → evaluate against the baselines → register a ``feed-ranker`` version

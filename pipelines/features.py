@@ -500,9 +500,13 @@ def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tup
         # same encoder at half the throughput (175 vs 330 texts/s on 2 cores).
         from ray.util import ActorPool
 
-        threads = max(1, min(int(ray.cluster_resources().get("CPU", 1)), 4))
+        # Threads per actor: the CPUs of the biggest node (an actor cannot span nodes), at most 4; with
+        # several small nodes, one actor per node-sized share of the cluster's CPUs.
+        node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        threads = max(1, min(max(node_cpus, default=1), 4))
+        actors = max(cfg.encoder_actors, min(sum(node_cpus) // threads, 4))
         encoder = ray.remote(num_cpus=threads)(TextEncoder)
-        pool = ActorPool([encoder.remote(cfg.encoder_batch_size, threads) for _ in range(cfg.encoder_actors)])
+        pool = ActorPool([encoder.remote(cfg.encoder_batch_size, threads) for _ in range(actors)])
         texts = posts_sorted["text"].take(pa.array(idx)).to_pylist()
         chunks = [texts[i : i + ENCODE_CHUNK] for i in range(0, len(texts), ENCODE_CHUNK)]
         full[idx] = np.concatenate(list(pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks)))
