@@ -3,7 +3,8 @@
 #   make demo         the main job: local cluster + MLflow server, stages as Ray jobs, the feed deployed
 #   make demo-local   the same in one process (local Ray, embedded MLflow store)
 #   make test         lint + type check + the whole test suite
-#   make bench        figures for bench/RESULTS.md
+#   make bench        figures for bench/RESULTS.md (bench-online: the simulated A/B, after make demo)
+#   make simulate     simulated users against the deployed feed (after make demo)
 #   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
 #   make image        the container image the cluster/ manifests run (GPU=1 for the CUDA one)
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate bench-online test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,13 @@ bench: $(STAMP)
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
 	$(PY) -m bench.train_speed --out bench/RESULTS.md
 	$(PY) -m bench.serve_latency --out bench/RESULTS.md
+
+simulate: $(STAMP)
+	FEED_JWT_SECRET=$${FEED_JWT_SECRET:-$$(cat .cluster/jwt_secret)} \
+		$(PY) -m pipelines.simulate --data-dir $(DATA_DIR) --config $(CONFIG)
+
+bench-online: $(STAMP)
+	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --out bench/RESULTS.md
 
 up: $(STAMP)
 	$(PY) -m cluster.local up --workers $(WORKERS) --data-dir $(DATA_DIR) $(if $(filter 1,$(REDIS)),--redis,)

@@ -45,7 +45,9 @@ class Item(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    arm: Literal["champion", "challenger"]
+    arm: Literal["champion", "challenger", "chronological"] = Field(
+        description="chronological: the holdout arm, newest first, no model (model.chronological_traffic)."
+    )
     version: str | None
 
 

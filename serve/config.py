@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.tasks import DEFAULT_VALUE_WEIGHTS, TASKS
 from serve.reranking import RerankConfig
@@ -38,10 +38,23 @@ class ModelSlotConfig(Section):
     alias: str = Field("champion", description="Alias served to most users.")
     challenger_alias: str = Field("challenger", description="Alias served to the challenger arm.")
     challenger_traffic: float = Field(0.0, ge=0, le=1, description="Stable hash-fraction of users.")
+    chronological_traffic: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Stable hash-fraction of users served newest-first with no model: the holdout arm "
+        "'chronological' of an online A/B against reverse-chronological.",
+    )
     poll_s: float = Field(5.0, gt=0, le=3600, description="How often aliases are re-resolved.")
     tracking_uri: str | None = Field(
         None, description="MLflow URI; default MLFLOW_TRACKING_URI or D/mlflow.db."
     )
+
+    @model_validator(mode="after")
+    def _shares(self) -> ModelSlotConfig:
+        if self.challenger_traffic + self.chronological_traffic > 1:
+            raise ValueError("challenger_traffic + chronological_traffic must be at most 1")
+        return self
 
 
 class RankingConfig(Section):

@@ -38,7 +38,7 @@ from pipelines import schema
 from serve.config import ServeConfig
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
-from serve.ranking import arm_of
+from serve.ranking import CHRONOLOGICAL, arm_of
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
 from serve.retrieval import retrieve, visible
 from serve.store import OnlineStore
@@ -183,7 +183,7 @@ class FeedService:
         """The response items of positions ``[offset, offset + limit)``."""
         ids = ranked.post_ids[offset : offset + limit]
         post = self.store.posts(ids, ("author_id", "created_s", "modality", "text"))
-        fallback = ranked.fallback is not None
+        newest_first = ranked.fallback is not None or ranked.model["arm"] == CHRONOLOGICAL
         items = []
         for j, pid in enumerate(ids.tolist()):
             k = offset + j
@@ -200,7 +200,7 @@ class FeedService:
                     if probs
                     else None,
                     "expected_dwell_s": float(probs["dwell"][k]) / 1000.0 if probs else None,
-                    "why": _why(ranked.signals, k, ranked.tags[k], fallback),
+                    "why": _why(ranked.signals, k, ranked.tags[k], newest_first),
                     "tags": list(ranked.tags[k]),
                     "position": k,
                     "impression_id": f"{ranked.request_id}:{k}",
@@ -215,11 +215,11 @@ class FeedService:
         cands = retrieve(self.store, viewer, now, self.cfg.retrieval)
         t1 = time.perf_counter()
         self.metrics.stage("retrieval", (t1 - t0) * 1000)
-        arm = arm_of(viewer, self.cfg.model.challenger_traffic)
+        arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
         model: dict[str, Any] = {"name": self.cfg.model.name, "arm": arm, "version": None}
         fallback: str | None = None
         result: dict[str, Any] | None = None
-        if len(cands.post_ids):
+        if len(cands.post_ids) and arm != CHRONOLOGICAL:  # the holdout arm is never ranked
             try:
                 result = await asyncio.wait_for(
                     self.score({"viewer": viewer, "post_ids": cands.post_ids, "now_s": now, "arm": arm}),

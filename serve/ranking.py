@@ -27,16 +27,21 @@ from serve.store import OnlineStore
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, CHRONOLOGICAL = "champion", "challenger", "chronological"
 #: Columns returned beside the probabilities, to explain an item ("why you see this").
 SIGNALS = ("ua_has_interacted", "ua_actions", "rel_friend_days", "x_topic_match", "p_friend_actions_1d")
 
 
-def arm_of(user_id: int, challenger_traffic: float, salt: str = "feed-ab") -> str:
-    """A stable arm per user: the same user always lands in the same arm for a given traffic share."""
+def arm_of(
+    user_id: int, challenger_traffic: float, chronological_traffic: float = 0.0, salt: str = "feed-ab"
+) -> str:
+    """A stable arm per user: the same user always lands in the same arm for given traffic shares
+    (``[0, c)`` challenger, ``[c, c + r)`` the reverse-chronological holdout, the rest champion)."""
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
     u = int.from_bytes(digest, "little") / 2**64
-    return CHALLENGER if u < challenger_traffic else CHAMPION
+    if u < challenger_traffic:
+        return CHALLENGER
+    return CHRONOLOGICAL if u < challenger_traffic + chronological_traffic else CHAMPION
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,17 @@ def test_every_rerank_policy_is_configurable_from_yaml() -> None:
     doc = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     rerank = doc["applications"][0]["args"]["rerank"]
     assert set(rerank) == {"freshness", "fatigue", "seen", "dedup", "diversity", "exploration"}
+
+
+def test_arm_shares_are_stable_and_add_up() -> None:
+    from serve.ranking import arm_of
+
+    arms = [arm_of(u, 0.2, 0.3) for u in range(4000)]
+    assert arms == [arm_of(u, 0.2, 0.3) for u in range(4000)]  # stable per user
+    share = {a: arms.count(a) / len(arms) for a in set(arms)}
+    assert abs(share["challenger"] - 0.2) < 0.03
+    assert abs(share["chronological"] - 0.3) < 0.03
+    # Moving traffic into the holdout never moves a challenger user elsewhere.
+    assert all(arm_of(u, 0.2, 0.5) == "challenger" for u in range(4000) if arms[u] == "challenger")
+    with pytest.raises(ServeConfigError, match="at most 1"):
+        parse({"model": {"challenger_traffic": 0.6, "chronological_traffic": 0.5}})

@@ -136,3 +136,22 @@ def test_served_impressions_and_engagements_are_ingested_by_the_next_run(
     assert view["dwell_ms"].tolist() == [4200]
     reasons = json.loads((world / "ingest_summary.json").read_text())
     assert reasons["tables"]["engagements"]["quarantined"] == 0
+
+
+def test_the_chronological_holdout_arm_is_never_ranked(world: Path) -> None:
+    calls: list[int] = []
+
+    async def score(req: dict[str, Any]) -> dict[str, Any]:
+        calls.append(req["viewer"])
+        return await constant_scores()(req)
+
+    svc = service(world, score, model={"challenger_traffic": 0.0, "chronological_traffic": 1.0})
+    viewer = viewer_with_posts(svc.store)
+    out = asyncio.run(svc.feed(viewer, 10, None))
+    assert calls == []  # no model call for the holdout
+    assert out["model"] == {"name": "feed-ranker", "arm": "chronological", "version": None}
+    assert not out["fallback"]  # by design, not a failure
+    created = [it["created_at"] for it in out["items"] if "seen" not in it["tags"]]
+    assert created == sorted(created, reverse=True)
+    assert {it["why"] for it in out["items"]} == {"Newest from your friends"}
+    assert all(r["arm"] == "chronological" for r in out["_impressions"])

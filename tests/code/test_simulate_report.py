@@ -1,0 +1,32 @@
+"""The online report's arithmetic: ratio metrics per arm and bootstrap intervals that separate a clearly
+better arm and straddle zero between identical ones."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.simulate import SimConfig, UserLog, report
+
+
+def users(arm: str, n: int, ctr: float, seed: int) -> list[UserLog]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        u = UserLog(user_id=i, arm=arm, sessions=2, viewed=20, dwell_ms=40_000.0, latencies_ms=[10.0, 12.0])
+        u.actions["click"] = int(rng.binomial(20, ctr))
+        out.append(u)
+    return out
+
+
+def test_a_better_arm_gets_an_interval_above_zero_and_equal_arms_straddle_it() -> None:
+    cfg = SimConfig(bootstrap=400, seed=1)
+    rep = report(users("champion", 300, 0.10, 1) + users("challenger", 300, 0.20, 2), cfg)
+    assert rep["control"] == "champion"
+    assert abs(rep["arms"]["champion"]["ctr"] - 0.10) < 0.02
+    assert rep["arms"]["champion"]["dwell_s_per_session"] == 20.0
+    assert rep["arms"]["champion"]["sessions"] == 2.0
+    lo, hi = rep["vs_control"]["challenger"]["ctr"]["ci95"]
+    assert 0 < lo < 0.10 < hi < 0.2
+    same = report(users("champion", 300, 0.10, 3) + users("chronological", 300, 0.10, 4), cfg)
+    lo, hi = same["vs_control"]["chronological"]["ctr"]["ci95"]
+    assert lo < 0 < hi
