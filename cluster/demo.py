@@ -37,6 +37,46 @@ from cluster.local import REPO, ClusterSpec, LocalCluster, _bin
 EXCLUDES = ["data/", ".venv/", ".git/", "mlruns/", ".cluster/", "bench/out/", "*.db", "__pycache__/"]
 
 
+class PeakRSS:
+    """Samples, every ``every_s``, the summed RSS of the cluster's processes (Ray's and the MLflow server's)
+    while a stage runs: a machine-level "how much memory did this stage need" (shared pages, e.g. the
+    object store, count once per process that maps them, so this errs high)."""
+
+    def __init__(self, gcs_port: int, extra_pids: list[int], every_s: float = 0.5) -> None:
+        import threading
+
+        self.gcs_port, self.extra, self.every_s = gcs_port, extra_pids, every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        from cluster.local import _ray_pids
+
+        total = 0
+        for pid in [*_ray_pids(self.gcs_port), *self.extra]:
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def submit(dashboard: str, entrypoint: list[str], name: str, console: Console, env: dict[str, str]) -> float:
     """``ray job submit`` one stage, its logs streamed here; returns its wall time, raises on failure."""
     cmd = [
@@ -95,6 +135,7 @@ class MainJob:
     """What the main job ran and where it left things."""
 
     seconds: dict[str, float]
+    peak_rss: dict[str, int]  # bytes, summed over the cluster's processes, per stage
     status: dict[str, Any]  # cluster.local status: URLs
     feed_url: str
     viewers: list[int]
@@ -119,10 +160,12 @@ def run_main_job(
 
     data_dir = spec.data_dir = spec.data_dir.resolve()
     seconds: dict[str, float] = {}
+    peak_rss: dict[str, int] = {}
     t0 = time.perf_counter()
     console.rule("cluster: Ray head + workers, MLflow server")
     status = cluster.up(spec)
     seconds["cluster up"] = time.perf_counter() - t0
+    mlflow_pid = [int(status["mlflow"]["pid"])] if "pid" in status.get("mlflow", {}) else []
     dashboard = status["ray"]["dashboard"]
     d, c, tc = str(data_dir), str(config), str(train_config)
     stages = {
@@ -134,14 +177,18 @@ def run_main_job(
         "promote": ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc],
     }
     for name, entrypoint in stages.items():
-        seconds[name] = submit(dashboard, entrypoint, name, console, cluster.client_env())
+        with PeakRSS(spec.gcs_port, mlflow_pid) as rss:
+            seconds[name] = submit(dashboard, entrypoint, name, console, cluster.client_env())
+        peak_rss[name] = rss.peak
     console.rule("serve deploy")
     t1 = time.perf_counter()
-    _, doc = deploy(dashboard, serve_config, data_dir, cluster.state_dir, cluster.client_env())
-    http = doc.get("http_options", {})
-    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-    wait_ready(base)
+    with PeakRSS(spec.gcs_port, mlflow_pid) as rss:
+        _, doc = deploy(dashboard, serve_config, data_dir, cluster.state_dir, cluster.client_env())
+        http = doc.get("http_options", {})
+        base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        wait_ready(base)
     seconds["deploy"] = time.perf_counter() - t1
+    peak_rss["deploy"] = rss.peak
     args = doc["applications"][0]["args"]
     auth = TokenAuth(cluster.jwt_secret(), args.get("auth", {}).get("issuer", "ray-feed"))
     viewers = sample_viewers(data_dir, 2)
@@ -156,7 +203,31 @@ def run_main_job(
         r.raise_for_status()
         feeds.append(r.json())
     seconds["total"] = time.perf_counter() - t0
-    return MainJob(seconds, status, base, viewers, feeds, auth)
+    return MainJob(seconds, peak_rss, status, base, viewers, feeds, auth)
+
+
+def write_results(path: Path, job: MainJob, spec: ClusterSpec) -> None:
+    import datetime as dt
+
+    from bench.report import machine, write_section
+
+    lines = [
+        "## make demo by stage (issue 5)",
+        "",
+        f"Measured {dt.date.today().isoformat()} on {machine()}: `python -m cluster.demo --results "
+        f"bench/RESULTS.md` (what `make demo` runs, after its install), a local cluster of a head and "
+        f"{spec.workers} worker node(s) ({spec.head_cpus} + {spec.workers}×{spec.worker_cpus} CPUs) and an "
+        "MLflow server, each stage a `ray job submit`. Peak RSS: the largest sum, sampled every 0.5 s, of "
+        "the resident memory of the cluster's processes (Ray's and MLflow's) during the stage; shared pages "
+        "count once per process, so it errs high.",
+        "",
+        "| stage | wall s | peak RSS GiB |",
+        "|---|---|---|",
+    ]
+    for name, s in job.seconds.items():
+        rss = job.peak_rss.get(name)
+        lines.append(f"| {name} | {s:.0f} | {f'{rss / 2**30:.1f}' if rss else '–'} |")
+    write_section(path, "\n".join(lines) + "\n")
 
 
 def main(
@@ -168,6 +239,9 @@ def main(
     serve_config: Annotated[Path, typer.Option(help="configs/serve.yaml")] = Path("configs/serve.yaml"),
     workers: Annotated[int, typer.Option(help="Ray worker nodes besides the head.")] = 1,
     users: Annotated[int | None, typer.Option(help="Override synth.users (smaller: faster).")] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Write the stage table into this markdown file (bench/RESULTS.md).")
+    ] = None,
 ) -> None:
     """Start the local cluster, run every stage as a Ray job, deploy the feed, print real feeds."""
     from pipelines.demo import feed_table
@@ -181,12 +255,16 @@ def main(
     if quality:
         console.rule("offline quality (test split)")
         console.print(Markdown(quality[-1].read_text()))
-    times = Table(title="Wall time by stage", title_justify="left")
+    times = Table(title="Wall time and peak memory by stage", title_justify="left")
     times.add_column("stage")
     times.add_column("seconds", justify="right")
+    times.add_column("peak RSS, cluster (GiB)", justify="right")
     for name, s in job.seconds.items():
-        times.add_row(name, f"{s:.0f}")
+        rss = job.peak_rss.get(name)
+        times.add_row(name, f"{s:.0f}", f"{rss / 2**30:.1f}" if rss else "")
     console.print(times)
+    if results is not None:
+        write_results(results, job, spec)
     token = job.auth.mint(job.viewers[0], ttl_s=3600)
     base = job.feed_url
     console.print(
