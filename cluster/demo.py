@@ -153,9 +153,8 @@ def run_main_job(
     users: int | None = None,
 ) -> MainJob:
     """Cluster up → every stage as a Ray job → serve deploy → feeds for two sample users over HTTP."""
-    import requests
 
-    from pipelines.demo import sample_viewers
+    from pipelines.demo import fetch_feed, sample_viewers
     from serve.auth import TokenAuth
 
     data_dir = spec.data_dir = spec.data_dir.resolve()
@@ -192,16 +191,7 @@ def run_main_job(
     args = doc["applications"][0]["args"]
     auth = TokenAuth(cluster.jwt_secret(), args.get("auth", {}).get("issuer", "ray-feed"))
     viewers = sample_viewers(data_dir, 2)
-    feeds = []
-    for viewer in viewers:
-        r = requests.get(
-            f"{base}/feed/{viewer}",
-            params={"limit": 10},
-            headers={"Authorization": f"Bearer {auth.mint(viewer)}"},
-            timeout=30,
-        )
-        r.raise_for_status()
-        feeds.append(r.json())
+    feeds = [fetch_feed(base, auth, viewer).json() for viewer in viewers]
     seconds["total"] = time.perf_counter() - t0
     return MainJob(seconds, peak_rss, status, base, viewers, feeds, auth)
 

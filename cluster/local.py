@@ -212,8 +212,26 @@ class LocalCluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         return (self.logs / f"{name}.log").open("ab")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        """One ``up`` or ``down`` at a time per state dir (two at once would start, or stop, twice)."""
+        import fcntl
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / "lock").open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     # ------------------------------------------------------------------------------------------------ up
     def up(self, spec: ClusterSpec) -> dict[str, Any]:
+        with self._locked():
+            self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+            return self._up(spec)
+
+    def _up(self, spec: ClusterSpec) -> dict[str, Any]:
         spec.data_dir = spec.data_dir.resolve()
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         self.state["spec"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()}
@@ -368,6 +386,11 @@ class LocalCluster:
 
     # ---------------------------------------------------------------------------------------------- down
     def down(self) -> list[str]:
+        with self._locked():
+            self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+            return self._down()
+
+    def _down(self) -> list[str]:
         stopped = []
         spec = self.state.get("spec", {})
         if "ray" in self.state:

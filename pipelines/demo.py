@@ -118,6 +118,21 @@ def sample_viewers(data_dir: Path, n: int) -> list[int]:
     return [int(ids[i]) for i in order[:n]]
 
 
+def fetch_feed(base: str, auth: Any, viewer: int, limit: int = 10) -> Any:
+    """``GET /feed/{viewer}`` with a token minted by ``auth`` (a :class:`serve.auth.TokenAuth`); raises on
+    an error status."""
+    import requests
+
+    r = requests.get(
+        f"{base}/feed/{viewer}",
+        params={"limit": limit},
+        headers={"Authorization": f"Bearer {auth.mint(viewer)}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return r
+
+
 def feed_table(body: dict[str, Any]) -> Table:
     t = Table(
         title=f"GET /feed/{body['user_id']}: model {body['model']['name']} v{body['model']['version']} "
@@ -148,7 +163,6 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     import os
     import secrets
 
-    import requests
     from ray import serve
 
     from serve.app import compose
@@ -170,13 +184,7 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     auth = TokenAuth(secret, cfg.auth.issuer, cfg.auth.leeway_s)
     viewers = sample_viewers(data_dir, 2)
     for viewer in viewers:
-        r = requests.get(
-            f"{base}/feed/{viewer}",
-            params={"limit": 10},
-            headers={"Authorization": f"Bearer {auth.mint(viewer)}"},
-            timeout=30,
-        )
-        r.raise_for_status()
+        r = fetch_feed(base, auth, viewer)
         console.print(feed_table(r.json()))
         console.print(f"Server-Timing: {r.headers.get('server-timing')}")
     token = auth.mint(viewers[0], ttl_s=3600)
