@@ -141,6 +141,17 @@ def _group(pgid: int) -> list[int]:
     return out
 
 
+def _forget_address(gcs_port: int) -> None:
+    """Remove Ray's "latest cluster" file if it names this cluster (as ``ray stop`` does); a stale one makes
+    a later ``ray.init()`` try to join the stopped cluster."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    with contextlib.suppress(OSError):
+        if path.read_text().strip().endswith(f":{gcs_port}"):
+            path.unlink()
+
+
 def _terminate(pids: list[int], timeout_s: float = 20.0) -> None:
     import psutil
 
@@ -394,7 +405,9 @@ class LocalCluster:
         stopped = []
         spec = self.state.get("spec", {})
         if "ray" in self.state:
-            _terminate(_ray_pids(int(spec.get("gcs_port", 6390))))
+            port = int(spec.get("gcs_port", 6390))
+            _terminate(_ray_pids(port))
+            _forget_address(port)
             stopped.append("ray")
         for name in ("mlflow", "redis"):
             info = self.state.get(name)

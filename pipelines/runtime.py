@@ -56,6 +56,7 @@ def ray_session(num_cpus: int | None = None, env: dict[str, str] | None = None) 
         # a real cluster.
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
+            address="local",  # start one, even when a `ray start` cluster runs on this machine
             num_cpus=num_cpus,
             include_dashboard=True,  # also what Ray Train's state queries need (else warnings every second)
             runtime_env={"env_vars": {"PYTHONPATH": path}},

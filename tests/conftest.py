@@ -41,6 +41,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ.update(ray_serve_env(drain_s=1.0))
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
+        address="local",  # a new instance, never a cluster that `ray start` left behind
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -101,3 +101,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
     assert not (tmp_path / "state" / "state.json").exists()
+    from ray._common.utils import get_ray_address_file
+
+    current = Path(get_ray_address_file(None))  # `ray.init()` must not try to join the stopped cluster
+    assert not current.exists() or not current.read_text().strip().endswith(f":{spec.gcs_port}")
