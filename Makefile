@@ -5,6 +5,7 @@
 #   make test         lint + type check + the whole test suite
 #   make bench        figures for bench/RESULTS.md (bench-online: the simulated A/B, after make demo)
 #   make simulate     simulated users against the deployed feed (after make demo)
+#   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
 #   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
 #   make image        the container image the cluster/ manifests run (GPU=1 for the CUDA one)
 SHELL := /bin/bash
@@ -22,7 +23,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate bench-online test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate retrain bench-online test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,10 @@ bench: $(STAMP)
 simulate: $(STAMP)
 	FEED_JWT_SECRET=$${FEED_JWT_SECRET:-$$(cat .cluster/jwt_secret)} \
 		$(PY) -m pipelines.simulate --data-dir $(DATA_DIR) --config $(CONFIG)
+
+retrain: $(STAMP)
+	$(PY) -m cluster.retrain --data-dir $(DATA_DIR) --config $(CONFIG) --train-config $(TRAIN_CONFIG) \
+		--workers $(WORKERS)
 
 bench-online: $(STAMP)
 	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --out bench/RESULTS.md

@@ -390,9 +390,15 @@ class LocalCluster:
                 "up": _port_open(int(spec.get("gcs_port", 6390))),
                 "processes": len(_ray_pids(int(spec.get("gcs_port", 6390)))),
             }
-        for name, port_key in (("mlflow", "mlflow_port"), ("redis", "redis_port")):
-            if name in self.state:
-                out[name] = {**self.state[name], "up": _port_open(int(spec.get(port_key, 0)))}
+        if spec:  # reported even when another process serves the port (then not ours to stop)
+            mlflow_port = int(spec.get("mlflow_port", 5000))
+            out["mlflow"] = {
+                "url": f"http://127.0.0.1:{mlflow_port}",
+                **self.state.get("mlflow", {"started_here": False}),
+                "up": _port_open(mlflow_port),
+            }
+        if "redis" in self.state:
+            out["redis"] = {**self.state["redis"], "up": _port_open(int(spec.get("redis_port", 6379)))}
         return out
 
     # ---------------------------------------------------------------------------------------------- down

@@ -6,6 +6,9 @@ directory's test split, and the candidate must improve ``registry.gate_metric`` 
 ``registry.min_gain`` without any task's AUC falling more than ``registry.max_auc_drop`` (configs/train.yaml).
 With no champion yet, the candidate becomes the first. ``--force`` promotes regardless and says so.
 
+``--online-report R.json`` (from ``pipelines.simulate --out``, with the candidate served as ``challenger``)
+adds the online half: the candidate must also win online (:func:`online_gate`). ``make retrain`` uses it.
+
 Every decision, promoted or not, is recorded on the candidate version as tags (``promotion.decision``,
 ``promotion.reason``, ``promotion.at``, ``promotion.eval_set``, ``promotion.previous_champion``) and
 printed. Serving follows the alias, so moving it by hand in the MLflow UI is just as valid.
@@ -72,12 +75,47 @@ def gate(
     )
 
 
+def online_gate(report: dict[str, Any], version: str, arm: str = "challenger") -> tuple[bool, str]:
+    """The online half of promotion, from a :mod:`pipelines.simulate` report where ``version`` served ``arm``.
+
+    Wins when CTR and dwell per session are both higher than the control's (point estimates), neither is
+    significantly lower (95% interval wholly below zero), and the hide rate is not significantly higher.
+
+    >>> d = lambda diff, lo, hi: {"diff": diff, "ci95": [lo, hi]}
+    >>> rep = {"control": "champion", "arms": {"challenger": {"versions": ["7"]}},
+    ...        "vs_control": {"challenger": {"ctr": d(0.01, -0.01, 0.03),
+    ...                       "dwell_s_per_session": d(2.0, -1.0, 5.0), "hide_rate": d(0.0, -0.01, 0.01)}}}
+    >>> online_gate(rep, "7")[0], online_gate(rep, "8")[1]
+    (True, 'the online report is about version(s) 7 of challenger, not 8')
+    """
+    served = report.get("arms", {}).get(arm, {}).get("versions", [])
+    if served != [version]:
+        return (
+            False,
+            f"the online report is about version(s) {', '.join(served) or 'none'} of {arm}, not {version}",
+        )
+    diffs = report["vs_control"][arm]
+    summary = "; ".join(
+        f"{m} {diffs[m]['diff']:+.4g} [{diffs[m]['ci95'][0]:+.4g}, {diffs[m]['ci95'][1]:+.4g}]"
+        for m in ("ctr", "dwell_s_per_session", "hide_rate")
+    )
+    for m in ("ctr", "dwell_s_per_session"):
+        if diffs[m]["diff"] <= 0:
+            return False, f"online: {m} not higher than {report['control']} ({summary})"
+        if diffs[m]["ci95"][1] < 0:
+            return False, f"online: {m} significantly lower ({summary})"
+    if diffs["hide_rate"]["ci95"][0] > 0:
+        return False, f"online: hide rate significantly higher ({summary})"
+    return True, f"online: wins vs {report['control']} ({summary})"
+
+
 def promote(
     data_dir: Path,
     cfg: TrainConfig,
     version: str | None = None,
     force: bool = False,
     note: str | None = None,
+    online: dict[str, Any] | None = None,
 ) -> Decision:
     """Decide, move the alias when warranted, and tag the candidate version with the decision."""
     from mlflow import MlflowClient
@@ -111,6 +149,9 @@ def promote(
         eval_set = ev.eval_set
         ok, why = gate(ev.models["candidate"], ev.models["champion"], cfg.registry, cfg.evaluate.ndcg_k)
         why = f"vs version {previous} on test split {eval_set}: {why}"
+    if online is not None:  # both halves must pass
+        ok_online, why_online = online_gate(online, version)
+        ok, why = ok and ok_online, f"{why}; {why_online}"
     if force and not ok:
         ok, why = True, f"forced ({note or 'no reason given'}); the gate said: {why}"
     elif note:
@@ -143,6 +184,9 @@ def main(
         bool, typer.Option(help="Promote even if the gate says no (recorded as forced).")
     ] = False,
     reason: Annotated[str | None, typer.Option(help="A note recorded with the decision.")] = None,
+    online_report: Annotated[
+        Path | None, typer.Option(help="pipelines.simulate report.json: the candidate must also win online.")
+    ] = None,
 ) -> None:
     """Move alias champion to a version that beats the current champion."""
     from pipelines.runtime import setup_logging
@@ -150,7 +194,10 @@ def main(
     setup_logging()
     with exit_on_error():
         cfg = load_config(config, TrainConfig)
-        d = promote(data_dir, cfg, version, force, reason)
+        import json
+
+        online = json.loads(online_report.read_text()) if online_report is not None else None
+        d = promote(data_dir, cfg, version, force, reason, online)
         verb = "promoted to champion" if d.promoted else "not promoted"
         typer.echo(f"{cfg.registry.model_name} version {d.candidate} {verb}: {d.reason}")
 

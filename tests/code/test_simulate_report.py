@@ -30,3 +30,23 @@ def test_a_better_arm_gets_an_interval_above_zero_and_equal_arms_straddle_it() -
     same = report(users("champion", 300, 0.10, 3) + users("chronological", 300, 0.10, 4), cfg)
     lo, hi = same["vs_control"]["chronological"]["ctr"]["ci95"]
     assert lo < 0 < hi
+
+
+def test_the_online_gate_needs_higher_ctr_and_dwell_and_no_significant_harm() -> None:
+    from pipelines.promote import online_gate
+
+    cfg = SimConfig(bootstrap=300, seed=5)
+    better = report(users("champion", 300, 0.10, 1) + users("challenger", 300, 0.20, 2), cfg)
+    for u in better["arms"].values():
+        u["versions"] = ["9"]
+    # Same dwell in both arms: not a win on dwell per session.
+    ok, why = online_gate(better, "9")
+    assert not ok
+    assert "dwell_s_per_session not higher" in why
+    better["vs_control"]["challenger"]["dwell_s_per_session"] = {"diff": 3.0, "ci95": [1.0, 5.0]}
+    assert online_gate(better, "9")[0]
+    assert not online_gate(better, "10")[0]  # a report about another version decides nothing
+    better["vs_control"]["challenger"]["hide_rate"] = {"diff": 0.02, "ci95": [0.01, 0.03]}
+    ok, why = online_gate(better, "9")
+    assert not ok
+    assert "hide rate significantly higher" in why

@@ -1,0 +1,162 @@
+"""Continual learning on the local cluster: ``python -m cluster.retrain`` (``make retrain``), after
+``make demo`` and some served traffic (``make simulate``).
+
+1. ``ingest`` → ``features`` → ``train`` as Ray jobs: the raw logs now include what the feed served and what
+   its users did (``D/raw/*/serving/``), so the new version learns from them; it is registered as
+   ``challenger`` (with its offline evaluation);
+2. online: the feed is redeployed with ``model.challenger_traffic`` (0.5 by default) and simulated users
+   (:mod:`pipelines.simulate`) read it; their report is saved next to the run;
+3. ``promote`` as a Ray job with that report: ``champion`` moves only if the new version wins offline (the
+   gate on the test split) **and** online (:func:`pipelines.promote.online_gate`);
+4. the feed is redeployed as configured. An MLflow run (experiment ``feed-retrain``) records every step: the
+   stages' durations, the training run, the simulation run and report, the decision and its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from cluster.demo import deploy, submit, wait_ready
+from cluster.local import ClusterSpec, LocalCluster
+
+
+def wait_for_version(base: str, arm: str, version: str, timeout_s: float = 120) -> None:
+    """Until ``/healthz`` says ``arm`` is served by ``version`` (aliases are re-read every model.poll_s)."""
+    import requests
+
+    deadline = time.time() + timeout_s
+    models: dict[str, Any] = {}
+    while time.time() < deadline:
+        r = requests.get(f"{base}/healthz", timeout=10)
+        models = r.json().get("models", {}) if r.ok else {}
+        if str(models.get(arm)) == version:
+            return
+        time.sleep(2)
+    raise TimeoutError(f"{arm} is not served by version {version} after {timeout_s:.0f} s (serving {models})")
+
+
+def run_retrain(
+    cluster: LocalCluster,
+    spec: ClusterSpec,
+    config: Path,
+    train_config: Path,
+    serve_config: Path,
+    console: Console,
+    sim_users: int = 300,
+    challenger_traffic: float = 0.5,
+) -> dict[str, Any]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.config import DataConfig, TrainConfig, load_config
+    from pipelines.simulate import SimConfig, log_to_mlflow, markdown, simulate
+
+    data_dir = spec.data_dir = spec.data_dir.resolve()
+    status = cluster.up(spec)
+    os.environ["MLFLOW_TRACKING_URI"] = status["mlflow"]["url"]
+    tracking.configure(data_dir)
+    dashboard, env = status["ray"]["dashboard"], cluster.client_env()
+    train_cfg = load_config(train_config, TrainConfig)
+    name = train_cfg.registry.model_name
+    before = tracking.version_of(name, tracking.CHAMPION)
+    seconds: dict[str, float] = {}
+    d, c, tc = str(data_dir), str(config), str(train_config)
+    for stage, entrypoint in {
+        "ingest": ["python", "-m", "pipelines.ingest", "--data-dir", d, "--config", c],
+        "features": ["python", "-m", "pipelines.features", "--data-dir", d, "--config", c],
+        "train": ["python", "-m", "pipelines.train", "--data-dir", d, "--config", tc],
+    }.items():
+        seconds[stage] = submit(dashboard, entrypoint, stage, console, env)
+    candidate = tracking.version_of(name, tracking.CHALLENGER)
+    assert candidate is not None, "training registered no challenger"
+    version = str(candidate.version)
+
+    console.rule(f"online: version {version} as challenger for {challenger_traffic:.0%} of users")
+    t0 = time.perf_counter()
+    doc = yaml.safe_load(serve_config.read_text())
+    doc["applications"][0]["args"]["model"]["challenger_traffic"] = challenger_traffic
+    ab = cluster.state_dir / "serve-retrain.yaml"
+    ab.write_text(yaml.safe_dump(doc, sort_keys=False))
+    http = doc.get("http_options", {})
+    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    out = data_dir / "retrain" / time.strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        deploy(dashboard, ab, data_dir, cluster.state_dir, env)
+        wait_ready(base)
+        wait_for_version(base, "challenger", version)
+        report = simulate(
+            base,
+            data_dir,
+            load_config(config, DataConfig),
+            cluster.jwt_secret(),
+            SimConfig(users=sim_users, max_sessions=3),
+        )
+        (out / "online.json").write_text(json.dumps(report, indent=2))
+        (out / "online.md").write_text(markdown(report))
+        sim_run = log_to_mlflow(report, data_dir, base)
+        console.print(markdown(report))
+        seconds["online"] = time.perf_counter() - t0
+        promote = ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc]
+        promote += ["--version", version, "--online-report", str(out / "online.json")]
+        seconds["promote"] = submit(dashboard, promote, "promote", console, env)
+    finally:
+        deploy(dashboard, serve_config, data_dir, cluster.state_dir, env)
+    tags = MlflowClient().get_model_version(name, version).tags
+    decision = {
+        "version": version,
+        "previous_champion": str(before.version) if before else None,
+        "decision": tags.get("promotion.decision"),
+        "reason": tags.get("promotion.reason"),
+        "seconds": seconds,
+        "simulation_run": sim_run,
+        "train_run": candidate.run_id,
+    }
+    (out / "decision.json").write_text(json.dumps(decision, indent=2))
+    exp = tracking.experiment_id("feed-retrain", data_dir)
+    with mlflow.start_run(experiment_id=exp, run_name=f"retrain-v{version}"):
+        mlflow.log_params(
+            {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
+        )
+        mlflow.log_metrics({f"seconds/{k}": v for k, v in seconds.items()})
+        mlflow.set_tags(
+            {
+                "decision": str(decision["decision"]),
+                "reason": str(decision["reason"])[:5000],
+                "previous_champion": str(decision["previous_champion"]),
+                "train_run": str(candidate.run_id),
+                "simulation_run": sim_run,
+            }
+        )
+        mlflow.log_artifacts(str(out), "retrain")
+    return decision
+
+
+def main(
+    data_dir: Annotated[Path, typer.Option(help="The demo's data dir.")] = Path("data/demo"),
+    config: Annotated[Path, typer.Option(help="configs/data.yaml")] = Path("configs/data.yaml"),
+    train_config: Annotated[Path, typer.Option(help="configs/train.yaml")] = Path("configs/train.yaml"),
+    serve_config: Annotated[Path, typer.Option(help="configs/serve.yaml")] = Path("configs/serve.yaml"),
+    users: Annotated[int, typer.Option(help="Simulated users in the online test.")] = 300,
+    workers: Annotated[int, typer.Option(help="Ray worker nodes besides the head.")] = 1,
+) -> None:
+    """Retrain on the served logs, test the new version online, promote it only if it wins both ways."""
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    spec = ClusterSpec(workers=workers, data_dir=data_dir)
+    decision = run_retrain(LocalCluster(), spec, config, train_config, serve_config, console, users)
+    console.print_json(json.dumps(decision))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    typer.run(main)
