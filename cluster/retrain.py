@@ -29,15 +29,18 @@ from cluster.demo import deploy, submit, wait_ready
 from cluster.local import ClusterSpec, LocalCluster
 
 
-def wait_for_version(base: str, arm: str, version: str, timeout_s: float = 120) -> None:
+def wait_for_version(base: str, arm: str, version: str, timeout_s: float = 300) -> None:
     """Until ``/healthz`` says ``arm`` is served by ``version`` (aliases are re-read every model.poll_s)."""
     import requests
 
     deadline = time.time() + timeout_s
     models: dict[str, Any] = {}
     while time.time() < deadline:
-        r = requests.get(f"{base}/healthz", timeout=10)
-        models = r.json().get("models", {}) if r.ok else {}
+        try:  # replicas being replaced (the redeploy) may not answer for a while
+            r = requests.get(f"{base}/healthz", timeout=30)
+            models = r.json().get("models", {}) if r.ok else {}
+        except requests.RequestException:
+            models = {}
         if str(models.get(arm)) == version:
             return
         time.sleep(2)

@@ -363,8 +363,15 @@ def train(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False
+    # Read tasks ask for a quarter CPU: on a small cluster that also serves the feed (make retrain), the
+    # train workers and Serve replicas leave no node a whole CPU, and whole-CPU reads would starve training.
     datasets = {
-        split: ray.data.read_parquet(str(data_dir / "features" / split), columns=columns, partitioning=None)
+        split: ray.data.read_parquet(
+            str(data_dir / "features" / split),
+            columns=columns,
+            partitioning=None,
+            ray_remote_args={"num_cpus": 0.25},
+        )
         for split in ("train", "valid")
     }
     # Files are written day by day and viewer by viewer: mix the blocks, then shuffle within a buffer.
