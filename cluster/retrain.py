@@ -57,6 +57,36 @@ def run_retrain(
     sim_users: int = 300,
     challenger_traffic: float = 0.5,
 ) -> dict[str, Any]:
+    spec.data_dir = spec.data_dir.resolve()
+    status = cluster.up(spec)
+    import mlflow
+
+    previous_uri, previous_client = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = status["mlflow"]["url"]  # this process talks to the cluster's server
+    try:
+        return _retrain(
+            cluster, spec, status, config, train_config, serve_config, console, sim_users, challenger_traffic
+        )
+    finally:  # no tracking URI leaks into the caller (tests run on after this)
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+        mlflow.set_tracking_uri(previous_client)
+        mlflow.set_registry_uri(previous_client)
+
+
+def _retrain(
+    cluster: LocalCluster,
+    spec: ClusterSpec,
+    status: dict[str, Any],
+    config: Path,
+    train_config: Path,
+    serve_config: Path,
+    console: Console,
+    sim_users: int,
+    challenger_traffic: float,
+) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -64,9 +94,7 @@ def run_retrain(
     from pipelines.config import DataConfig, TrainConfig, load_config
     from pipelines.simulate import SimConfig, log_to_mlflow, markdown, simulate
 
-    data_dir = spec.data_dir = spec.data_dir.resolve()
-    status = cluster.up(spec)
-    os.environ["MLFLOW_TRACKING_URI"] = status["mlflow"]["url"]
+    data_dir = spec.data_dir
     tracking.configure(data_dir)
     dashboard, env = status["ray"]["dashboard"], cluster.client_env()
     train_cfg = load_config(train_config, TrainConfig)

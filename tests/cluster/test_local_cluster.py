@@ -8,6 +8,7 @@ the session's in-process Ray.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         # Auth is on: no token, no feed.
         assert requests.get(f"{job.feed_url}/feed/{job.viewers[0]}", timeout=10).status_code == 401
         # Continual learning: the served logs → version 2 → online test → a decision, recorded.
+        uri_before = os.environ.get("MLFLOW_TRACKING_URI")
         decision = run_retrain(
             cluster,
             spec,
@@ -98,6 +100,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
             Console(width=120),
             sim_users=12,
         )
+        assert os.environ.get("MLFLOW_TRACKING_URI") == uri_before  # nothing leaks into later tests
         assert decision["version"] == "2"
         assert decision["previous_champion"] == "1"
         assert decision["decision"] in {"promoted", "rejected"}
