@@ -59,9 +59,7 @@ def run_retrain(
 ) -> dict[str, Any]:
     spec.data_dir = spec.data_dir.resolve()
     status = cluster.up(spec)
-    import mlflow
-
-    previous_uri, previous_client = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = status["mlflow"]["url"]  # this process talks to the cluster's server
     try:
         return _retrain(
@@ -72,8 +70,6 @@ def run_retrain(
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
-        mlflow.set_tracking_uri(previous_client)
-        mlflow.set_registry_uri(previous_client)
 
 
 def _retrain(
