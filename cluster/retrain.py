@@ -59,17 +59,12 @@ def run_retrain(
 ) -> dict[str, Any]:
     spec.data_dir = spec.data_dir.resolve()
     status = cluster.up(spec)
-    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = status["mlflow"]["url"]  # this process talks to the cluster's server
-    try:
+    from pipelines import tracking
+
+    with tracking.pointed_at(status["mlflow"]["url"]):  # this process talks to the cluster's server
         return _retrain(
             cluster, spec, status, config, train_config, serve_config, console, sim_users, challenger_traffic
         )
-    finally:  # no tracking URI leaks into the caller (tests run on after this)
-        if previous_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
 def _retrain(

@@ -12,6 +12,8 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,35 @@ def configure(data_dir: Path) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+@contextmanager
+def pointed_at(uri: str) -> Iterator[None]:
+    """MLflow (tracking and registry) at ``uri`` for a block, then exactly as before.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also write ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI`` (for subprocesses), so restoring with them alone leaves a URI behind; this puts
+    back both the client's settings and the two variables.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: os.environ.get(k) for k in names}
+    client = tracking_utils._tracking_uri, registry_utils._registry_uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(client[0])  # type: ignore[arg-type]  # None: unset
+        mlflow.set_registry_uri(client[1])  # type: ignore[arg-type]
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def experiment_id(name: str, data_dir: Path) -> str:

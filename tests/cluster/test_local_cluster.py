@@ -1,6 +1,7 @@
 """End to end on a real local cluster: a head and a worker node (``ray start`` processes) plus an MLflow
 server, a tiny pipeline submitted stage by stage with ``ray job submit``, the feed deployed with ``serve
-deploy`` and fetched over HTTP, then everything stopped, and nothing of it left running.
+deploy`` and fetched over HTTP, ``make retrain``'s loop (served logs → a new version → simulated users
+online → a recorded decision), then everything stopped, and nothing of it left running.
 
 Runs first in the session (tests/cluster sorts before the rest) and uses its own ports, so it never meets
 the session's in-process Ray.
@@ -8,9 +9,11 @@ the session's in-process Ray.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
+import mlflow
 import psutil
 import pytest
 import requests
@@ -19,6 +22,7 @@ from rich.console import Console
 
 from cluster.demo import run_main_job
 from cluster.local import ClusterSpec, LocalCluster, _group, _ray_pids
+from cluster.retrain import run_retrain
 from pipelines.config import dump_config
 from tests.conftest import REPO, tiny_config, train_config
 
@@ -87,6 +91,41 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         assert {a["alias"] for a in models["aliases"]} >= {"champion", "challenger"}
         # Auth is on: no token, no feed.
         assert requests.get(f"{job.feed_url}/feed/{job.viewers[0]}", timeout=10).status_code == 401
+        # Continual learning: the served logs → version 2 → online test → a decision, recorded.
+        names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        env_before = {k: os.environ.get(k) for k in names}
+        client_before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        decision = run_retrain(
+            cluster,
+            spec,
+            configs / "data.yaml",
+            configs / "train.yaml",
+            configs / "serve.yaml",
+            Console(width=120),
+            sim_users=12,
+        )
+        # Nothing of the cluster's MLflow leaks into the tests that run after this one.
+        assert {k: os.environ.get(k) for k in names} == env_before
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == client_before
+        assert decision["version"] == "2"
+        assert decision["previous_champion"] == "1"
+        assert decision["decision"] in {"promoted", "rejected"}
+        assert "online:" in decision["reason"]  # both halves of the gate were applied
+        exp = requests.get(
+            f"{spec.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": "feed-retrain"},
+            timeout=10,
+        ).json()["experiment"]
+        found = requests.post(
+            f"{spec.mlflow_url}/api/2.0/mlflow/runs/search",
+            json={"experiment_ids": [exp["experiment_id"]]},
+            timeout=10,
+        ).json()["runs"]
+        tags = {t["key"]: t["value"] for t in found[0]["data"]["tags"]}
+        assert tags["decision"] == decision["decision"]
+        assert tags["simulation_run"] == decision["simulation_run"]
+        # The feed is back to its configured arms after the online test.
+        assert requests.get(f"{job.feed_url}/healthz", timeout=10).status_code == 200
         started = _ray_pids(spec.gcs_port)  # gcs, raylets, agents, workers, Serve actors
         assert len(started) > 6
     finally:
