@@ -33,6 +33,7 @@ import numpy as np
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines import schema
 from pipelines.config import DataConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Truth:
                 CLICK_DWELL_FACTOR if clicked else 1.0
             )
             acts = {"click": clicked} | {a: bool(rng.random() < truth[f"p_{a}"][j]) for a in ACTIONS[1:]}
-            out.append({"item": it, "dwell_ms": int(min(dwell, 3_600_000)), "actions": acts})
+            out.append({"item": it, "dwell_ms": int(min(dwell, schema.MAX_DWELL_MS)), "actions": acts})
         return out
 
 
