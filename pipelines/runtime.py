@@ -22,9 +22,22 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class _Fbgemm(logging.Filter):
+    """fbgemm_gpu logs each embedding kernel's constructor arguments (kilobytes per line) at INFO on the root
+    logger: drop those, keep its warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "fbgemm_gpu" not in record.pathname
+
+
 def setup_worker_logging() -> None:
     """In a Ray worker: this project's INFO lines to stderr (Ray forwards them to the driver), without
-    touching the root logger, so Ray's own loggers keep the levels Ray gave them."""
+    changing the root logger's level, so Ray's own loggers keep the levels Ray gave them. TorchRec's planner
+    tables and fbgemm's kernel arguments stay out (warnings still pass): they buried the progress lines."""
+    logging.getLogger("torchrec").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    if not any(isinstance(f, _Fbgemm) for f in root.filters):
+        root.addFilter(_Fbgemm())
     lg = logging.getLogger("pipelines")
     if not lg.handlers:
         handler = logging.StreamHandler()
