@@ -30,11 +30,13 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip uv
+	$(PY) -m pip install --quiet uv
 	# torch with pip: pip's configuration on these machines (find-links, constraints) knows where the
 	# CPU build lies; uv does not, and would download a CUDA build. uv installs the rest: ~1 min
-	# instead of pip's ~3, the same versions.
-	$(PY) -m pip install --quiet $$(grep -E '^torch==' requirements/$(VARIANT).txt)
+	# instead of pip's ~3, the same versions. Bytecode is compiled in parallel (pip's own is sequential:
+	# +30 s for torch and its deps); compileall exits 1 on a few deliberately invalid files in torch.
+	$(PY) -m pip install --quiet --no-compile $$(grep -E '^torch==' requirements/$(VARIANT).txt)
+	$(PY) -m compileall -q -j 0 $(VENV)/lib/python3*/site-packages > /dev/null || true
 	$(UV_INSTALL) -r requirements/$(VARIANT).txt
 	# torchrec's metadata asks for the CUDA fbgemm-gpu: install it without deps (its pure-Python
 	# requirements are in requirements/base.txt).

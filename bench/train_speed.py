@@ -159,7 +159,7 @@ def _build_demo_data(work: Path) -> None:
     data = load_config(REPO / "configs" / "data.yaml", DataConfig)
     synth(data.synth, work, progress=False)
     ingest(data.ingest, work)
-    features(data.features, work, progress=False)
+    features(data.features, work)
 
 
 def _ray_threads() -> int:

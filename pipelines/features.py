@@ -506,10 +506,24 @@ def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tup
         threads = max(1, min(max(node_cpus, default=1), 4))
         actors = max(cfg.encoder_actors, min(sum(node_cpus) // threads, 4))
         encoder = ray.remote(num_cpus=threads)(TextEncoder)
+        log.info(
+            "text encoder: %d posts to encode (%d reused) on %d actor(s) x %d thread(s)",
+            len(idx),
+            n - len(idx),
+            actors,
+            threads,
+        )
+        t0 = time.perf_counter()
         pool = ActorPool([encoder.remote(cfg.encoder_batch_size, threads) for _ in range(actors)])
         texts = posts_sorted["text"].take(pa.array(idx)).to_pylist()
         chunks = [texts[i : i + ENCODE_CHUNK] for i in range(0, len(texts), ENCODE_CHUNK)]
-        full[idx] = np.concatenate(list(pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks)))
+        done: list[np.ndarray] = []
+        for part in pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks):
+            done.append(part)
+            if len(done) % max(1, len(chunks) // 5) == 0 or len(done) == len(chunks):
+                rate = sum(map(len, done)) / max(time.perf_counter() - t0, 1e-9)
+                log.info("text encoder: %d / %d posts (%.0f posts/s)", sum(map(len, done)), len(idx), rate)
+        full[idx] = np.concatenate(done)
     return full, len(idx)
 
 
@@ -528,11 +542,10 @@ def assign_splits(days: list[str], cfg: FeaturesConfig) -> dict[str, str]:
     return out
 
 
-def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict[str, Any]:
+def features(cfg: FeaturesConfig, data_dir: Path) -> dict[str, Any]:
     """Build ``features/`` and ``online/`` from ``clean/``; returns the manifest."""
     import ray
     import ray.data
-    from tqdm import tqdm
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     t_start = time.perf_counter()
@@ -545,6 +558,14 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
     vocab = make_vocab(users, posts)
     topic_vocab = vocab["topic"]
     h = pit.build_history(users, friendships, posts, imp_hist, actions, topic_vocab, vocab["city"])
+    log.info(
+        "history: %d impressions, %d actions, %d posts over %d day(s) (%.1f s)",
+        imp_hist.num_rows,
+        actions.num_rows,
+        posts.num_rows,
+        len(days),
+        time.perf_counter() - t_start,
+    )
     # Text embeddings: MiniLM in a Ray Data actor (only for posts not embedded by an earlier run), then PCA.
     t0 = time.perf_counter()
     posts_sorted = posts.take(pc.sort_indices(posts["post_id"]))
@@ -575,11 +596,12 @@ def features(cfg: FeaturesConfig, data_dir: Path, progress: bool = True) -> dict
             task.remote(d, splits, str(clean), str(tmp), h_ref, cat_ref, cfg, scalar_columns) for d in days
         ]
         results = []
-        with tqdm(total=len(pending), desc="features", unit="day", disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                results.extend(ray.get(done))
-                bar.update(len(done))
+        log.info("features: %d day(s) as Ray tasks", len(pending))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in ray.get(done):
+                results.append(r)
+                log.info("features: day %s (%s): %d rows", r["day"], r["split"], r["rows"])
         results.sort(key=lambda r: r["day"])
         # Train-split moments → standardization stats for the model.
         w = sum(r["moments"]["w"] for r in results if r["moments"])

@@ -74,7 +74,7 @@ def built_world(tmp_path_factory: pytest.TempPathFactory, raw_world: Path) -> Pa
     shutil.copy(raw_world / "synth_summary.json", d / "synth_summary.json")
     cfg = tiny_config()
     ingest(cfg.ingest, d)
-    features(cfg.features, d, progress=False)
+    features(cfg.features, d)
     return d
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ray
 def test_rerun_reuses_embeddings_and_is_reproducible(built_world: Path, tmp_path: Path) -> None:
     for name in ("clean", "features"):
         shutil.copytree(built_world / name, tmp_path / name)
-    manifest = features(tiny_config().features, tmp_path, progress=False)
+    manifest = features(tiny_config().features, tmp_path)
     assert manifest["text_encoder"]["posts_encoded"] == 0
     assert manifest["text_encoder"]["posts_reused"] > 0
     for split in ("train", "valid", "test"):
