@@ -55,16 +55,10 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         mlflow_port=free_port(),
         data_dir=tmp_path / "data",
     )
+    config_files = (configs / "data.yaml", configs / "train.yaml", configs / "serve.yaml")
     cluster = LocalCluster(tmp_path / "state")
     try:
-        job = run_main_job(
-            cluster,
-            spec,
-            configs / "data.yaml",
-            configs / "train.yaml",
-            configs / "serve.yaml",
-            Console(width=120),
-        )
+        job = run_main_job(cluster, spec, *config_files, Console(width=120))
         status = cluster.status()
         assert status["ray"]["up"]
         assert status["ray"]["workers"] == 1
@@ -95,15 +89,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
         env_before = {k: os.environ.get(k) for k in names}
         client_before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        decision = run_retrain(
-            cluster,
-            spec,
-            configs / "data.yaml",
-            configs / "train.yaml",
-            configs / "serve.yaml",
-            Console(width=120),
-            sim_users=12,
-        )
+        decision = run_retrain(cluster, spec, *config_files, Console(width=120), sim_users=12)
         # Nothing of the cluster's MLflow leaks into the tests that run after this one.
         assert {k: os.environ.get(k) for k in names} == env_before
         assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == client_before
