@@ -37,5 +37,8 @@ def test_cpu_and_gpu_sets_differ_only_in_fbgemm() -> None:
 
 def test_makefile_installs_torchrec_without_its_cuda_dependency() -> None:
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"pip install .*--no-deps torchrec==1\.8\.0", makefile)
+    installer = re.search(r"^UV_INSTALL := (.*)$", makefile, re.M)
+    assert installer
+    assert "pip install" in installer.group(1)
+    assert re.search(r"\$\(UV_INSTALL\) --no-deps torchrec==1\.8\.0", makefile)
     assert "torch==2.13.0" in _requirements("cpu.txt")

@@ -21,8 +21,10 @@ def test_pointed_at_restores_the_client_and_the_environment(
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    # Set first, so that teardown restores what was there, even nothing: configure() below sets them.
     for k in NAMES:
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     monkeypatch.setattr(registry_utils, "_registry_uri", None)
     if configured_before:
