@@ -57,27 +57,6 @@ def run_retrain(
     sim_users: int = 300,
     challenger_traffic: float = 0.5,
 ) -> dict[str, Any]:
-    spec.data_dir = spec.data_dir.resolve()
-    status = cluster.up(spec)
-    from pipelines import tracking
-
-    with tracking.pointed_at(status["mlflow"]["url"]):  # this process talks to the cluster's server
-        return _retrain(
-            cluster, spec, status, config, train_config, serve_config, console, sim_users, challenger_traffic
-        )
-
-
-def _retrain(
-    cluster: LocalCluster,
-    spec: ClusterSpec,
-    status: dict[str, Any],
-    config: Path,
-    train_config: Path,
-    serve_config: Path,
-    console: Console,
-    sim_users: int,
-    challenger_traffic: float,
-) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -85,83 +64,85 @@ def _retrain(
     from pipelines.config import DataConfig, TrainConfig, load_config
     from pipelines.simulate import SimConfig, log_to_mlflow, markdown, simulate
 
-    data_dir = spec.data_dir
-    tracking.configure(data_dir)
-    dashboard, env = status["ray"]["dashboard"], cluster.client_env()
-    train_cfg = load_config(train_config, TrainConfig)
-    name = train_cfg.registry.model_name
-    before = tracking.version_of(name, tracking.CHAMPION)
-    seconds: dict[str, float] = {}
-    d, c, tc = str(data_dir), str(config), str(train_config)
-    for stage, entrypoint in {
-        "ingest": ["python", "-m", "pipelines.ingest", "--data-dir", d, "--config", c],
-        "features": ["python", "-m", "pipelines.features", "--data-dir", d, "--config", c],
-        "train": ["python", "-m", "pipelines.train", "--data-dir", d, "--config", tc],
-    }.items():
-        seconds[stage] = submit(dashboard, entrypoint, stage, console, env)
-    candidate = tracking.version_of(name, tracking.CHALLENGER)
-    assert candidate is not None, "training registered no challenger"
-    version = str(candidate.version)
+    data_dir = spec.data_dir = spec.data_dir.resolve()
+    status = cluster.up(spec)
+    with tracking.pointed_at(status["mlflow"]["url"]):  # this process talks to the cluster's server
+        tracking.configure(data_dir)
+        dashboard, env = status["ray"]["dashboard"], cluster.client_env()
+        train_cfg = load_config(train_config, TrainConfig)
+        name = train_cfg.registry.model_name
+        before = tracking.version_of(name, tracking.CHAMPION)
+        seconds: dict[str, float] = {}
+        d, c, tc = str(data_dir), str(config), str(train_config)
+        for stage, entrypoint in {
+            "ingest": ["python", "-m", "pipelines.ingest", "--data-dir", d, "--config", c],
+            "features": ["python", "-m", "pipelines.features", "--data-dir", d, "--config", c],
+            "train": ["python", "-m", "pipelines.train", "--data-dir", d, "--config", tc],
+        }.items():
+            seconds[stage] = submit(dashboard, entrypoint, stage, console, env)
+        candidate = tracking.version_of(name, tracking.CHALLENGER)
+        assert candidate is not None, "training registered no challenger"
+        version = str(candidate.version)
 
-    console.rule(f"online: version {version} as challenger for {challenger_traffic:.0%} of users")
-    t0 = time.perf_counter()
-    doc = yaml.safe_load(serve_config.read_text())
-    doc["applications"][0]["args"]["model"]["challenger_traffic"] = challenger_traffic
-    ab = cluster.state_dir / "serve-retrain.yaml"
-    ab.write_text(yaml.safe_dump(doc, sort_keys=False))
-    http = doc.get("http_options", {})
-    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-    out = data_dir / "retrain" / time.strftime("%Y%m%dT%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        deploy(dashboard, ab, data_dir, cluster.state_dir, env)
-        wait_ready(base)
-        wait_for_version(base, "challenger", version)
-        report = simulate(
-            base,
-            data_dir,
-            load_config(config, DataConfig),
-            cluster.jwt_secret(),
-            SimConfig(users=sim_users, max_sessions=3),
-        )
-        (out / "online.json").write_text(json.dumps(report, indent=2))
-        (out / "online.md").write_text(markdown(report))
-        sim_run = log_to_mlflow(report, data_dir, base)
-        console.print(markdown(report))
-        seconds["online"] = time.perf_counter() - t0
-        promote = ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc]
-        promote += ["--version", version, "--online-report", str(out / "online.json")]
-        seconds["promote"] = submit(dashboard, promote, "promote", console, env)
-    finally:
-        deploy(dashboard, serve_config, data_dir, cluster.state_dir, env)
-    tags = MlflowClient().get_model_version(name, version).tags
-    decision = {
-        "version": version,
-        "previous_champion": str(before.version) if before else None,
-        "decision": tags.get("promotion.decision"),
-        "reason": tags.get("promotion.reason"),
-        "seconds": seconds,
-        "simulation_run": sim_run,
-        "train_run": candidate.run_id,
-    }
-    (out / "decision.json").write_text(json.dumps(decision, indent=2))
-    exp = tracking.experiment_id("feed-retrain", data_dir)
-    with mlflow.start_run(experiment_id=exp, run_name=f"retrain-v{version}"):
-        mlflow.log_params(
-            {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
-        )
-        mlflow.log_metrics({f"seconds/{k}": v for k, v in seconds.items()})
-        mlflow.set_tags(
-            {
-                "decision": str(decision["decision"]),
-                "reason": str(decision["reason"])[:5000],
-                "previous_champion": str(decision["previous_champion"]),
-                "train_run": str(candidate.run_id),
-                "simulation_run": sim_run,
-            }
-        )
-        mlflow.log_artifacts(str(out), "retrain")
-    return decision
+        console.rule(f"online: version {version} as challenger for {challenger_traffic:.0%} of users")
+        t0 = time.perf_counter()
+        doc = yaml.safe_load(serve_config.read_text())
+        doc["applications"][0]["args"]["model"]["challenger_traffic"] = challenger_traffic
+        ab = cluster.state_dir / "serve-retrain.yaml"
+        ab.write_text(yaml.safe_dump(doc, sort_keys=False))
+        http = doc.get("http_options", {})
+        base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        out = data_dir / "retrain" / time.strftime("%Y%m%dT%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            deploy(dashboard, ab, data_dir, cluster.state_dir, env)
+            wait_ready(base)
+            wait_for_version(base, "challenger", version)
+            report = simulate(
+                base,
+                data_dir,
+                load_config(config, DataConfig),
+                cluster.jwt_secret(),
+                SimConfig(users=sim_users, max_sessions=3),
+            )
+            (out / "online.json").write_text(json.dumps(report, indent=2))
+            (out / "online.md").write_text(markdown(report))
+            sim_run = log_to_mlflow(report, data_dir, base)
+            console.print(markdown(report))
+            seconds["online"] = time.perf_counter() - t0
+            promote = ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc]
+            promote += ["--version", version, "--online-report", str(out / "online.json")]
+            seconds["promote"] = submit(dashboard, promote, "promote", console, env)
+        finally:
+            deploy(dashboard, serve_config, data_dir, cluster.state_dir, env)
+        tags = MlflowClient().get_model_version(name, version).tags
+        decision = {
+            "version": version,
+            "previous_champion": str(before.version) if before else None,
+            "decision": tags.get("promotion.decision"),
+            "reason": tags.get("promotion.reason"),
+            "seconds": seconds,
+            "simulation_run": sim_run,
+            "train_run": candidate.run_id,
+        }
+        (out / "decision.json").write_text(json.dumps(decision, indent=2))
+        exp = tracking.experiment_id("feed-retrain", data_dir)
+        with mlflow.start_run(experiment_id=exp, run_name=f"retrain-v{version}"):
+            mlflow.log_params(
+                {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
+            )
+            mlflow.log_metrics({f"seconds/{k}": v for k, v in seconds.items()})
+            mlflow.set_tags(
+                {
+                    "decision": str(decision["decision"]),
+                    "reason": str(decision["reason"])[:5000],
+                    "previous_champion": str(decision["previous_champion"]),
+                    "train_run": str(candidate.run_id),
+                    "simulation_run": sim_run,
+                }
+            )
+            mlflow.log_artifacts(str(out), "retrain")
+        return decision
 
 
 def main(

@@ -521,8 +521,9 @@ def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tup
         for part in pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks):
             done.append(part)
             if len(done) % max(1, len(chunks) // 5) == 0 or len(done) == len(chunks):
-                rate = sum(map(len, done)) / max(time.perf_counter() - t0, 1e-9)
-                log.info("text encoder: %d / %d posts (%.0f posts/s)", sum(map(len, done)), len(idx), rate)
+                encoded = min(len(done) * ENCODE_CHUNK, len(idx))  # chunks come back in order
+                rate = encoded / max(time.perf_counter() - t0, 1e-9)
+                log.info("text encoder: %d / %d posts (%.0f posts/s)", encoded, len(idx), rate)
         full[idx] = np.concatenate(done)
     return full, len(idx)
 
