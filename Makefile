@@ -62,6 +62,7 @@ demo-local: $(STAMP)
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy

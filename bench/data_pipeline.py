@@ -25,7 +25,7 @@ import psutil
 import typer
 
 from bench.report import machine, write_section
-from pipelines.config import DataConfig, load_config
+from pipelines.common.config import DataConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

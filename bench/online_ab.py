@@ -32,9 +32,12 @@ def main(
     """Ranker (champion) vs reverse-chronological, simulated users over HTTP, with 95% intervals."""
     from cluster.demo import deploy, wait_ready
     from cluster.local import ClusterSpec, LocalCluster
-    from pipelines.config import DataConfig, load_config
-    from pipelines.simulate import SimConfig, log_to_mlflow, markdown, simulate
-    from pipelines.tracking import version_of
+    from pipelines.common.config import DataConfig, load_config
+    from pipelines.common.tracking import version_of
+    from pipelines.simulate.report import markdown
+    from pipelines.simulate.stage import log_to_mlflow
+    from pipelines.simulate.stage import run as simulate
+    from pipelines.simulate.users import SimConfig
 
     data_dir = data_dir.resolve()
     if not (data_dir / "online" / "manifest.json").exists():

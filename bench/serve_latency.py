@@ -59,13 +59,13 @@ def _free_port() -> int:
 
 def build_world(data_dir: Path) -> None:
     """Synth → ingest → features → train (1 epoch) → champion, unless ``data_dir`` already has one."""
-    from pipelines import tracking
-    from pipelines.config import DataConfig, TrainConfig, load_config
-    from pipelines.features import features
-    from pipelines.ingest import ingest
-    from pipelines.runtime import ray_session
-    from pipelines.synth import synth
-    from pipelines.train import train_and_publish
+    from pipelines.common import tracking
+    from pipelines.common.config import DataConfig, TrainConfig, load_config
+    from pipelines.common.runtime import ray_session
+    from pipelines.features.stage import run as features
+    from pipelines.ingest.stage import run as ingest
+    from pipelines.synth.stage import run as synth
+    from pipelines.train.stage import run as train_and_publish
 
     tracking.configure(data_dir)
     if (data_dir / "online" / "manifest.json").exists() and tracking.version_of("feed-ranker", "champion"):
@@ -104,7 +104,7 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
     """Median ms of predict() on pre-assembled columns, and of assembly + predict, per bucket."""
     import torch
 
-    from pipelines.tracking import configure
+    from pipelines.common.tracking import configure
     from serve.config import ModelSlotConfig
     from serve.features import assemble
     from serve.ranking import ModelSlots, Scorer
@@ -196,7 +196,7 @@ def measure(base: str, tokens: dict[int, str], viewers: dict[int, list[int]], se
 
 
 def serve_args(data_dir: Path, secret: str, placement: str) -> dict[str, Any]:
-    from pipelines.tracking import tracking_uri
+    from pipelines.common.tracking import tracking_uri
     from serve.config import load_serve_yaml
 
     _, cfg = load_serve_yaml(REPO / "configs" / "serve.yaml")
@@ -214,7 +214,7 @@ def serve_rows(
     """``mode``: ``tuned`` (Ray started with :func:`serve.runtime.ray_serve_env`) or ``default``."""
     from ray import serve
 
-    from pipelines.runtime import ray_session
+    from pipelines.common.runtime import ray_session
     from serve.app import compose
     from serve.config import load_serve_yaml
     from serve.runtime import ray_serve_env
@@ -384,7 +384,7 @@ def main(
     ] = None,
 ) -> None:
     """Measure feed latency and throughput: Ray Serve vs one uvicorn process vs the bare ranker."""
-    from pipelines.runtime import setup_logging
+    from pipelines.common.runtime import setup_logging
     from serve.auth import TokenAuth
 
     setup_logging()

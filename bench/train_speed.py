@@ -30,7 +30,7 @@ import numpy as np
 import typer
 
 from bench.report import machine, write_section
-from pipelines.config import TrainConfig, load_config
+from pipelines.common.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SPEED_EPOCHS = 2
@@ -51,8 +51,9 @@ def ray_torchrec(cfg: TrainConfig, data_dir: Path, publish: bool) -> dict[str, A
     """One run of the real Ray Train + TorchRec loop; ``publish`` runs the whole train_and_publish."""
     from mlflow import MlflowClient
 
-    from pipelines import tracking
-    from pipelines.train import train, train_and_publish
+    from pipelines.common import tracking
+    from pipelines.train.stage import run as train_and_publish
+    from pipelines.train.trainer import train
 
     start = time.perf_counter()
     evaluation = None
@@ -83,8 +84,8 @@ def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int,
     from bench.plain_ranker import PlainRanker
     from models.batch import collate
     from models.train_wrapper import RankerTrainWrapper
-    from pipelines.evaluate import read_columns
-    from pipelines.train import build_setup
+    from pipelines.features.manifest import read_columns
+    from pipelines.train.setup import build_setup
 
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -151,10 +152,10 @@ def plain_pytorch(data_dir: Path, world: int, threads: int) -> dict[str, Any]:
 
 def _build_demo_data(work: Path) -> None:
     """synth → ingest → features on configs/data.yaml (the demo scale) into ``work``."""
-    from pipelines.config import DataConfig
-    from pipelines.features import features
-    from pipelines.ingest import ingest
-    from pipelines.synth import synth
+    from pipelines.common.config import DataConfig
+    from pipelines.features.stage import run as features
+    from pipelines.ingest.stage import run as ingest
+    from pipelines.synth.stage import run as synth
 
     data = load_config(REPO / "configs" / "data.yaml", DataConfig)
     synth(data.synth, work, progress=False)
@@ -252,8 +253,8 @@ def main(
 
     import ray
 
-    from pipelines.features import load_manifest
-    from pipelines.runtime import ray_session, setup_logging
+    from pipelines.common.runtime import ray_session, setup_logging
+    from pipelines.features.manifest import load_manifest
 
     setup_logging()
     cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig, {"experiment": "bench"})

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from cluster.local import REPO, ClusterSpec, LocalCluster, _bin
+from cluster.local import REPO, ClusterSpec, LocalCluster, venv_bin
 
 #: Never uploaded with the job's working dir (data, environments, local state).
 EXCLUDES = ["data/", ".venv/", ".git/", "mlruns/", ".cluster/", "bench/out/", "*.db", "__pycache__/"]
@@ -53,10 +53,10 @@ class PeakRSS:
     def _sample(self) -> int:
         import psutil
 
-        from cluster.local import _ray_pids
+        from cluster.local import ray_pids
 
         total = 0
-        for pid in [*_ray_pids(self.gcs_port), *self.extra]:
+        for pid in [*ray_pids(self.gcs_port), *self.extra]:
             try:
                 total += psutil.Process(pid).memory_info().rss
             except psutil.Error:
@@ -80,7 +80,7 @@ class PeakRSS:
 def submit(dashboard: str, entrypoint: list[str], name: str, console: Console, env: dict[str, str]) -> float:
     """``ray job submit`` one stage, its logs streamed here; returns its wall time, raises on failure."""
     cmd = [
-        _bin("ray"),
+        venv_bin("ray"),
         "job",
         "submit",
         f"--address={dashboard}",
@@ -108,7 +108,7 @@ def deploy(
     out = state_dir / "serve.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run(
-        [_bin("serve"), "deploy", str(out), f"--address={dashboard}"], cwd=REPO, env=env, check=True
+        [venv_bin("serve"), "deploy", str(out), f"--address={dashboard}"], cwd=REPO, env=env, check=True
     )
     return out, doc
 
@@ -196,30 +196,6 @@ def run_main_job(
     return MainJob(seconds, peak_rss, status, base, viewers, feeds, auth)
 
 
-def write_results(path: Path, job: MainJob, spec: ClusterSpec) -> None:
-    import datetime as dt
-
-    from bench.report import machine, write_section
-
-    lines = [
-        "## make demo by stage (issue 5)",
-        "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}: `python -m cluster.demo --results "
-        f"bench/RESULTS.md` (what `make demo` runs, after its install), a local cluster of a head and "
-        f"{spec.workers} worker node(s) ({spec.head_cpus} + {spec.workers}×{spec.worker_cpus} CPUs) and an "
-        "MLflow server, each stage a `ray job submit`. Peak RSS: the largest sum, sampled every 0.5 s, of "
-        "the resident memory of the cluster's processes (Ray's and MLflow's) during the stage; shared pages "
-        "count once per process, so it errs high.",
-        "",
-        "| stage | wall s | peak RSS GiB |",
-        "|---|---|---|",
-    ]
-    for name, s in job.seconds.items():
-        rss = job.peak_rss.get(name)
-        lines.append(f"| {name} | {s:.0f} | {f'{rss / 2**30:.1f}' if rss else '–'} |")
-    write_section(path, "\n".join(lines) + "\n")
-
-
 def main(
     data_dir: Annotated[Path, typer.Option(help="Data dir shared by the cluster's nodes.")] = Path(
         "data/demo"
@@ -229,9 +205,6 @@ def main(
     serve_config: Annotated[Path, typer.Option(help="configs/serve.yaml")] = Path("configs/serve.yaml"),
     workers: Annotated[int, typer.Option(help="Ray worker nodes besides the head.")] = 1,
     users: Annotated[int | None, typer.Option(help="Override synth.users (smaller: faster).")] = None,
-    results: Annotated[
-        Path | None, typer.Option(help="Write the stage table into this markdown file (bench/RESULTS.md).")
-    ] = None,
 ) -> None:
     """Start the local cluster, run every stage as a Ray job, deploy the feed, print real feeds."""
     from pipelines.demo import feed_table
@@ -253,8 +226,6 @@ def main(
         rss = job.peak_rss.get(name)
         times.add_row(name, f"{s:.0f}", f"{rss / 2**30:.1f}" if rss else "")
     console.print(times)
-    if results is not None:
-        write_results(results, job, spec)
     token = job.auth.mint(job.viewers[0], ttl_s=3600)
     base = job.feed_url
     console.print(

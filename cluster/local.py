@@ -88,7 +88,7 @@ def _wait_port(port: int, what: str, timeout_s: float, proc: subprocess.Popen[by
     raise TimeoutError(f"{what} did not open port {port} within {timeout_s:.0f} s; see {STATE_DIR / 'logs'}")
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     """An executable of this environment (ray, mlflow) before one on PATH."""
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
@@ -111,7 +111,7 @@ def node_env(spec: ClusterSpec, client_env: dict[str, str], jwt_secret: str) -> 
     }
 
 
-def _ray_pids(gcs_port: int) -> list[int]:
+def ray_pids(gcs_port: int) -> list[int]:
     """Processes of the Ray cluster whose GCS listens on ``gcs_port`` (gcs_server, raylets, workers…)."""
     import psutil
 
@@ -129,7 +129,7 @@ def _ray_pids(gcs_port: int) -> list[int]:
     return sorted(pids)
 
 
-def _group(pgid: int) -> list[int]:
+def process_group_pids(pgid: int) -> list[int]:
     """Every process of the process group ``pgid`` (a server started in its own session, and its forks)."""
     import psutil
 
@@ -258,7 +258,7 @@ class LocalCluster:
             return
         db = spec.data_dir / "mlflow.db"
         cmd = [
-            _bin("mlflow"),
+            venv_bin("mlflow"),
             "server",
             "--backend-store-uri",
             f"sqlite:///{db}",
@@ -313,7 +313,7 @@ class LocalCluster:
 
     def _ray(self, spec: ClusterSpec) -> None:
         env = node_env(spec, self.client_env(), self.jwt_secret())
-        ray = _bin("ray")
+        ray = venv_bin("ray")
         if not _port_open(spec.gcs_port):
             head = [
                 ray,
@@ -388,7 +388,7 @@ class LocalCluster:
             out["ray"] = {
                 **self.state["ray"],
                 "up": _port_open(int(spec.get("gcs_port", 6390))),
-                "processes": len(_ray_pids(int(spec.get("gcs_port", 6390)))),
+                "processes": len(ray_pids(int(spec.get("gcs_port", 6390)))),
             }
         if spec:  # reported even when another process serves the port (then not ours to stop)
             mlflow_port = int(spec.get("mlflow_port", 5000))
@@ -412,13 +412,15 @@ class LocalCluster:
         spec = self.state.get("spec", {})
         if "ray" in self.state:
             port = int(spec.get("gcs_port", 6390))
-            _terminate(_ray_pids(port))
+            _terminate(ray_pids(port))
             _forget_address(port)
             stopped.append("ray")
         for name in ("mlflow", "redis"):
             info = self.state.get(name)
             if info:
-                _terminate(_group(int(info["pid"])) or [int(info["pid"])], timeout_s=10)  # server + its forks
+                _terminate(
+                    process_group_pids(int(info["pid"])) or [int(info["pid"])], timeout_s=10
+                )  # server + its forks
                 stopped.append(name)
         self.state = {}
         if self.state_file.exists():

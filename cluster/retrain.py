@@ -60,9 +60,12 @@ def run_retrain(
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines import tracking
-    from pipelines.config import DataConfig, TrainConfig, load_config
-    from pipelines.simulate import SimConfig, log_to_mlflow, markdown, simulate
+    from pipelines.common import tracking
+    from pipelines.common.config import DataConfig, TrainConfig, load_config
+    from pipelines.simulate.report import markdown
+    from pipelines.simulate.stage import log_to_mlflow
+    from pipelines.simulate.stage import run as simulate
+    from pipelines.simulate.users import SimConfig
 
     data_dir = spec.data_dir = spec.data_dir.resolve()
     status = cluster.up(spec)

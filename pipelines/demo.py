@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.config import DataConfig, TrainConfig, dump_config, load_config
+from pipelines.common.config import DataConfig, TrainConfig, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +221,14 @@ def main(
     keep_serving: Annotated[bool, typer.Option(help="Keep the feed up until Ctrl-C.")] = False,
 ) -> None:
     """Run the data stages, train, evaluate, register and promote; print what each produced."""
-    from pipelines.cli import exit_on_error
-    from pipelines.features import features
-    from pipelines.ingest import ingest
-    from pipelines.promote import promote
-    from pipelines.runtime import ray_session, setup_logging
-    from pipelines.synth import synth
-    from pipelines.tracking import tracking_uri
-    from pipelines.train import train_and_publish
+    from pipelines.common.cli import exit_on_error
+    from pipelines.common.runtime import ray_session, setup_logging
+    from pipelines.common.tracking import tracking_uri
+    from pipelines.features.stage import run as features
+    from pipelines.ingest.stage import run as ingest
+    from pipelines.promote.stage import run as promote
+    from pipelines.synth.stage import run as synth
+    from pipelines.train.stage import run as train_and_publish
     from serve.runtime import ray_serve_env
 
     setup_logging(logging.WARNING)

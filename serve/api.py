@@ -19,7 +19,7 @@ from fastapi import BackgroundTasks, FastAPI, Header, Path, Query, Request, Resp
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import schema
+from pipelines.common import schema
 from serve.auth import AuthError, TokenAuth
 from serve.feed import FeedError, FeedService
 

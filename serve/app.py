@@ -185,7 +185,7 @@ class FeedIngress:
 
 def text_encoder(data_dir: Path) -> Any:
     """MiniLM + the features run's PCA: new posts get the same text embedding training used."""
-    from pipelines.text_encoder import Projection, TextEncoder
+    from pipelines.features.text import Projection, TextEncoder
 
     pca = data_dir / "features" / "text_pca.npz"
     if not pca.exists():

@@ -80,21 +80,24 @@ class TokenAuth:
         return viewer
 
 
-def main(
-    user_id: int,
-    ttl_s: float = 3600,
-    secret_env: str = "FEED_JWT_SECRET",
-) -> None:
-    """Print a bearer token for USER_ID, signed with the secret in $FEED_JWT_SECRET."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m serve.auth USER_ID [--ttl-s S] [--secret-env NAME]``: print a bearer token for USER_ID,
+    signed with the secret in ``$FEED_JWT_SECRET`` (argparse: serving imports no CLI framework)."""
+    import argparse
     import sys
 
-    secret = os.environ.get(secret_env)
+    parser = argparse.ArgumentParser(prog="python -m serve.auth", description=main.__doc__)
+    parser.add_argument("user_id", type=int)
+    parser.add_argument("--ttl-s", type=float, default=3600.0, help="Lifetime of the token in seconds.")
+    parser.add_argument(
+        "--secret-env", default="FEED_JWT_SECRET", help="Environment variable with the secret."
+    )
+    args = parser.parse_args(argv)
+    secret = os.environ.get(args.secret_env)
     if not secret:
-        sys.exit(f"set {secret_env} to the feed's secret")
-    sys.stdout.write(TokenAuth(secret).mint(user_id, ttl_s) + "\n")
+        sys.exit(f"set {args.secret_env} to the feed's secret")
+    sys.stdout.write(TokenAuth(secret).mint(args.user_id, args.ttl_s) + "\n")
 
 
 if __name__ == "__main__":
-    import typer
-
-    typer.run(main)
+    main()

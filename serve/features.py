@@ -1,5 +1,5 @@
 """Serving-time feature rows: the ranker's input columns for (viewer, candidate posts, now), assembled from
-the online store with the formulas of :mod:`pipelines.pit` / :func:`pipelines.features.build_rows`.
+the online store with the formulas of :mod:`pipelines.features.pit` / :func:`pipelines.features.build_rows`.
 
 What depends on the request time is computed here (post age, tenure, friendship age, hours since the
 last interaction, friends' engagement windows); the rest is the snapshot plus live counters. The
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from models.batch import Jagged
-from pipelines.features import AGE_BUCKETS
-from pipelines.pit import ACTIONS, NEVER
+from pipelines.features.formulas import AGE_BUCKETS
+from pipelines.features.pit import ACTIONS, NEVER
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400

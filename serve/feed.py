@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from models.tasks import TASKS, value_score
-from pipelines import schema
+from pipelines.common import schema
 from serve.config import ServeConfig
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics

@@ -53,14 +53,14 @@ class LoadedModel:
 
 
 def _resolve_alias(name: str, alias: str) -> str | None:
-    from pipelines.tracking import version_of
+    from pipelines.common.tracking import version_of
 
     mv = version_of(name, alias)
     return None if mv is None else str(mv.version)
 
 
 def _load_version(name: str, version: str) -> Any:
-    from pipelines.tracking import load_ranker_version
+    from pipelines.common.tracking import load_ranker_version
 
     return load_ranker_version(f"models:/{name}/{version}")
 
@@ -80,7 +80,7 @@ class ModelSlots:
         if resolve is None or load is None:
             import mlflow
 
-            from pipelines.tracking import tracking_uri
+            from pipelines.common.tracking import tracking_uri
 
             uri = cfg.tracking_uri or tracking_uri(data_dir)
             mlflow.set_tracking_uri(uri)

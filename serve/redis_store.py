@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from serve.log import LogTailer
-from serve.store import NEGATIVE, POSITIVE, EmbeddedStore, ViewerState, _post_record_columns
+from serve.store import NEGATIVE, POSITIVE, EmbeddedStore, ViewerState, post_record_columns
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class RedisStore:
             for name, (dtype, shape) in self._cols["posts"].items()
         }
         width = self._cols["posts"]["topic_codes"][1][0]
-        cols = _post_record_columns(records, self.vocab, width, like, self.windows)
+        cols = post_record_columns(records, self.vocab, width, like, self.windows)
         pipe = self.r.pipeline(transaction=False)
         for i, rec in enumerate(records):
             pid = int(rec["post_id"])
@@ -272,7 +272,7 @@ def load_snapshot(client: Any, prefix: str, snapshot: str, data_dir: Path) -> No
     """Write ``data_dir/online`` (parsed by the embedded store) and the serving log since it to Redis."""
     t0 = time.perf_counter()
     emb = EmbeddedStore.load(data_dir)
-    snap = emb._snap
+    snap = emb.snapshot
     k = f"{prefix}:{snapshot}:"
     pipe = client.pipeline(transaction=False)
     pending = 0

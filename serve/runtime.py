@@ -1,7 +1,7 @@
 """How the Ray cluster that hosts the feed must be started: Ray Serve's request path, chosen for latency.
 
 Ray Serve reads these settings from the environment of its controller and replicas, so they are set where
-Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.runtime.ray_session` takes them as
+Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime.ray_session` takes them as
 ``env``, and the cluster scripts export them):
 
 - ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: Ray's throughput-optimized mode. Its main part is **direct

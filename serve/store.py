@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import schema
+from pipelines.common import schema
 
 #: Post columns kept as counts; ``p_impressions_<w>`` and ``p_<action>_<w>`` for every window.
 COUNTER_PREFIX = "p_"
@@ -194,7 +194,7 @@ class EmbeddedStore:
         vocab: dict[str, dict[str, int]],
         events: pa.Table,
     ) -> None:
-        self._snap = snap
+        self.snapshot = snap
         self.as_of_s = as_of_s
         self.windows = windows
         self.vocab = vocab
@@ -247,10 +247,10 @@ class EmbeddedStore:
 
     # -------------------------------------------------------------------------------------------- reads
     def has_user(self, user_id: int) -> bool:
-        return bool(_lookup(self._snap.users, np.array([user_id]))[0] >= 0)
+        return bool(_lookup(self.snapshot.users, np.array([user_id]))[0] >= 0)
 
     def users(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        snap = self._snap
+        snap = self.snapshot
         pos = _lookup(snap.users, ids)
         found = pos >= 0
         out = _take(snap.user_cols, pos)
@@ -259,7 +259,7 @@ class EmbeddedStore:
         return out
 
     def friends(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
-        snap = self._snap
+        snap = self.snapshot
         code = int(_lookup(snap.users, np.array([user_id]))[0])
         if code < 0:
             return np.zeros(0, np.int64), np.zeros(0)
@@ -267,12 +267,12 @@ class EmbeddedStore:
         return snap.friend_ids[lo:hi], snap.friend_since[lo:hi]
 
     def blocked_with(self, user_id: int) -> np.ndarray:
-        return self._snap.blocked.get(int(user_id), np.zeros(0, np.int64))
+        return self.snapshot.blocked.get(int(user_id), np.zeros(0, np.int64))
 
     def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray:
         """Ids of posts by ``authors`` created in ``[since_s, until_s)``, newest first (deleted included:
         retrieval applies visibility)."""
-        snap = self._snap
+        snap = self.snapshot
         authors = np.unique(np.asarray(authors, np.int64))
         lo = np.searchsorted(snap.by_author_keys, authors, side="left")
         hi = np.searchsorted(snap.by_author_keys, authors, side="right")
@@ -290,7 +290,7 @@ class EmbeddedStore:
 
     def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Post columns for ``ids`` (all, or just ``columns``), plus ``found`` and ``post_id``."""
-        snap = self._snap
+        snap = self.snapshot
         pos = _lookup(snap.posts, ids)
         names = list(snap.post_cols) if columns is None else list(columns)
         fields = snap.post_rows.dtype.names or ()
@@ -308,7 +308,7 @@ class EmbeddedStore:
         return out
 
     def pairs(self, viewer: int, authors: np.ndarray) -> dict[str, np.ndarray]:
-        snap = self._snap
+        snap = self.snapshot
         n_u = len(snap.users)
         v = int(_lookup(snap.users, np.array([viewer]))[0])
         a = _lookup(snap.users, authors)
@@ -321,7 +321,7 @@ class EmbeddedStore:
 
     def engagers(self, post_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positive actions on each post: (row index into ``post_ids``, user id, at seconds)."""
-        snap = self._snap
+        snap = self.snapshot
         post_ids = np.asarray(post_ids, np.int64)
         lo = np.searchsorted(snap.eng_post, post_ids, side="left")
         lengths = np.searchsorted(snap.eng_post, post_ids, side="right") - lo
@@ -347,11 +347,11 @@ class EmbeddedStore:
             )
 
     def user_ids(self) -> np.ndarray:
-        return self._snap.users.copy()
+        return self.snapshot.users.copy()
 
     def sample(self, n: int) -> tuple[int, np.ndarray]:
         """A user id and up to ``n`` post ids (warm-up traffic)."""
-        snap = self._snap
+        snap = self.snapshot
         return int(snap.users[0]) if len(snap.users) else 0, snap.posts[:n].copy()
 
     # ------------------------------------------------------------------------------------------- writes
@@ -364,8 +364,8 @@ class EmbeddedStore:
         with self._lock:
             fresh = [r for r in records if r["id"] not in self._live.applied and r["kind"] != "post"]
             ids = np.array([r["post_id"] for r in fresh], np.int64)
-            pos = _lookup(self._snap.posts, ids)
-            authors = np.where(pos >= 0, self._snap.post_cols["author_id"][np.maximum(pos, 0)], -1)
+            pos = _lookup(self.snapshot.posts, ids)
+            authors = np.where(pos >= 0, self.snapshot.post_cols["author_id"][np.maximum(pos, 0)], -1)
             for r in records:
                 if r["kind"] == "post" and r["id"] not in self._live.applied:
                     self._live.applied.add(r["id"])
@@ -407,18 +407,18 @@ class EmbeddedStore:
         if pos < 0:
             return
         for w in self.windows:
-            col = self._snap.post_cols.get(f"p_{what}_{w}")
+            col = self.snapshot.post_cols.get(f"p_{what}_{w}")
             if col is not None:
                 col[pos] += 1.0
 
     def _add_posts(self, records: list[dict[str, Any]]) -> None:
         """New posts: rebuild the post arrays (copy-on-write; readers keep the old snapshot)."""
         with self._lock:
-            old = self._snap
+            old = self.snapshot
             fresh = [r for r in records if _lookup(old.posts, np.array([r["post_id"]]))[0] < 0]
             if not fresh:
                 return
-            cols = _post_record_columns(fresh, self.vocab, self._topic_width, old.post_cols, self.windows)
+            cols = post_record_columns(fresh, self.vocab, self._topic_width, old.post_cols, self.windows)
             ids = np.concatenate([old.posts, np.array([r["post_id"] for r in fresh], np.int64)])
             order = np.argsort(ids, kind="stable")
             rows, merged = _pack(
@@ -426,7 +426,7 @@ class EmbeddedStore:
             )
             posts = ids[order]
             by_author = np.lexsort((merged["created_s"], merged["author_id"]))
-            self._snap = Snapshot(
+            self.snapshot = Snapshot(
                 **{
                     **old.__dict__,
                     "posts": posts,
@@ -438,7 +438,7 @@ class EmbeddedStore:
             )
 
 
-def _post_record_columns(
+def post_record_columns(
     records: list[dict[str, Any]],
     vocab: dict[str, dict[str, int]],
     topic_width: int,

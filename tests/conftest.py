@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipelines.config import DataConfig, TrainConfig, load_config
+from pipelines.common.config import DataConfig, TrainConfig, load_config
 
 if TYPE_CHECKING:
-    from pipelines.train import Published
+    from pipelines.train.stage import Published
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"synth.users": 120, "synth.days": 4, "synth.users_per_task": 60, "synth.mean_degree": 15.0}
@@ -55,7 +55,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def raw_world(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Path:
     """A tiny synthetic network: ``raw/`` and ``truth/`` (read-only; copy before changing)."""
-    from pipelines.synth import synth
+    from pipelines.synth.stage import run as synth
 
     d = tmp_path_factory.mktemp("world")
     synth(tiny_config().synth, d, progress=False)
@@ -65,8 +65,8 @@ def raw_world(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Pa
 @pytest.fixture(scope="session")
 def built_world(tmp_path_factory: pytest.TempPathFactory, raw_world: Path) -> Path:
     """``raw_world`` ingested and featurized: raw/, clean/, quarantine/, features/, online/ (read-only)."""
-    from pipelines.features import features
-    from pipelines.ingest import ingest
+    from pipelines.features.stage import run as features
+    from pipelines.ingest.stage import run as ingest
 
     d = tmp_path_factory.mktemp("built")
     shutil.copytree(raw_world / "raw", d / "raw")
@@ -113,7 +113,7 @@ class Runs:
 
 @pytest.fixture(scope="session")
 def published(built_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    from pipelines.train import train_and_publish
+    from pipelines.train.stage import run as train_and_publish
 
     d = tmp_path_factory.mktemp("published")
     for sub in ("features", "truth", "online"):

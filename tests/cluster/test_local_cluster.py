@@ -21,9 +21,9 @@ import yaml
 from rich.console import Console
 
 from cluster.demo import run_main_job
-from cluster.local import ClusterSpec, LocalCluster, _group, _ray_pids
+from cluster.local import ClusterSpec, LocalCluster, process_group_pids, ray_pids
 from cluster.retrain import run_retrain
-from pipelines.config import dump_config
+from pipelines.common.config import dump_config
 from tests.conftest import REPO, tiny_config, train_config
 
 
@@ -112,7 +112,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         assert tags["simulation_run"] == decision["simulation_run"]
         # The feed is back to its configured arms after the online test.
         assert requests.get(f"{job.feed_url}/healthz", timeout=10).status_code == 200
-        started = _ray_pids(spec.gcs_port)  # gcs, raylets, agents, workers, Serve actors
+        started = ray_pids(spec.gcs_port)  # gcs, raylets, agents, workers, Serve actors
         assert len(started) > 6
     finally:
         mlflow_pid = cluster.state.get("mlflow", {}).get("pid")
@@ -121,7 +121,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
     assert [p for p in started if psutil.pid_exists(p)] == []  # not one left behind, orphans included
     assert mlflow_pid is not None
     assert not psutil.pid_exists(mlflow_pid)
-    assert _group(mlflow_pid) == []  # nor anything the server forked
+    assert process_group_pids(mlflow_pid) == []  # nor anything the server forked
     for port in (spec.gcs_port, spec.dashboard_port, spec.mlflow_port, serve_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

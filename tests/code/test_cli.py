@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines import features, ingest, synth
+from pipelines.features import __main__ as features
+from pipelines.ingest import __main__ as ingest
+from pipelines.synth import __main__ as synth
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, DataConfig, dump_config, load_config
+from pipelines.common.config import ConfigError, DataConfig, dump_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 
 
 def test_train_config_rejects_unknown_tasks_in_the_value_model(tmp_path: Path) -> None:
-    from pipelines.config import TrainConfig
+    from pipelines.common.config import TrainConfig
 
     assert load_config(REPO / "configs" / "train.yaml", TrainConfig).registry.model_name == "feed-ranker"
     p = tmp_path / "bad.yaml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io import atomic_dir
+from pipelines.common.io import atomic_dir
 
 
 def test_atomic_dir_replaces_on_success(tmp_path: Path) -> None:

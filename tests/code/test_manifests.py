@@ -54,6 +54,8 @@ def check_entrypoint(command: str) -> None:
     argv = shlex.split(command)
     assert argv[:2] == ["python", "-m"], command
     module = importlib.import_module(argv[2])
+    if hasattr(module, "__path__"):  # a package runs its __main__ (python -m pipelines.train)
+        module = importlib.import_module(f"{argv[2]}.__main__")
     from typer.main import get_command
 
     cli = get_command(module.app) if hasattr(module, "app") else get_command_for(module)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from models.tasks import DEFAULT_VALUE_WEIGHTS, value_score
-from pipelines.config import RegistryConfig
-from pipelines.evaluate import ranking_metrics, task_metrics
-from pipelines.promote import gate
+from pipelines.common.config import RegistryConfig
+from pipelines.evaluate.metrics import ranking_metrics, task_metrics
+from pipelines.promote.gate import gate
 
 
 def test_ranking_metrics_per_request() -> None:

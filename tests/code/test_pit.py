@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.pit import Codes, EventIndex
+from pipelines.features.pit import Codes, EventIndex
 
 SPAN = 10_000
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.simulate import SimConfig, UserLog, report
+from pipelines.simulate.report import report
+from pipelines.simulate.users import SimConfig, UserLog
 
 
 def users(arm: str, n: int, ctr: float, seed: int) -> list[UserLog]:
@@ -33,7 +34,7 @@ def test_a_better_arm_gets_an_interval_above_zero_and_equal_arms_straddle_it() -
 
 
 def test_the_online_gate_needs_higher_ctr_and_dwell_and_no_significant_harm() -> None:
-    from pipelines.promote import online_gate
+    from pipelines.promote.gate import online_gate
 
     cfg = SimConfig(bootstrap=300, seed=5)
     better = report(users("champion", 300, 0.10, 1) + users("challenger", 300, 0.20, 2), cfg)

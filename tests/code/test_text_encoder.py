@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.text_encoder import FULL_DIM, Projection, TextEncoder
+from pipelines.features.text import FULL_DIM, Projection, TextEncoder
 
 TEXTS = [
     "Can't stop thinking about the football playoffs tonight!",

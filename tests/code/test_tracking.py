@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines import tracking
+from pipelines.common import tracking
 
 NAMES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from pipelines import schema
-from pipelines.validation import References, Rules, dedup_group, hash_strings, select_status, validate_batch
+from pipelines.common import schema
+from pipelines.ingest.rules import References, Rules, dedup_group, hash_strings, select_status, validate_batch
 
 RULES = Rules(min_ts_ms=946684800000, max_ts_ms=1_900_000_000_000)
 REFS = References(

@@ -12,8 +12,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
-from pipelines.features import load_manifest, read_split
+from pipelines.common import schema
+from pipelines.features.manifest import load_manifest
+from pipelines.features.manifest import read_split
 
 pytestmark = pytest.mark.ray
 

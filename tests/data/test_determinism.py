@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.synth import build_world, generate_chunk, synth
+from pipelines.synth.world import build_world
+from pipelines.synth.world import generate_chunk
+from pipelines.synth.stage import run as synth
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.ray

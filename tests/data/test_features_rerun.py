@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.features import features, read_split
+from pipelines.features.stage import run as features
+from pipelines.features.manifest import read_split
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.ray

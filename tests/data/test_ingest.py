@@ -12,10 +12,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
-from pipelines.cli import DataError
-from pipelines.config import IngestConfig
-from pipelines.ingest import ingest
+from pipelines.common import schema
+from pipelines.common.cli import DataError
+from pipelines.common.config import IngestConfig
+from pipelines.ingest.stage import run as ingest
 from tests.conftest import copy_raw
 
 pytestmark = pytest.mark.ray

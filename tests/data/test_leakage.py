@@ -18,9 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines import pit, schema
-from pipelines.config import FeaturesConfig
-from pipelines.features import DENSE_PREFIXES, build_rows, make_catalog, make_vocab
+from pipelines.features import pit
+from pipelines.common import schema
+from pipelines.common.config import FeaturesConfig
+from pipelines.common.columns import DENSE_PREFIXES
+from pipelines.features.rows import build_rows
+from pipelines.features.rows import make_catalog
+from pipelines.features.rows import make_vocab
 
 pytestmark = pytest.mark.ray
 

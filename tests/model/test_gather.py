@@ -30,13 +30,14 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
     try:
         from models.batch import collate
         from models.ranker import MultiTaskRanker
-        from pipelines.config import TrainConfig
-        from pipelines.features import read_split
-        from pipelines.train import _gather_full_state, _sharded_model, build_setup
+        from pipelines.common.config import TrainConfig
+        from pipelines.features.manifest import read_split
+        from pipelines.train.loop import gather_full_state, sharded_model
+        from pipelines.train.setup import build_setup
 
         d = Path(data_dir)
         setup = build_setup(d, TrainConfig())
-        dmp, _, optimizer = _sharded_model(setup, world, torch.device("cpu"), sharding)
+        dmp, _, optimizer = sharded_model(setup, world, torch.device("cpu"), sharding)
         train = read_split(d, "train").to_pandas()
         for i in range(5):
             chunk = train.iloc[(i * world + rank) * 64 : (i * world + rank + 1) * 64]
@@ -50,7 +51,7 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         tb = collate({c: test[c].to_numpy() for c in test.columns}, setup.layout, setup.encoder)
         with torch.no_grad():
             _, (_, sharded) = dmp(tb.dense, tb.sparse, tb.labels, tb.weights)
-        full = _gather_full_state(dmp, rank)
+        full = gather_full_state(dmp, rank)
         if rank == 0:
             assert full is not None
             model = MultiTaskRanker(setup.spec)

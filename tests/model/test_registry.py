@@ -12,10 +12,10 @@ import torch
 from mlflow import MlflowClient
 
 from models.servable import ServableRanker
-from pipelines import tracking
-from pipelines.evaluate import read_columns
-from pipelines.promote import promote
-from pipelines.train import load_trained
+from pipelines.common import tracking
+from pipelines.common.tracking import load_trained
+from pipelines.features.manifest import read_columns
+from pipelines.promote.stage import run as promote
 from tests.conftest import Runs, train_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import tracking
+from pipelines.common import tracking
 from tests.conftest import Runs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -73,7 +73,7 @@ def store(serve_dir: Path) -> EmbeddedStore:
 
 def users_with_feeds(store: EmbeddedStore, n: int, arm: str | None = None, minimum: int = 3) -> list[int]:
     out = []
-    for u in store.users(np.array(sorted(store._snap.users)))["user_id"].tolist():
+    for u in store.users(np.array(sorted(store.snapshot.users)))["user_id"].tolist():
         if arm is not None and arm_of(u, 0.5) != arm:
             continue
         if len(retrieve(store, u, store.as_of_s + 60, RetrievalConfig()).post_ids) >= minimum:

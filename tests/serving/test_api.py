@@ -120,11 +120,11 @@ def test_a_malformed_event_batch_is_rejected_whole(feed: Feed, store: EmbeddedSt
 
 def test_a_post_on_someone_elses_invisible_post_is_rejected(feed: Feed, store: EmbeddedStore) -> None:
     (user,) = users_with_feeds(store, 1)
-    posts = store._snap.posts
+    posts = store.snapshot.posts
     private = [
         int(p)
         for p, v, a in zip(
-            posts, store._snap.post_cols["visibility"], store._snap.post_cols["author_id"], strict=True
+            posts, store.snapshot.post_cols["visibility"], store.snapshot.post_cols["author_id"], strict=True
         )
         if v == "private" and a != user
     ]

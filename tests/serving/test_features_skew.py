@@ -13,9 +13,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import pit, schema
-from pipelines.config import FeaturesConfig
-from pipelines.features import build_online, build_rows, load_clean, make_catalog, make_vocab
+from pipelines.common import schema
+from pipelines.common.config import FeaturesConfig
+from pipelines.features import pit
+from pipelines.features.online import build_online
+from pipelines.features.rows import build_rows, load_clean, make_catalog, make_vocab
 from serve.features import assemble
 from serve.store import EmbeddedStore
 

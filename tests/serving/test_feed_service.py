@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.ingest import ingest
+from pipelines.ingest.stage import run as ingest
 from serve.config import parse
 from serve.feed import Clock, FeedError, FeedService
 from serve.log import ServingLog
@@ -40,7 +40,7 @@ def service(data_dir: Path, score: Any, **overrides: Any) -> FeedService:
 
 
 def viewer_with_posts(store: Any, minimum: int = 4) -> int:
-    for u in store._snap.users.tolist():
+    for u in store.snapshot.users.tolist():
         if len(retrieve(store, u, store.as_of_s + 60, RetrievalConfig()).post_ids) >= minimum:
             return int(u)
     raise AssertionError("no viewer with enough candidates")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.simulate import SimConfig, markdown, simulate
+from pipelines.simulate.report import markdown
+from pipelines.simulate.stage import run as simulate
+from pipelines.simulate.users import SimConfig
 from tests.conftest import tiny_config
 from tests.serving.conftest import SECRET, Feed, jsonl_rows
 

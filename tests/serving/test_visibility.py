@@ -19,7 +19,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import schema
+from pipelines.common import schema
 from serve.retrieval import RetrievalConfig, retrieve
 from serve.store import ONLINE_TABLES, EmbeddedStore
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import schema
+from pipelines.common import schema
 
 ACTIONS = schema.ACTION_TYPES
 ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}

@@ -6,11 +6,21 @@ Used by the features stage (all posts) and by serving (new posts), with the same
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.common.config import FeaturesConfig
+from pipelines.ingest.rules import hash_strings
+
+log = logging.getLogger(__name__)
 
 FULL_DIM = 384
 #: Identifies the embedding space: cached embeddings from another encoder are never reused.
@@ -162,3 +172,76 @@ class Projection:
     def load(cls, path: Path) -> Projection:
         with np.load(path) as z:
             return cls(z["mean"], z["components"])
+
+
+ENCODE_CHUNK = 2048  # texts per encoder actor call
+
+
+# --------------------------------------------------------------------------------------------- embeddings
+def text_hashes(posts: pa.Table) -> np.ndarray:
+    texts = [t if isinstance(t, str) else "" for t in posts["text"].to_pylist()]
+    return hash_strings([f"{ENCODER_ID}\x00{t}" for t in texts]).view(np.int64)
+
+
+def _matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """A column of equal-length vectors (list or fixed-size list) as an (N, dim) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        parts = [_matrix(c, dim) for c in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def embed_posts(posts_sorted: pa.Table, cfg: FeaturesConfig, cache: Path) -> tuple[np.ndarray, int]:
+    """384-d MiniLM embeddings aligned with ``posts_sorted``; returns them and how many were computed.
+
+    Embeddings of an earlier run (``cache``) are reused where the post's text is unchanged, so a daily
+    re-run only encodes new posts.
+    """
+    import ray
+    import ray.data
+
+    n = posts_sorted.num_rows
+    full = np.zeros((n, FULL_DIM), np.float32)
+    hashes = text_hashes(posts_sorted)
+    todo = np.ones(n, dtype=bool)
+    if cache.exists():
+        old = pq.read_table(cache, columns=["post_id", "text_hash", "text_emb_full"])
+        prev = pd.DataFrame({"post_id": old["post_id"].to_numpy(), "text_hash": old["text_hash"].to_numpy()})
+        prev["row"] = np.arange(len(prev))
+        cur = pd.DataFrame({"post_id": posts_sorted["post_id"].to_numpy(), "text_hash": hashes})
+        hit = cur.reset_index().merge(prev, on=["post_id", "text_hash"], how="inner")
+        if len(hit):
+            full[hit["index"].to_numpy()] = _matrix(old["text_emb_full"], FULL_DIM)[hit["row"].to_numpy()]
+            todo[hit["index"].to_numpy()] = False
+    idx = np.flatnonzero(todo)
+    if len(idx):
+        # Plain Ray actors, not Dataset.map_batches: measured here, the actor pool of Ray Data 2.60 ran the
+        # same encoder at half the throughput (175 vs 330 texts/s on 2 cores).
+        from ray.util import ActorPool
+
+        # Threads per actor: the CPUs of the biggest node (an actor cannot span nodes), at most 4; with
+        # several small nodes, one actor per node-sized share of the cluster's CPUs.
+        node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        threads = max(1, min(max(node_cpus, default=1), 4))
+        actors = max(cfg.encoder_actors, min(sum(node_cpus) // threads, 4))
+        encoder = ray.remote(num_cpus=threads)(TextEncoder)
+        log.info(
+            "text encoder: %d posts to encode (%d reused) on %d actor(s) x %d thread(s)",
+            len(idx),
+            n - len(idx),
+            actors,
+            threads,
+        )
+        t0 = time.perf_counter()
+        pool = ActorPool([encoder.remote(cfg.encoder_batch_size, threads) for _ in range(actors)])
+        texts = posts_sorted["text"].take(pa.array(idx)).to_pylist()
+        chunks = [texts[i : i + ENCODE_CHUNK] for i in range(0, len(texts), ENCODE_CHUNK)]
+        done: list[np.ndarray] = []
+        for part in pool.map(lambda actor, chunk: actor.encode.remote(chunk), chunks):
+            done.append(part)
+            if len(done) % max(1, len(chunks) // 5) == 0 or len(done) == len(chunks):
+                encoded = min(len(done) * ENCODE_CHUNK, len(idx))  # chunks come back in order
+                rate = encoded / max(time.perf_counter() - t0, 1e-9)
+                log.info("text encoder: %d / %d posts (%.0f posts/s)", encoded, len(idx), rate)
+        full[idx] = np.concatenate(done)
+    return full, len(idx)

@@ -22,9 +22,11 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+#: The servable ranker inside a training checkpoint folder (written by rank 0 each epoch).
+MODEL_FILE = "model.pt"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -178,3 +180,10 @@ def version_of(model_name: str, alias: str) -> Any | None:
         return MlflowClient().get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
+
+
+def load_trained(checkpoint_dir: Path) -> Any:
+    """The unsharded servable ranker from a training checkpoint folder."""
+    from models.servable import ServableRanker
+
+    return ServableRanker.load(checkpoint_dir / MODEL_FILE)

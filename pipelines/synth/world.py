@@ -1,57 +1,57 @@
-"""Synthetic social network and its interaction logs: ``python -m pipelines.synth --data-dir D``.
-
-Writes ``D/raw/`` in the log contract (:mod:`pipelines.schema`) and ``D/truth/`` (ground-truth
-probabilities per impression, for evaluation only). The world is made so that learning is hard but
-meaningful:
-
-* users live in cities; schools and workplaces inside cities form communities; friendships are mostly
-  inside communities, with heavy-tailed degrees capped at ``max_degree``; a few blocks;
-* hidden per-user topic interests (sparse), activity levels (most users are passive readers), modality
-  taste; hidden per-post quality and per-friendship tie strength;
-* posts (~1/day/user, heavy-tailed per author) with text built from topic vocabularies, a media vector
-  for images and videos (topic-aligned, as an upstream encoder would give), a visibility mix, deletions;
-* app sessions whose impressions follow a stated **logging policy**: noisy reverse-chronological over
-  friends' visible posts of the last ``candidate_days``, never showing a post twice to a viewer;
-* engagements drawn from a hidden model (interest × topic, tie strength, recency, modality, position,
-  quality, user propensity) for every task, dwell times (long dwell after a click), rare hides and reports.
-
-Deterministic for a seed: users are generated in fixed chunks, each chunk from its own seeded stream, and
-chunks run in parallel as Ray tasks that write their own files, so memory does not grow with ``--users``.
-"""
+"""The synthetic social network: users in cities, communities, a heavy-tailed friend graph, blocks,
+posts, sessions under a noisy reverse-chronological logging policy, and the hidden engagement model
+(the truth) that decides what users do."""
 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import typer
 
-from pipelines import schema
-from pipelines.config import DataConfig, SynthConfig, dump_config, load_config
-from pipelines.io import atomic_dir, replace_dir, write_by_date, write_json, write_table
-from pipelines.synth_vocab import CLOSERS, LINKERS, OPENERS, TOPIC_WORDS, TOPICS
+from pipelines.common import schema
+from pipelines.common.config import SynthConfig
+from pipelines.common.io import write_by_date
+from pipelines.synth.vocab import CLOSERS, LINKERS, OPENERS, TOPIC_WORDS, TOPICS
 
 log = logging.getLogger(__name__)
 
+
 DAY = 86400
+
+
 WARMUP_DAYS = 2  # posts start this many days before the first session, so day one has a feed
+
+
 SKIP_DWELL_MS = 2000  # the threshold the truth's p_skip refers to (features' default skip_dwell_ms)
+
+
 DWELL_SIGMA = 0.9
+
+
 CLICK_DWELL_FACTOR = 3.0
+
+
 # Hourly session weights (UTC stands in for local time): quiet nights, peaks at breakfast, lunch, evening.
 HOUR_WEIGHTS = np.array(
     [1, 0.5, 0.3, 0.2, 0.3, 0.8, 2, 3.5, 4, 3, 2.5, 3, 4, 3.5, 2.5, 2.5, 3, 3.5, 4.5, 5.5, 6, 5.5, 4, 2.5]
 )
+
+
 HOUR_CDF = np.cumsum(HOUR_WEIGHTS) / HOUR_WEIGHTS.sum()
+
+
 MODALITY_SHARE = np.array([0.5, 0.35, 0.15])  # text, image, video
+
+
 VISIBILITY_SHARE = np.array([0.3, 0.65, 0.05])  # public, friends, private
+
+
 GENDER_SHARE = np.array([0.49, 0.48, 0.02, 0.01])
 
 
@@ -436,7 +436,7 @@ def _serve_sessions(
     return {k: np.concatenate(vs) for k, vs in out.items()}
 
 
-def _truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def engagement_truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The hidden engagement model: probabilities per impression for every task."""
     v, p = s["viewer"], s["post"]
     t_count = w.interest.shape[1]
@@ -495,7 +495,7 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
         return {"impressions": 0, "engagements": 0}
     imp_ids = np.array([f"imp-{chunk:05d}-{i:08d}" for i in range(m)], dtype=object)
     req_ids = np.array([f"req-{chunk:05d}-{r:07d}" for r in s["req"]], dtype=object)
-    truth = _truth(w, s)
+    truth = engagement_truth(w, s)
     clicked = rng.random(m) < truth["p_click"]
     dwell = np.exp(truth["mu"] + DWELL_SIGMA * rng.standard_normal(m)) * np.where(
         clicked, CLICK_DWELL_FACTOR, 1
@@ -563,79 +563,3 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
     write_by_date(engagements, root / "raw" / "engagements", "at", part)
     write_by_date(truth_table, root / "truth", "served_at", part)
     return {"impressions": m, "engagements": k}
-
-
-# ----------------------------------------------------------------------------------------------- the stage
-def synth(cfg: SynthConfig, data_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Generate ``data_dir/raw`` and ``data_dir/truth``; returns the row counts it wrote.
-
-    Both folders are replaced as a whole only when generation succeeded.
-    """
-    import ray
-    from tqdm import tqdm
-
-    world, tables = build_world(cfg)
-    log.info(
-        "world: %d users, %d friendships, %d blocks, %d posts",
-        tables["users"].num_rows,
-        tables["friendships"].num_rows,
-        tables["blocks"].num_rows,
-        tables["posts"].num_rows,
-    )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    stage = data_dir / f".synth-{cfg.seed}"
-    with atomic_dir(stage) as tmp:
-        for name in ("users", "friendships", "blocks"):
-            write_table(tables[name], tmp / "raw" / name)
-        write_by_date(tables["posts"], tmp / "raw" / "posts", "created_at", "00000")
-        world_ref = ray.put(world)
-        task = ray.remote(num_cpus=1)(generate_chunk)
-        bounds = [*list(range(0, cfg.users, cfg.users_per_task)), cfg.users]
-        pending = [
-            task.remote(world_ref, cfg, i, lo, hi, str(tmp))
-            for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
-        ]
-        counts = {"impressions": 0, "engagements": 0}
-        with tqdm(total=len(pending), desc="synth sessions", unit="chunk", disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for c in ray.get(done):
-                    for key in counts:
-                        counts[key] += c[key]
-                bar.update(len(done))
-    summary: dict[str, Any] = {k: tables[k].num_rows for k in ("users", "friendships", "blocks", "posts")}
-    summary.update(counts)
-    # Swap the finished raw/ and truth/ in; a failed run above left the old ones untouched.
-    for name in ("raw", "truth"):
-        replace_dir(stage / name, data_dir / name)
-    stage.rmdir()
-    write_json(data_dir / "synth_summary.json", {"config": cfg.model_dump(mode="json"), "rows": summary})
-    return summary
-
-
-app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
-
-
-@app.command()
-def main(
-    data_dir: Annotated[Path, typer.Option(help="Data directory; raw/ and truth/ are written here.")],
-    config: Annotated[Path | None, typer.Option(help="YAML config (configs/data.yaml).")] = None,
-    users: Annotated[int | None, typer.Option(help="Override synth.users.")] = None,
-    days: Annotated[int | None, typer.Option(help="Override synth.days.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override synth.seed.")] = None,
-) -> None:
-    """Generate a synthetic social network and its interaction logs."""
-    from pipelines.cli import exit_on_error
-    from pipelines.runtime import ray_session, setup_logging
-
-    setup_logging()
-    with exit_on_error():
-        cfg = load_config(config, DataConfig, {"synth.users": users, "synth.days": days, "synth.seed": seed})
-        log.info("resolved config:\n%s", dump_config(cfg.synth))
-        with ray_session():
-            summary = synth(cfg.synth, data_dir)
-        log.info("wrote %s", summary)
-
-
-if __name__ == "__main__":
-    app()

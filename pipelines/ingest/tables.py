@@ -1,33 +1,15 @@
-"""Ingestion: ``python -m pipelines.ingest --data-dir D``: ``D/raw/`` → ``D/clean/`` + ``D/quarantine/``.
-
-For each table, in reference order (users → friendships → blocks → posts → impressions → engagements)::
-
-    raw/<table>/**/*.{parquet,csv,jsonl}
-        │  file check (driver): readable? every required column present?   → DataError, exit 2
-        ▼
-    Ray Data read ─► map_batches(validate_batch) ─► write_parquet(partition_cols=["_bucket"])
-        │  types, enums, ranges, timestamps, references; bucket = hash(key) % 16 (staging)
-        ▼
-    one Ray task per bucket: dedup_group        exact copies dropped, same key + other content quarantined
-        ├─ rejected rows ─────────────────────► quarantine/<table>/  (raw row + reason + source file)
-        ▼
-    clean/<table>/[date=YYYY-MM-DD/]*.parquet   the contract's schema, non-null where required
-
-Accounting per table, written to ``D/ingest_summary.json``: ``read = accepted + quarantined + duplicates``.
-Everything is written to a hidden staging folder and moved into place only when every table succeeded:
-a failure leaves the previous ``clean/`` and ``quarantine/`` untouched.
-"""
+"""One table's ingestion: discover and check raw files, validate with Ray Data, de-duplicate per bucket,
+write clean rows and quarantine the rest."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,14 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import typer
 
-from pipelines import schema
-from pipelines.cli import DataError, exit_on_error
-from pipelines.config import DataConfig, IngestConfig, dump_config, load_config
-from pipelines.io import atomic_dir, read_table, replace_dir, write_by_date, write_json, write_table
-from pipelines.schema import Table
-from pipelines.validation import (
+from pipelines.common import schema
+from pipelines.common.cli import DataError
+from pipelines.common.io import read_table, write_by_date, write_table
+from pipelines.common.schema import Table
+from pipelines.ingest.rules import (
     References,
     Rules,
     dedup_group,
@@ -54,7 +34,10 @@ from pipelines.validation import (
 
 log = logging.getLogger(__name__)
 
+
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
 QUARANTINE = pa.schema(
     [
         pa.field("table", pa.string()),
@@ -260,7 +243,7 @@ def ingest_table(
     return counts
 
 
-def _next_refs(refs: References, table: Table, clean_dir: Path) -> References:
+def next_references(refs: References, table: Table, clean_dir: Path) -> References:
     """Add the ids of the table just ingested to what later tables may reference."""
     if table.name == "users":
         ids = read_table(clean_dir, table.schema, ["user_id"]).column("user_id").to_numpy()
@@ -275,88 +258,3 @@ def _next_refs(refs: References, table: Table, clean_dir: Path) -> References:
         ids = read_table(clean_dir, table.schema, ["impression_id"]).column("impression_id").to_pylist()
         return References(refs.user_ids, refs.post_ids, refs.post_created_ms, np.sort(hash_strings(ids)))
     return refs
-
-
-# -------------------------------------------------------------------------------------------------- stage
-def ingest(cfg: IngestConfig, data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Ingest every table of ``data_dir/raw``; returns (and writes) the accounting summary."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    # Ray 2.60's file datasource V2 adds a file-listing stage that costs 2-7 s per read on a 2-core
-    # machine (measured: 40-row table 4.7 s vs 0.3 s, 139k rows 5.2 s vs 0.7 s); V1 reads the same files.
-    ctx.use_datasource_v2 = False
-    raw_dir = check_raw(data_dir)
-    now = now or dt.datetime.now(dt.UTC)
-    rules = Rules(
-        min_ts_ms=int(cfg.min_timestamp.timestamp() * 1000),
-        max_ts_ms=int((now.timestamp() + cfg.max_future_s) * 1000),
-    )
-    start = time.perf_counter()
-    refs = References()
-    tables: dict[str, dict[str, Any]] = {}
-    stage = data_dir / ".ingest-staging"
-    with atomic_dir(stage) as tmp:
-        for name in schema.INGEST_ORDER:
-            table = schema.TABLES[name]
-            t0 = time.perf_counter()
-            counts = ingest_table(table, raw_dir, tmp, refs, rules, cfg.batch_size)
-            refs = _next_refs(refs, table, tmp / "clean" / name)
-            tables[name] = {**counts.__dict__, "seconds": round(time.perf_counter() - t0, 2)}
-            log.info(
-                "%-12s read=%d accepted=%d quarantined=%d duplicates=%d",
-                name,
-                counts.read,
-                counts.accepted,
-                counts.quarantined,
-                counts.duplicates,
-            )
-        (tmp / "quarantine").mkdir(exist_ok=True)
-        (tmp / "_staging").rmdir()
-    replace_dir(stage / "clean", data_dir / "clean")
-    replace_dir(stage / "quarantine", data_dir / "quarantine")
-    stage.rmdir()
-    summary = {
-        "ingested_at": now.isoformat(),
-        "seconds": round(time.perf_counter() - start, 2),
-        "tables": tables,
-        "totals": {
-            k: sum(t[k] for t in tables.values()) for k in ("read", "accepted", "quarantined", "duplicates")
-        },
-    }
-    write_json(data_dir / "ingest_summary.json", summary)
-    return summary
-
-
-def reasons_frame(summary: dict[str, Any]) -> pd.DataFrame:
-    """Quarantine reasons per table as a tidy frame (for reports)."""
-    rows = [(t, r, n) for t, c in summary["tables"].items() for r, n in c["reasons"].items()]
-    return pd.DataFrame(rows, columns=["table", "reason", "rows"])
-
-
-app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
-
-
-@app.command()
-def main(
-    data_dir: Annotated[
-        Path, typer.Option(help="Data directory holding raw/; clean/ and quarantine/ are written.")
-    ],
-    config: Annotated[Path | None, typer.Option(help="YAML config (configs/data.yaml).")] = None,
-) -> None:
-    """Validate raw logs into clean/ and quarantine/ with a row-accounting summary."""
-    from pipelines.runtime import ray_session, setup_logging
-
-    setup_logging()
-    with exit_on_error():
-        cfg = load_config(config, DataConfig)
-        log.info("resolved config:\n%s", dump_config(cfg.ingest))
-        check_raw(data_dir)
-        with ray_session():
-            summary = ingest(cfg.ingest, data_dir)
-        log.info("totals: %s (summary in %s)", summary["totals"], data_dir / "ingest_summary.json")
-
-
-if __name__ == "__main__":
-    app()

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines import schema
-from pipelines.schema import Table
+from pipelines.common import schema
+from pipelines.common.schema import Table
 
 N_BUCKETS = 16
 

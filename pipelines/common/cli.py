@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import typer
 
-from pipelines.config import ConfigError
+from pipelines.common.config import ConfigError
 
 log = logging.getLogger("pipelines")
 

@@ -1,0 +1,151 @@
+"""The scorers the ranker is compared against on the same rows: reverse-chronological, popularity, a
+logistic regression on the same features, and the oracle (the synthetic world's hidden truth)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from models.tasks import BINARY_TASKS
+from pipelines.common.config import EvaluateConfig
+from pipelines.features.manifest import arrow_columns, load_manifest, split_files
+
+log = logging.getLogger(__name__)
+
+
+SERVING_POSITION = {"ctx_position": 0.0}
+
+
+def at_serving_position(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(next(iter(cols.values())))
+    return {**cols, **{k: np.full(n, v, np.float32) for k, v in SERVING_POSITION.items() if k in cols}}
+
+
+# --------------------------------------------------------------------------------------------- scorers
+def score_ranker(
+    ranker: Any, cols: dict[str, np.ndarray], at_logged_position: bool = False, batch_size: int = 8192
+) -> dict[str, np.ndarray]:
+    """Per-task outputs of a :class:`models.servable.ServableRanker` in batches: as served (every item at
+    the top slot), or ``at_logged_position`` (the position-bias tower applied to the logged position)."""
+    n = len(cols[ranker.input_columns[0]])
+    names = [*ranker.input_columns, *(ranker.layout.bias if at_logged_position else ())]
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, n, batch_size):
+        parts.append(ranker.predict({c: cols[c][lo : lo + batch_size] for c in names}, at_logged_position))
+    return {t: np.concatenate([p[t] for p in parts]) for t in parts[0]} if parts else {}
+
+
+def reverse_chron(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Newest first: the negated post age at serving time."""
+    return -cols["p_age_h"].astype(np.float64)
+
+
+def popularity(cols: dict[str, np.ndarray], windows: dict[str, int]) -> np.ndarray:
+    """The post's click+like+comment+share count in the longest window (counters are log1p)."""
+    w = max(windows, key=lambda k: windows[k])
+    total = np.zeros(len(cols[f"p_click_{w}"]), np.float64)
+    for a in ("click", "like", "comment", "share"):
+        total += np.expm1(cols[f"p_{a}_{w}"].astype(np.float64))
+    return total
+
+
+@dataclass
+class LogisticBaseline:
+    """One logistic regression per binary task (and ridge on log1p dwell seconds) on the ranker's dense
+    inputs, standardized, plus one-hot vocabulary codes. Ids are left out: a linear model cannot use them."""
+
+    dense: tuple[str, ...]
+    vectors: dict[str, int]
+    codes: tuple[str, ...]
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def matrix(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        cols = at_serving_position(cols)
+        parts: list[np.ndarray] = [np.stack([cols[c].astype(np.float32) for c in self.dense], axis=1)]
+        parts += [np.asarray(cols[v], np.float32).reshape(len(parts[0]), d) for v, d in self.vectors.items()]
+        parts += [cols[c].astype(np.int64)[:, None] for c in self.codes]
+        return np.concatenate(parts, axis=1)
+
+    def fit(self, cols: dict[str, np.ndarray], weight: np.ndarray, seed: int) -> LogisticBaseline:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        x = self.matrix(cols)
+        n_num = x.shape[1] - len(self.codes)
+
+        def prep() -> ColumnTransformer:
+            return ColumnTransformer(
+                [
+                    ("num", StandardScaler(), list(range(n_num))),
+                    ("cat", OneHotEncoder(handle_unknown="ignore"), list(range(n_num, x.shape[1]))),
+                ]
+            )
+
+        for task in BINARY_TASKS:
+            y = cols[task].astype(np.int64)
+            model = make_pipeline(prep(), LogisticRegression(max_iter=300, random_state=seed))
+            if y.min() == y.max():  # a task with no positives in the sample: predict its base rate
+                model = None
+            else:
+                model.fit(x, y, logisticregression__sample_weight=weight)
+            self.models[task] = (model, float(np.average(y, weights=weight)))
+        reg = make_pipeline(prep(), Ridge(alpha=1.0))
+        reg.fit(x, np.log1p(cols["dwell_ms"] / 1000.0), ridge__sample_weight=weight)
+        self.models["dwell"] = (reg, 0.0)
+        return self
+
+    def predict(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = self.matrix(cols)
+        out: dict[str, np.ndarray] = {}
+        for task, (model, base) in self.models.items():
+            if task == "dwell":
+                out[task] = np.expm1(np.maximum(model.predict(x), 0.0)) * 1000.0
+            else:
+                out[task] = model.predict_proba(x)[:, 1] if model is not None else np.full(len(x), base)
+        return out
+
+
+def fit_logistic(data_dir: Path, cfg: EvaluateConfig) -> LogisticBaseline:
+    manifest = load_manifest(data_dir)
+    c = manifest["columns"]
+    base = LogisticBaseline(
+        dense=tuple(c["dense"]), vectors=dict(c["vectors"]), codes=tuple(c["sparse_vocab"])
+    )
+    need = [*base.dense, *base.vectors, *base.codes, *BINARY_TASKS, "dwell_ms", "sample_weight"]
+    table = pads.dataset(split_files(data_dir, "train"), format="parquet").to_table(columns=need)
+    if table.num_rows > cfg.baseline_rows:
+        rng = np.random.default_rng(cfg.seed)
+        table = table.take(pa.array(np.sort(rng.choice(table.num_rows, cfg.baseline_rows, replace=False))))
+    cols = arrow_columns(table)
+    return base.fit(cols, cols["sample_weight"].astype(np.float64), cfg.seed)
+
+
+def oracle(data_dir: Path, impression_ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Ground-truth probabilities aligned with ``impression_ids``; None without truth/ (real data)."""
+    root = data_dir / "truth"
+    files = sorted(str(p) for p in root.rglob("*.parquet")) if root.exists() else []
+    if not files:
+        return None
+    truth = pads.dataset(files, format="parquet").to_table()
+    idx = pc.index_in(pa.array(impression_ids), truth["impression_id"]).to_numpy(zero_copy_only=False)
+    if np.isnan(idx.astype(np.float64)).any():
+        log.warning("truth/ lacks some test impressions: no oracle")
+        return None
+    rows = truth.take(pa.array(idx.astype(np.int64)))
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(rows[name].to_numpy(zero_copy_only=False), np.float64)
+
+    out = {t: col(f"p_{t}") for t in ("click", "like", "comment", "share", "skip")}
+    out["hide"] = 1.0 - (1.0 - col("p_hide")) * (1.0 - col("p_report"))  # the label is hide or report
+    out["dwell"] = col("expected_dwell_ms")
+    return out

@@ -1,0 +1,75 @@
+"""Reading ``D/features/``: the manifest (every column by role), splits as Arrow tables or numpy columns,
+and the id of an evaluation set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from pipelines.common.cli import DataError
+
+
+def read_split(data_dir: Path, split: str, columns: list[str] | None = None) -> pa.Table:
+    """All examples of one split (tests and small-scale tools; training streams with Ray Data)."""
+    root = data_dir / "features" / split
+    files = sorted(str(p) for p in root.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{root}: no examples (run pipelines.features first)")
+    return pads.dataset(files, format="parquet").to_table(columns=columns)
+
+
+def load_manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "features" / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{path}: missing (run pipelines.features first)")
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def split_files(data_dir: Path, split: str) -> list[str]:
+    root = data_dir / "features" / split
+    files = sorted(str(p) for p in root.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{root}: no examples (run pipelines.features first)")
+    return files
+
+
+def eval_set_id(data_dir: Path, split: str = "test") -> str:
+    """Content hash of a split's files: two evaluations are comparable only on the same id."""
+    h = hashlib.sha256()
+    for f in split_files(data_dir, split):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def arrow_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """Arrow columns → numpy without per-row Python objects where possible: fixed-size lists become 2-D
+    arrays; variable lists stay object arrays (what :func:`models.batch.collate` takes)."""
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table[name].combine_chunks() if table[name].num_chunks != 1 else table[name].chunk(0)
+        if pa.types.is_fixed_size_list(col.type):
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            out[name] = flat.reshape(len(col), col.type.list_size)
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            arr = np.empty(len(col), dtype=object)
+            offsets = col.offsets.to_numpy()
+            values = col.values.to_numpy(zero_copy_only=False)
+            for i in range(len(col)):
+                arr[i] = values[offsets[i] : offsets[i + 1]]
+            out[name] = arr
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def read_columns(data_dir: Path, split: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    table = pads.dataset(split_files(data_dir, split), format="parquet").to_table(columns=columns)
+    return arrow_columns(table)

@@ -1,0 +1,72 @@
+"""The promote stage: move alias ``champion`` when the gate says so, and record why on the version."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from pipelines.common.cli import DataError
+from pipelines.common.config import TrainConfig
+from pipelines.promote.gate import Decision, gate, online_gate
+
+
+def run(
+    data_dir: Path,
+    cfg: TrainConfig,
+    version: str | None = None,
+    force: bool = False,
+    note: str | None = None,
+    online: dict[str, Any] | None = None,
+) -> Decision:
+    """Decide, move the alias when warranted, and tag the candidate version with the decision."""
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+    from pipelines.evaluate.evaluation import evaluate
+
+    tracking.configure(data_dir)
+    client = MlflowClient()
+    name = cfg.registry.model_name
+    if version is None:
+        challenger = tracking.version_of(name, tracking.CHALLENGER)
+        if challenger is None:
+            raise DataError(
+                f"{name}: no version has alias {tracking.CHALLENGER!r} (train one, or pass --version)"
+            )
+        version = str(challenger.version)
+    champion = tracking.version_of(name, tracking.CHAMPION)
+    previous = str(champion.version) if champion is not None else None
+    if previous == version:
+        return Decision(False, version, previous, f"version {version} is already {tracking.CHAMPION}")
+    eval_set = None
+    if champion is None:
+        ok, why = True, "first champion"
+    else:
+        scorers = {
+            "candidate": tracking.load_ranker_version(f"models:/{name}/{version}"),
+            "champion": tracking.load_ranker_version(f"models:/{name}/{previous}"),
+        }
+        ev = evaluate(data_dir, scorers, cfg.evaluate, baselines=False)
+        eval_set = ev.eval_set
+        ok, why = gate(ev.models["candidate"], ev.models["champion"], cfg.registry, cfg.evaluate.ndcg_k)
+        why = f"vs version {previous} on test split {eval_set}: {why}"
+    if online is not None:  # both halves must pass
+        ok_online, why_online = online_gate(online, version)
+        ok, why = ok and ok_online, f"{why}; {why_online}"
+    if force and not ok:
+        ok, why = True, f"forced ({note or 'no reason given'}); the gate said: {why}"
+    elif note:
+        why = f"{why}; note: {note}"
+    if ok:
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+    tags = {
+        "promotion.decision": "promoted" if ok else "rejected",
+        "promotion.reason": why[:5000],
+        "promotion.at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "promotion.eval_set": eval_set or "",
+        "promotion.previous_champion": previous or "",
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    return Decision(ok, version, previous, why, eval_set)

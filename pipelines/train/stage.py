@@ -1,0 +1,108 @@
+"""The train stage: train, evaluate against the baselines, log to MLflow and register a version."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.common.config import TrainConfig
+from pipelines.common.tracking import load_trained
+from pipelines.train.trainer import best_checkpoint, run_name, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Published:
+    """What a finished training run left behind: its MLflow run, registered version and evaluation."""
+
+    run_id: str
+    model_name: str
+    version: str
+    checkpoint: Path
+    evaluation: Any  # pipelines.evaluate.Evaluation
+
+
+def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
+    """Train (rank 0 logging into an MLflow run), evaluate on the test split against the baselines, log
+    config, metrics, plots and the servable model, register a new ``feed-ranker`` version and point alias
+    ``challenger`` at it. ``resume`` continues the last run, its checkpoint and its MLflow run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+    from pipelines.evaluate.evaluation import RANKER, evaluate
+    from pipelines.features.manifest import read_columns
+
+    uri = tracking.configure(data_dir)
+    exp = tracking.experiment_id(cfg.experiment, data_dir)
+    name = run_name(cfg, data_dir, resume)
+    run_file = data_dir / "train_runs" / name / "mlflow_run_id"
+    previous = run_file.read_text().strip() if resume and run_file.exists() else None
+    with mlflow.start_run(run_id=previous, experiment_id=None if previous else exp, run_name=name) as run:
+        run_id = run.info.run_id
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(run_id)
+        if previous is None:
+            mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json")))
+            mlflow.log_dict(cfg.model_dump(mode="json"), "config/train.yaml")
+            mlflow.log_artifact(str(data_dir / "features" / "manifest.json"), "data")
+            mlflow.set_tags({"data_dir": str(data_dir.resolve()), "ray_train_run": name})
+        result = train(cfg, data_dir, resume=resume, name=name, tracking={"uri": uri, "run_id": run_id})
+        checkpoint = best_checkpoint(result)
+        mlflow.set_tag("checkpoint", str(checkpoint))
+        ranker = load_trained(checkpoint)
+        out = data_dir / "evaluation" / name
+        evaluation = evaluate(data_dir, {RANKER: ranker}, cfg.evaluate, out_dir=out)
+        _loss_plot(MlflowClient(), run_id, out / "losses.png")
+        mlflow.log_artifacts(str(out), "evaluation")
+        mlflow.log_metrics(evaluation.flat(RANKER))
+        for baseline in evaluation.models:
+            if baseline != RANKER:
+                mlflow.log_metrics(
+                    {f"baseline/{baseline}/{k[5:]}": v for k, v in evaluation.flat(baseline).items()}
+                )
+        mlflow.set_tag("eval_set", evaluation.eval_set)
+        version = tracking.log_ranker(ranker, read_columns(data_dir, "test"), cfg.registry.model_name)
+        client = MlflowClient()
+        client.set_registered_model_alias(cfg.registry.model_name, tracking.CHALLENGER, version.version)
+        client.set_model_version_tag(
+            cfg.registry.model_name, version.version, "eval_set", evaluation.eval_set
+        )
+        for k in (f"ndcg_at_{cfg.evaluate.ndcg_k}", "mrr", "mean_auc"):
+            if f"test/{k}" in evaluation.flat(RANKER):
+                client.set_model_version_tag(
+                    cfg.registry.model_name, version.version, k, f"{evaluation.flat(RANKER)[f'test/{k}']:.4f}"
+                )
+    log.info(
+        "registered %s version %s (alias %s)", cfg.registry.model_name, version.version, tracking.CHALLENGER
+    )
+    return Published(run_id, cfg.registry.model_name, str(version.version), checkpoint, evaluation)
+
+
+def _loss_plot(client: Any, run_id: str, path: Path) -> None:
+    """Training and validation loss curves from the run's metric history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [
+        k for k in client.get_run(run_id).data.metrics if k.startswith("train/loss/") or k == "valid/loss"
+    ]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key in sorted(keys):
+        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        style = "o-" if key == "valid/loss" else "-"
+        ax.plot(
+            [m.step for m in hist], [m.value for m in hist], style, label=key, lw=2 if "total" in key else 1
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
