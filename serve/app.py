@@ -41,9 +41,10 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipelines.common.config import ConfigError
 from serve.api import create_api
 from serve.auth import TokenAuth
-from serve.config import ServeConfig, ServeConfigError, parse
+from serve.config import ServeConfig, parse
 from serve.feed import Clock, FeedService
 from serve.log import LogTailer, ServingLog, StoreSync
 from serve.metrics import FeedMetrics
@@ -189,7 +190,7 @@ def text_encoder(data_dir: Path) -> Any:
 
     pca = data_dir / "features" / "text_pca.npz"
     if not pca.exists():
-        raise ServeConfigError(f"{pca}: missing (run pipelines.features first)")
+        raise ConfigError(f"{pca}: missing (run pipelines.features first)")
     encoder, projection = TextEncoder(threads=1), Projection.load(pca)
     return lambda texts: projection(encoder.encode(list(texts)))
 
@@ -211,7 +212,7 @@ def compose(args: dict[str, Any], deployments: list[dict[str, Any]] | None = Non
     cfg = parse(args, "applications[0].args")
     data_dir = cfg.data_dir.resolve()
     if not (data_dir / "online" / "manifest.json").exists():
-        raise ServeConfigError(f"{data_dir}/online: no online snapshot (run make demo or pipelines.features)")
+        raise ConfigError(f"{data_dir}/online: no online snapshot (run make demo or pipelines.features)")
     auth = TokenAuth.from_config(cfg.auth)  # fail at deploy time, not in every replica, without a secret
     resolved = cfg.model_dump(mode="json")
     resolved["auth"]["secret"] = auth.secret  # replicas may run where the deployer's environment is not

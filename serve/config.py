@@ -11,18 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from models.tasks import DEFAULT_VALUE_WEIGHTS, TASKS
+from pipelines.common.config import StrictConfig, validate
 from serve.reranking import RerankConfig
 from serve.retrieval import RetrievalConfig
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StoreConfig(Section):
+class StoreConfig(StrictConfig, frozen=True):
     backend: Literal["embedded", "redis"] = Field(
         "embedded",
         description="embedded: each replica holds D/online/ in memory and reads the others' writes from the "
@@ -33,7 +30,7 @@ class StoreConfig(Section):
     poll_s: float = Field(1.0, gt=0, le=60, description="How often a replica reads the others' writes.")
 
 
-class ModelSlotConfig(Section):
+class ModelSlotConfig(StrictConfig, frozen=True):
     name: str = Field("feed-ranker", description="Registered model name in MLflow.")
     alias: str = Field("champion", description="Alias served to most users.")
     challenger_alias: str = Field("challenger", description="Alias served to the challenger arm.")
@@ -57,7 +54,7 @@ class ModelSlotConfig(Section):
         return self
 
 
-class RankingConfig(Section):
+class RankingConfig(StrictConfig, frozen=True):
     placement: Literal["ingress", "deployment"] = Field(
         "ingress",
         description="ingress: the model runs in each FeedIngress replica (one process hop per request); "
@@ -71,14 +68,14 @@ class RankingConfig(Section):
     torch_threads: int = Field(1, ge=1, le=64)
 
 
-class AuthConfig(Section):
+class AuthConfig(StrictConfig, frozen=True):
     secret_env: str = Field("FEED_JWT_SECRET", description="Environment variable holding the HS256 secret.")
     secret: str | None = Field(None, description="The secret itself (tests, demo); prefer secret_env.")
     issuer: str = "ray-feed"
     leeway_s: int = Field(30, ge=0)
 
 
-class FeedConfig(Section):
+class FeedConfig(StrictConfig, frozen=True):
     default_limit: int = Field(20, ge=1)
     max_limit: int = Field(100, ge=1)
     cursor_ttl_s: float = Field(900, gt=0, description="How long a request's ranked list backs its cursor.")
@@ -97,7 +94,7 @@ class FeedConfig(Section):
         return v
 
 
-class ClockConfig(Section):
+class ClockConfig(StrictConfig, frozen=True):
     mode: Literal["snapshot", "wall"] = Field(
         "snapshot",
         description="snapshot: serving time starts at the online snapshot's as_of and advances with the "
@@ -108,7 +105,7 @@ class ClockConfig(Section):
     )
 
 
-class ServeConfig(Section):
+class ServeConfig(StrictConfig, frozen=True):
     data_dir: Path = Field(Path("data/demo"), description="The data directory (online/, raw/, mlflow.db).")
     store: StoreConfig = StoreConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -120,17 +117,9 @@ class ServeConfig(Section):
     clock: ClockConfig = ClockConfig()
 
 
-class ServeConfigError(ValueError):
-    pass
-
-
 def parse(args: dict[str, Any], where: str = "args") -> ServeConfig:
-    try:
-        return ServeConfig.model_validate(args)
-    except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ServeConfigError(f"{where}: {key}: {first['msg']}") from None
+    """The application's args validated; a :class:`ConfigError` naming every bad key otherwise."""
+    return validate(ServeConfig, args, where)
 
 
 def load_serve_yaml(path: Path) -> tuple[dict[str, Any], ServeConfig]:

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from pipelines.common.config import StrictConfig
 
 
 @dataclass
@@ -108,9 +110,7 @@ def _by_score(slate: Slate) -> Slate:
     return slate.take(np.argsort(-slate.score, kind="stable"))
 
 
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Base(StrictConfig, frozen=True):
     enabled: bool = True
 
     def apply(self, slate: Slate, ctx: RerankContext) -> Slate:
@@ -250,10 +250,8 @@ class Exploration(_Base):
         return out
 
 
-class RerankConfig(BaseModel):
+class RerankConfig(StrictConfig, frozen=True):
     """The ``rerank`` section of the serving YAML: one entry per policy, applied in field order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     freshness: Freshness = Freshness()
     fatigue: Fatigue = Fatigue()

@@ -20,14 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from pipelines.common.config import StrictConfig
 from serve.store import VISIBILITY_CODE, OnlineStore, ViewerState
 
 
-class RetrievalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RetrievalConfig(StrictConfig, frozen=True):
     window_days: float = Field(7.0, gt=0, le=60, description="Friends' posts from the last N days.")
     max_candidates: int = Field(2000, ge=1, le=20_000, description="Newest K candidates at most.")
     include_own_posts: bool = Field(False, description="Also retrieve the viewer's own recent posts.")

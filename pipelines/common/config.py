@@ -22,13 +22,46 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from models.tasks import BINARY_TASKS, DEFAULT_RELEVANCE, DEFAULT_TASK_WEIGHTS, DEFAULT_VALUE_WEIGHTS, TASKS
 
 
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+class StrictConfig(BaseModel):
+    """The base of every config section in the project (pipelines, serving, simulation): unknown keys are
+    errors and values are validated on assignment. Sections that must not change once loaded (serving's)
+    say so with ``class X(StrictConfig, frozen=True)``. Errors surface as :class:`ConfigError`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SynthConfig(StrictModel):
+class ConfigError(ValueError):
+    """A config that cannot be read or does not validate; the message names the file and every bad key."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_errors(where: Path | str, err: ValidationError) -> str:
+    """One line per error: ``<where>: <dotted.key>: <message>``."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{where}: {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: Any, where: Path | str) -> M:
+    """``model`` validated from ``data``; a :class:`ConfigError` listing every error otherwise.
+
+    >>> validate(DataConfig, {"synth": {"userz": 1, "days": 0}}, "x.yaml")
+    Traceback (most recent call last):
+    ...
+    pipelines.common.config.ConfigError: x.yaml: synth.days: Input should be greater than or equal to 1
+    x.yaml: synth.userz: Extra inputs are not permitted
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(where, e)) from None
+
+
+class SynthConfig(StrictConfig):
     """The synthetic social network (``python -m pipelines.synth``)."""
 
     users: int = Field(2000, ge=10, description="Number of users.")
@@ -56,7 +89,7 @@ class SynthConfig(StrictModel):
         return self
 
 
-class IngestConfig(StrictModel):
+class IngestConfig(StrictConfig):
     """Validation rules of ``python -m pipelines.ingest``."""
 
     min_timestamp: dt.datetime = Field(
@@ -66,7 +99,7 @@ class IngestConfig(StrictModel):
     batch_size: int = Field(65536, ge=1, description="Rows per Ray Data validation batch.")
 
 
-class FeaturesConfig(StrictModel):
+class FeaturesConfig(StrictConfig):
     """Point-in-time feature generation of ``python -m pipelines.features``."""
 
     skip_dwell_ms: int = Field(2000, ge=0, description="An impression viewed for less is a skip.")
@@ -98,7 +131,7 @@ class FeaturesConfig(StrictModel):
         return self
 
 
-class DataConfig(StrictModel):
+class DataConfig(StrictConfig):
     """Root of ``configs/data.yaml``: the data-preparation stages."""
 
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -106,7 +139,7 @@ class DataConfig(StrictModel):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(StrictConfig):
     """Architecture of the multitask ranker (``models.ranker.RankerSpec``)."""
 
     embedding_dim: int = Field(16, ge=2)
@@ -125,7 +158,7 @@ class ModelConfig(StrictModel):
     )
 
 
-class LossSettings(StrictModel):
+class LossSettings(StrictConfig):
     """Per-task loss weighting (``models.train_wrapper.LossConfig``)."""
 
     task_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
@@ -134,7 +167,7 @@ class LossSettings(StrictModel):
     huber_delta: float = Field(1.0, gt=0)
 
 
-class OptimConfig(StrictModel):
+class OptimConfig(StrictConfig):
     """Optimizers and batching."""
 
     epochs: int = Field(4, ge=1)
@@ -153,7 +186,7 @@ class OptimConfig(StrictModel):
     seed: int = 0
 
 
-class DistributedConfig(StrictModel):
+class DistributedConfig(StrictConfig):
     """Where and how training runs; the same code covers CPU/gloo and GPU/nccl."""
 
     num_workers: int = Field(2, ge=1)
@@ -167,7 +200,7 @@ class DistributedConfig(StrictModel):
     max_failures: int = Field(2, ge=-1, description="Worker failures recovered from the last checkpoint.")
 
 
-class EvaluateConfig(StrictModel):
+class EvaluateConfig(StrictConfig):
     """Offline evaluation on the test split (``pipelines.evaluate``)."""
 
     value_weights: dict[str, float] = Field(
@@ -192,7 +225,7 @@ class EvaluateConfig(StrictModel):
         return self
 
 
-class RegistryConfig(StrictModel):
+class RegistryConfig(StrictConfig):
     """MLflow model registry and the promotion gate (``pipelines.promote``)."""
 
     model_name: str = "feed-ranker"
@@ -205,7 +238,7 @@ class RegistryConfig(StrictModel):
     )
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(StrictConfig):
     """Root of ``configs/train.yaml``."""
 
     experiment: str = "feed-ranker"
@@ -221,21 +254,6 @@ class TrainConfig(StrictModel):
         if self.distributed.sharding == "row_wise" and self.distributed.use_gpu is False:
             raise ValueError("distributed.sharding row_wise needs GPUs (fbgemm has no CPU row-wise kernels)")
         return self
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be read or does not validate; the message names the file and key."""
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _format_errors(path: Path | str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{path}: {key}: {e['msg']}")
-    return "\n".join(lines)
 
 
 def load_config(path: Path | str | None, model: type[M], overrides: dict[str, Any] | None = None) -> M:
@@ -264,10 +282,7 @@ def load_config(path: Path | str | None, model: type[M], overrides: dict[str, An
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(path or "<defaults>", e)) from None
+    return validate(model, raw, path or "<defaults>")
 
 
 def dump_config(cfg: BaseModel) -> str:

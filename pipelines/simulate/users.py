@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipelines.common import schema
-from pipelines.common.config import DataConfig
+from pipelines.common.config import DataConfig, StrictConfig
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,8 @@ log = logging.getLogger(__name__)
 ACTIONS = ("click", "like", "comment", "share", "hide", "report")
 
 
-class SimConfig(BaseModel):
+class SimConfig(StrictConfig, frozen=True):
     """How the simulated users behave and how many there are."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     users: int = Field(300, ge=1, description="Simulated users (sampled among users with friends).")
     max_sessions: int = Field(5, ge=1, le=50, description="Sessions per user at most.")

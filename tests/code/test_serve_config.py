@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve.config import ServeConfigError, load_serve_yaml, parse
+from pipelines.common.config import ConfigError
+from serve.config import load_serve_yaml, parse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,11 +28,11 @@ def test_serve_yaml_points_at_a_one_argument_builder_and_its_args_validate() -> 
 
 
 def test_a_wrong_key_in_the_app_args_names_it() -> None:
-    with pytest.raises(ServeConfigError, match=r"retrieval\.windowdays"):
+    with pytest.raises(ConfigError, match=r"retrieval\.windowdays"):
         parse({"retrieval": {"windowdays": 3}})
-    with pytest.raises(ServeConfigError, match="challenger_traffic"):
+    with pytest.raises(ConfigError, match="challenger_traffic"):
         parse({"model": {"challenger_traffic": 1.5}})
-    with pytest.raises(ServeConfigError, match="value_weights"):
+    with pytest.raises(ConfigError, match="value_weights"):
         parse({"feed": {"value_weights": {"clicks": 1.0}}})
 
 
@@ -51,5 +52,5 @@ def test_arm_shares_are_stable_and_add_up() -> None:
     assert abs(share["chronological"] - 0.3) < 0.03
     # Moving traffic into the holdout never moves a challenger user elsewhere.
     assert all(arm_of(u, 0.2, 0.5) == "challenger" for u in range(4000) if arms[u] == "challenger")
-    with pytest.raises(ServeConfigError, match="at most 1"):
+    with pytest.raises(ConfigError, match="at most 1"):
         parse({"model": {"challenger_traffic": 0.6, "chronological_traffic": 0.5}})
