@@ -27,6 +27,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
     from serve.log import ServingLog
     from serve.metrics import FeedMetrics
     from serve.ranking import ModelSlots, Scorer
+    from serve.records import ScoreRequest, Scores
     from serve.store import EmbeddedStore
 
     torch.set_num_threads(1)
@@ -36,7 +37,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
     slots.refresh()
     scorer = Scorer(store, slots)
 
-    async def score(request: dict[str, Any]) -> dict[str, Any]:
+    async def score(request: ScoreRequest) -> Scores:
         return scorer.score([request])[0]
 
     async def health() -> dict[str, Any]:

@@ -108,6 +108,7 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
     from serve.config import ModelSlotConfig
     from serve.features import assemble
     from serve.ranking import ModelSlots, Scorer
+    from serve.records import ScoreRequest
     from serve.retrieval import RetrievalConfig, retrieve
     from serve.store import EmbeddedStore
 
@@ -132,7 +133,7 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
                 model.ranker.predict(cols)
                 fwd.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                scorer.score([{"viewer": u, "post_ids": ids, "now_s": now, "arm": "champion"}])
+                scorer.score([ScoreRequest(u, ids, now, "champion")])
                 full.append(time.perf_counter() - t)
             n.append(len(ids))
         out[b] = {

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.common import schema
 from serve.auth import AuthError, TokenAuth
 from serve.feed import FeedError, FeedService
+from serve.records import ClientEvent, PostDraft
 
 
 class Strict(BaseModel):
@@ -129,21 +131,21 @@ def create_api(
         authorization: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         auth.authorize(authorization, user_id)
-        out = await service.feed(user_id, limit, cursor)
-        background.add_task(service.log_impressions, out.pop("_impressions"))
-        timings = out.pop("_timings_ms")
-        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
-        return out
+        page = await service.feed(user_id, limit, cursor)
+        background.add_task(service.log_impressions, page.impressions)
+        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in page.timings_ms.items())
+        return page.response()
 
     @api.post("/events", status_code=202, response_model=EventsOut)
     def events(body: EventsIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         viewer = auth.viewer(authorization)
-        return service.events(viewer, [e.model_dump() for e in body.events])
+        accepted = service.events(viewer, [ClientEvent(**e.model_dump()) for e in body.events])
+        return dataclasses.asdict(accepted)
 
     @api.post("/posts", status_code=201, response_model=PostOut)
     def posts(body: PostIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         author = auth.viewer(authorization)
-        return service.create_post(author, body.model_dump())
+        return dataclasses.asdict(service.create_post(author, PostDraft(**body.model_dump())))
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -11,7 +11,7 @@
                │     online features for every candidate → one forward per arm
                │
                └─ ranking.placement: deployment
-                     handle.score.remote({viewer, post ids, now, arm})   ids in, probabilities out
+                     handle.score.remote(ScoreRequest(viewer, post ids, now, arm))   ids in, Scores out
                         ▼
                      Ranker (autoscaled; @serve.batch; the same RankingHost)
 
@@ -49,6 +49,7 @@ from serve.feed import Clock, FeedService
 from serve.log import LogTailer, ServingLog, StoreSync
 from serve.metrics import FeedMetrics
 from serve.ranking import ModelSlots, Scorer
+from serve.records import ScoreRequest, Scores
 from serve.store import EmbeddedStore, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def open_store(cfg: ServeConfig) -> tuple[OnlineStore, StoreSync | None]:
 def _writer_name(prefix: str) -> str:
     try:
         return f"{prefix}-{serve.get_replica_context().replica_id.unique_id}"
-    except Exception:  # outside a replica (the single-process benchmark)
+    except Exception:  # outside a Serve replica
         import os
 
         return f"{prefix}-{os.getpid()}"
@@ -91,7 +92,7 @@ class RankingHost:
         self.watcher.start()
         viewer, posts = store.sample(8)
         for arm in self.slots.versions():  # the first request should not pay for lazy initialization
-            self.scorer.score([{"viewer": viewer, "post_ids": posts, "now_s": store.as_of_s, "arm": arm}])
+            self.scorer.score([ScoreRequest(viewer, posts, store.as_of_s, arm)])
 
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.model.poll_s):
@@ -99,6 +100,7 @@ class RankingHost:
 
 
 def _batching(method: Any, cfg: ServeConfig) -> None:
+    """The ``@serve.batch`` settings of ``method`` from ``ranking`` (the decorator's own are never used)."""
     method.set_max_batch_size(cfg.ranking.max_batch_size)
     method.set_batch_wait_timeout_s(cfg.ranking.batch_wait_timeout_s)
 
@@ -113,8 +115,8 @@ class Ranker:
         self.host = RankingHost(cfg, self.store)
         _batching(self.score, cfg)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def score(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
+    async def score(self, requests: list[ScoreRequest]) -> list[Scores]:
         return self.host.scorer.score(requests)
 
     async def versions(self) -> dict[str, str]:
@@ -151,14 +153,14 @@ class FeedIngress:
             encode_text=self._encode_text,
         )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _score_here(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
+    async def _score_here(self, requests: list[ScoreRequest]) -> list[Scores]:
         assert self.host is not None
         return self.host.scorer.score(requests)
 
-    async def _score_remote(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _score_remote(self, request: ScoreRequest) -> Scores:
         assert self.ranker is not None
-        result: dict[str, Any] = await self.ranker.score.remote(request)
+        result: Scores = await self.ranker.score.remote(request)
         return result
 
     async def _health(self) -> dict[str, Any]:

@@ -118,7 +118,8 @@ class ServeConfig(StrictConfig, frozen=True):
 
 
 def parse(args: dict[str, Any], where: str = "args") -> ServeConfig:
-    """The application's args validated; a :class:`ConfigError` naming every bad key otherwise."""
+    """The application's args validated; a :class:`pipelines.common.config.ConfigError` naming every bad
+    key otherwise."""
     return validate(ServeConfig, args, where)
 
 

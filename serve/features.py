@@ -1,5 +1,6 @@
 """Serving-time feature rows: the ranker's input columns for (viewer, candidate posts, now), assembled from
-the online store with the formulas of :mod:`pipelines.features.pit` / :func:`pipelines.features.build_rows`.
+the online store with the formulas of :mod:`pipelines.features.pit` /
+:func:`pipelines.features.rows.build_rows`.
 
 What depends on the request time is computed here (post age, tenure, friendship age, hours since the
 last interaction, friends' engagement windows); the rest is the snapshot plus live counters. The
@@ -39,88 +40,129 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 
 
 def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float) -> dict[str, Any]:
-    """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals."""
+    """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals:
+    ids and codes, viewer, post, friends' engagement, author, affinity, relations, content."""
     n = len(post_ids)
     counters = [f"p_{what}_{w}" for w in store.windows for what in ("impressions", *ACTIONS)]
-    post = store.posts(post_ids, [*POST_COLUMNS, *counters])
-    authors = post["author_id"]
-    user = store.users(np.array([viewer], np.int64))
-    auth = store.users(authors)
-    pair = store.pairs(viewer, authors)
-    cols: dict[str, Any] = {}
-    rep = lambda x: np.repeat(np.asarray(x, np.float32), n)  # noqa: E731
-    # Sparse ids and codes.
-    age = int(user["age"][0])
-    cols["sp_viewer"] = np.full(n, viewer, np.int64)
-    cols["sp_author"] = authors.astype(np.int64)
-    cols["sp_post"] = np.asarray(post_ids, np.int64)
-    cols["sp_city"] = np.full(n, int(user["city_code"][0]), np.int64)
-    cols["sp_author_city"] = np.where(auth["found"], auth["city_code"], 0).astype(np.int64)
-    cols["sp_gender"] = np.full(n, int(user["gender_code"][0]), np.int64)
-    bucket = int(np.searchsorted(AGE_BUCKETS, age, side="right") + 1) if age > 0 else 0
-    cols["sp_age_bucket"] = np.full(n, bucket, np.int64)
-    cols["sp_modality"] = post["modality_code"].astype(np.int64)
-    codes, counts = post["topic_codes"], post["n_topics"]
-    flat = codes[np.arange(codes.shape[1])[None, :] < counts[:, None]]  # row-major: each row's codes in order
-    cols["sp_topics"] = Jagged(flat.astype(np.int64), counts.astype(np.int64))
-    # Viewer.
+    post = store.posts(post_ids, [*POST_COLUMNS, *counters])  # every column (N, ...)
+    authors = post["author_id"]  # (N,) int64
+    user = store.users(np.array([viewer], np.int64))  # every column (1, ...)
+    auth = store.users(authors)  # every column (N, ...); found False for an unknown author
+    codes, counts = post["topic_codes"], post["n_topics"]  # (N, T) int64, (N,) int64
+    topics = codes[np.arange(codes.shape[1])[None, :] < counts[:, None]]  # (sum counts,) each row's, in order
+    cols: dict[str, Any] = _ids_and_codes(viewer, post_ids, post, user, auth, topics)
+    rep = lambda x: np.repeat(np.asarray(x, np.float32), n)  # noqa: E731  # scalar → (N,) float32
     for k in ("u_friends", "u_actions_7d", "u_impressions_7d", "u_action_rate"):
         cols[k] = rep(user[k][0])
     cols["u_tenure_days"] = rep(np.log1p(max(now_s - float(user["joined_s"][0]), 0) / 86400))
-    cols["u_age"] = rep(max(age, 0) / 100.0)
-    # Post: age now, counters (counts → log1p), content.
-    cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)
+    cols["u_age"] = rep(max(int(user["age"][0]), 0) / 100.0)
+    # Post: age now, counters (counts → log1p), friends' engagement windows.
+    cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)  # (N,) float32
     for k in counters:
-        cols[k] = _log1p(post[k])
+        cols[k] = _log1p(post[k])  # (N,) float32
     cols.update(friend_counters(store, viewer, post_ids, now_s))
-    # Author.
     for k in ("a_posts_7d", "a_actions_7d", "a_friends", "a_action_rate"):
-        cols[k] = np.where(auth["found"], auth[k], 0).astype(np.float32)
-    # Viewer–author affinity: history from the snapshot (aged to now), relations from the profiles.
-    found = pair["found"]
-    cols["ua_impressions"] = np.where(found, pair["ua_impressions"], 0).astype(np.float32)
-    cols["ua_actions"] = np.where(found, pair["ua_actions"], 0).astype(np.float32)
-    cols["ua_action_rate"] = np.where(found, pair["ua_action_rate"], 0.1).astype(np.float32)
-    interacted = found & (pair["ua_has_interacted"] > 0)
-    hours = np.expm1(pair["ua_last_action_h"].astype(np.float64)) + max(now_s - store.as_of_s, 0) / 3600
-    cols["ua_last_action_h"] = np.log1p(np.where(interacted, hours, NEVER)).astype(np.float32)
-    cols["ua_has_interacted"] = interacted.astype(np.float32)
-    friend_ids, since = store.friends(viewer)
-    pos = np.searchsorted(friend_ids, authors)
-    pos = np.minimum(pos, max(len(friend_ids) - 1, 0))
+        cols[k] = np.where(auth["found"], auth[k], 0).astype(np.float32)  # (N,)
+    cols.update(_affinity(store.pairs(viewer, authors), now_s - store.as_of_s))
+    cols.update(_relations(store, viewer, authors, user, auth, now_s))
+    cols.update(_content(post, user, topics))
+    cols["author_id"] = authors
+    return cols
+
+
+def _ids_and_codes(
+    viewer: int,
+    post_ids: np.ndarray,
+    post: dict[str, np.ndarray],
+    user: dict[str, np.ndarray],
+    auth: dict[str, np.ndarray],
+    topics: np.ndarray,
+) -> dict[str, Any]:
+    """The sparse features: ids and categorical codes, each (N,) int64 (0 = unknown), topics jagged."""
+    n = len(post_ids)
+    age = int(user["age"][0])
+    bucket = int(np.searchsorted(AGE_BUCKETS, age, side="right") + 1) if age > 0 else 0
+    return {
+        "sp_viewer": np.full(n, viewer, np.int64),
+        "sp_author": post["author_id"].astype(np.int64),
+        "sp_post": np.asarray(post_ids, np.int64),
+        "sp_city": np.full(n, int(user["city_code"][0]), np.int64),
+        "sp_author_city": np.where(auth["found"], auth["city_code"], 0).astype(np.int64),
+        "sp_gender": np.full(n, int(user["gender_code"][0]), np.int64),
+        "sp_age_bucket": np.full(n, bucket, np.int64),
+        "sp_modality": post["modality_code"].astype(np.int64),
+        "sp_topics": Jagged(topics.astype(np.int64), post["n_topics"].astype(np.int64)),
+    }
+
+
+def _affinity(pair: dict[str, np.ndarray], since_snapshot_s: float) -> dict[str, np.ndarray]:
+    """Viewer–author history from the snapshot, each (N,) float32; hours since the last action aged by the
+    time since the snapshot."""
+    found = pair["found"]  # (N,) bool
+    interacted = found & (pair["ua_has_interacted"] > 0)  # (N,) bool
+    hours = np.expm1(pair["ua_last_action_h"].astype(np.float64)) + max(since_snapshot_s, 0) / 3600  # (N,)
+    return {
+        "ua_impressions": np.where(found, pair["ua_impressions"], 0).astype(np.float32),
+        "ua_actions": np.where(found, pair["ua_actions"], 0).astype(np.float32),
+        "ua_action_rate": np.where(found, pair["ua_action_rate"], 0.1).astype(np.float32),
+        "ua_last_action_h": np.log1p(np.where(interacted, hours, NEVER)).astype(np.float32),
+        "ua_has_interacted": interacted.astype(np.float32),
+    }
+
+
+def _relations(
+    store: OnlineStore,
+    viewer: int,
+    authors: np.ndarray,
+    user: dict[str, np.ndarray],
+    auth: dict[str, np.ndarray],
+    now_s: float,
+) -> dict[str, np.ndarray]:
+    """Viewer–author relations from the graph and the profiles, each (N,) float32."""
+    n = len(authors)
+    friend_ids, since = store.friends(viewer)  # (F,) int64 sorted, (F,) epoch seconds
+    pos = np.minimum(np.searchsorted(friend_ids, authors), max(len(friend_ids) - 1, 0))  # (N,)
     is_friend = (len(friend_ids) > 0) & (friend_ids[pos] == authors) if len(friend_ids) else np.zeros(n, bool)
-    f_since = np.where(is_friend, since[pos] if len(since) else 0.0, np.nan)
-    is_friend = is_friend & (f_since < now_s)
-    cols["rel_friend"] = is_friend.astype(np.float32)
-    cols["rel_friend_days"] = np.log1p(np.where(is_friend, (now_s - f_since) / 86400, 0)).astype(np.float32)
+    f_since = np.where(is_friend, since[pos] if len(since) else 0.0, np.nan)  # (N,) NaN: not a friend
+    is_friend = is_friend & (f_since < now_s)  # (N,) bool: friends before now
 
     def same(col: str) -> np.ndarray:
         v = user[col][0]
         return ((auth[col] == v) & (auth[col] >= 0) & (v >= 0) & auth["found"]).astype(np.float32)
 
-    cols["rel_same_city"] = same("city_code")
-    cols["rel_classmates"] = same("school")
-    cols["rel_colleagues"] = same("work")
-    # Crosses and content.
-    topic_share = user["u_topic_share"][0]
-    multi_hot = np.zeros((n, len(topic_share)), np.float32)
-    multi_hot[np.repeat(np.arange(n), counts), np.clip(flat, 0, len(topic_share) - 1)] = 1.0
-    n_topics = multi_hot.sum(1)
-    cols["x_topic_match"] = ((multi_hot * topic_share).sum(1) / np.maximum(n_topics, 1)).astype(np.float32)
+    return {
+        "rel_friend": is_friend.astype(np.float32),
+        "rel_friend_days": np.log1p(np.where(is_friend, (now_s - f_since) / 86400, 0)).astype(np.float32),
+        "rel_same_city": same("city_code"),
+        "rel_classmates": same("school"),
+        "rel_colleagues": same("work"),
+    }
+
+
+def _content(post: dict[str, np.ndarray], user: dict[str, np.ndarray], topics: np.ndarray) -> dict[str, Any]:
+    """Viewer × post crosses and the post's content columns."""
+    counts = post["n_topics"]  # (N,) int64
+    n = len(counts)
+    topic_share = user["u_topic_share"][0]  # (V,) float32, V = topic vocabulary
+    multi_hot = np.zeros((n, len(topic_share)), np.float32)  # (N, V)
+    multi_hot[np.repeat(np.arange(n), counts), np.clip(topics, 0, len(topic_share) - 1)] = 1.0
+    n_topics = multi_hot.sum(1)  # (N,)
+    cols: dict[str, Any] = {
+        "x_topic_match": ((multi_hot * topic_share).sum(1) / np.maximum(n_topics, 1)).astype(np.float32)
+    }
     if "u_modality_share" in user:
-        share = user["u_modality_share"][0]
-        mod = post["modality_index"]
+        share = user["u_modality_share"][0]  # (M,) float32
+        mod = post["modality_index"]  # (N,) int64, -1 = unknown
         cols["x_modality_match"] = np.where(mod >= 0, share[np.clip(mod, 0, len(share) - 1)], 0).astype(
             np.float32
         )
-        cols["u_modality_share"] = np.repeat(share[None, :], n, axis=0)
+        cols["u_modality_share"] = np.repeat(share[None, :], n, axis=0)  # (N, M)
     cols["p_text_len"] = np.log1p(post["text_len"]).astype(np.float32)
     cols["p_media_duration"] = np.log1p(post["media_duration_s"]).astype(np.float32)
     cols["p_n_topics"] = n_topics.astype(np.float32)
-    cols["u_topic_share"] = np.repeat(topic_share[None, :], n, axis=0)
-    cols["p_text_emb"] = post["p_text_emb"]
-    cols["p_media"] = post["p_media"]
-    cols["author_id"] = authors
+    cols["u_topic_share"] = np.repeat(topic_share[None, :], n, axis=0)  # (N, V)
+    cols["p_text_emb"] = post["p_text_emb"]  # (N, E) float32
+    cols["p_media"] = post["p_media"]  # (N, D) float32
     return cols
 
 

@@ -1,16 +1,20 @@
 """The feed pipeline, independent of how it is hosted: retrieval → ranking → re-ranking → page, plus the
-write paths (client events, new posts). :mod:`serve.app` hosts it in Ray Serve with ranking in its own
-deployment; the benchmark hosts it in one uvicorn process with ranking in-process.
+write paths (client events, new posts). :mod:`serve.app` hosts it in Ray Serve (the model in each ingress
+replica, or in a ``Ranker`` deployment behind a handle); the benchmark hosts it in one uvicorn process with
+ranking in-process.
 
 A feed request:
 
 1. retrieval (:mod:`serve.retrieval`) over the replica's online store: visible friends' posts, newest first;
-2. ranking: ``score(request)`` (the ``Ranker`` deployment's batched method, or a local scorer) within the
-   latency budget ``ranking.timeout_s``; on failure or timeout the feed is reverse-chronological and says so;
+2. ranking: ``score(ScoreRequest)`` (batched with concurrent feeds by ``@serve.batch``, here or in the
+   ``Ranker`` deployment) within the latency budget ``ranking.timeout_s``; on failure or timeout the feed
+   is reverse-chronological and says so;
 3. re-ranking (:mod:`serve.reranking`): value model, freshness, fatigue, seen demotion, dedup, diversity,
    exploration;
 4. the first page, a signed cursor to the next (the ranked list is kept ``feed.cursor_ttl_s``), and the
    served impressions appended to the serving log after the response is sent.
+
+The records it takes and returns are in :mod:`serve.records`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -34,19 +38,35 @@ from typing import Any
 import numpy as np
 
 from models.tasks import TASKS, value_score
-from pipelines.common import schema
-from serve.config import ServeConfig
+from serve.config import FeedConfig, ServeConfig
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
 from serve.ranking import CHRONOLOGICAL, arm_of
+from serve.records import (
+    ClientEvent,
+    Engagement,
+    EventsAccepted,
+    FeedItem,
+    FeedResult,
+    LogEntry,
+    NewPost,
+    PostCreated,
+    PostDraft,
+    ReportedImpression,
+    ScoreRequest,
+    Scores,
+    ServedImpression,
+    ServedModel,
+)
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
-from serve.retrieval import retrieve, visible
+from serve.retrieval import Candidates, retrieve, visible
 from serve.store import OnlineStore
 
 log = logging.getLogger(__name__)
 
-ScoreFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-ENGAGEMENT_TYPES = schema.ENGAGEMENT_TYPES
+ScoreFn = Callable[[ScoreRequest], Awaitable[Scores]]
+#: One problem of a rejected event batch: ``{"index": i, "field": name, "error": message}`` (the 422 body).
+Problem = dict[str, int | str]
 
 
 class FeedError(Exception):
@@ -76,12 +96,12 @@ class Ranked:
     viewer: int
     request_id: str
     created: float
-    post_ids: np.ndarray
-    scores: np.ndarray
+    post_ids: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N,) float64
     tags: list[tuple[str, ...]]
     probs: dict[str, np.ndarray]  # task → (N,) in final order; empty in a fallback feed
     signals: dict[str, np.ndarray]
-    model: dict[str, Any]
+    model: ServedModel
     fallback: str | None
     timings_ms: dict[str, float]
 
@@ -91,7 +111,7 @@ def _snippet(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _why(signals: dict[str, Any], j: int, tags: tuple[str, ...], fallback: bool) -> str:
+def _why(signals: dict[str, np.ndarray], j: int, tags: tuple[str, ...], fallback: bool) -> str:
     if fallback:
         return "Newest from your friends"
     if "exploration" in tags:
@@ -111,7 +131,64 @@ def _why(signals: dict[str, Any], j: int, tags: tuple[str, ...], fallback: bool)
     return "From your friend"
 
 
+def _event_problems(e: ClientEvent, now: float, cfg: FeedConfig) -> list[tuple[str, str]]:
+    """(field, message) for what is wrong with one event apart from its post and its id."""
+    out = []
+    at_s = e.at_s(now)
+    if at_s > now + cfg.max_clock_skew_s:
+        out.append(("at", "in the future"))
+    elif at_s < now - cfg.max_event_age_s:
+        out.append(("at", f"older than {cfg.max_event_age_s:.0f} s"))
+    if e.type == "view" and e.dwell_ms is None:
+        out.append(("dwell_ms", "a view needs dwell_ms"))
+    if e.type not in ("view",) and e.dwell_ms is not None:
+        out.append(("dwell_ms", "only a view carries dwell_ms"))
+    if e.type == "impression" and (e.impression_id is None or e.request_id is None or e.position is None):
+        out.append(("impression_id", "an impression needs impression_id, request_id and position"))
+    return out
+
+
+def _event_record(viewer: int, e: ClientEvent, event_id: str, now: float) -> Engagement | ReportedImpression:
+    """The log record of a validated event."""
+    ms = int(e.at_s(now) * 1000)
+    if e.type == "impression":
+        assert e.request_id is not None  # validated by _event_problems
+        assert e.position is not None
+        return ReportedImpression(event_id, e.request_id, viewer, e.post_id, ms, e.position)
+    return Engagement(event_id, viewer, e.post_id, e.impression_id, e.type, ms, e.dwell_ms)
+
+
 class FeedService:
+    """The feed of one replica: reads (ranked pages) and writes (client events, new posts).
+
+    It owns the replica's view of the world it was given — the online store, the serving log's writer, the
+    scoring function, the serving clock and the metrics — plus the ranked lists behind live cursors (an
+    LRU of at most 10,000 requests, each kept ``feed.cursor_ttl_s``) and the cursor signing key (derived
+    from the JWT secret, so every replica signs alike).
+
+    Request path of :meth:`feed` (authentication and authorization happen before, in :mod:`serve.api`):
+    retrieval (:func:`serve.retrieval.retrieve`) → ranking (``score``, within ``ranking.timeout_s``; on
+    failure or timeout reverse-chronological with ``fallback``; the chronological holdout arm skips it) →
+    re-ranking (:func:`serve.reranking.rerank`) → the page and a signed cursor to the next → the served
+    impressions, which the caller hands to :meth:`log_impressions` once the response is sent. A cursor's
+    page resumes the kept list and ranks nothing. :meth:`events` validates a whole batch and stores all of it
+    or none; :meth:`create_post` embeds the text and stores the post. Both write through :meth:`publish`:
+    durably to the serving log, then to this replica's store (other replicas learn it from the log, or at
+    once through Redis).
+
+    Threading: :meth:`feed` and :meth:`log_impressions` are coroutines on the replica's event loop; only
+    ``score`` awaits (it may run a ``@serve.batch`` across concurrent feeds or call the ``Ranker``
+    deployment). :meth:`events` and :meth:`create_post` are blocking (FastAPI runs them in its thread pool)
+    and wait for the log's fsync. The store and the log are thread-safe; the cursor cache is only touched
+    from the event loop.
+
+    Tests inject every collaborator: a :class:`serve.store.EmbeddedStore` (or ``RedisStore``) over a tiny
+    world, a ``ServingLog`` in a temporary directory, a fake ``score`` coroutine (constant
+    :class:`serve.records.Scores`, or one slower than ``ranking.timeout_s``), a :class:`Clock` and
+    ``FeedMetrics(enabled=False)``; the deployed app (``tests/serving/conftest.py``) builds it in
+    ``serve.app.FeedIngress`` with the real scorer.
+    """
+
     def __init__(
         self,
         cfg: ServeConfig,
@@ -135,7 +212,7 @@ class FeedService:
         ).digest()
 
     # ------------------------------------------------------------------------------------------- reads
-    async def feed(self, viewer: int, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    async def feed(self, viewer: int, limit: int | None, cursor: str | None) -> FeedResult:
         limit = limit if limit is not None else self.cfg.feed.default_limit
         if limit > self.cfg.feed.max_limit:
             raise FeedError(400, f"limit {limit} is above the maximum of {self.cfg.feed.max_limit}")
@@ -145,70 +222,51 @@ class FeedService:
             ranked, offset = self._resume(viewer, cursor)
         else:
             ranked, offset = await self._rank(viewer, limit), 0
-        out_items = self._page(ranked, offset, limit)
-        nxt = offset + len(out_items)
+        items = self._page(ranked, offset, limit)
+        nxt = offset + len(items)
         served = self.clock.now()
-        records = [
-            {
-                "kind": "impression",
-                "id": it["impression_id"],
-                "impression_id": it["impression_id"],
-                "request_id": ranked.request_id,
-                "viewer_id": viewer,
-                "post_id": it["post_id"],
-                "served_at_ms": int(served * 1000),
-                "position": it["position"],
-                "arm": ranked.model["arm"],
-                "model_version": ranked.model.get("version"),
-                "fallback": ranked.fallback is not None,
-            }
-            for it in out_items
-        ]
-        return {
-            "user_id": viewer,
-            "request_id": ranked.request_id,
-            "served_at": dt.datetime.fromtimestamp(served, dt.UTC).isoformat(timespec="milliseconds"),
-            "items": out_items,
-            "next_cursor": self._cursor(viewer, ranked.request_id, nxt)
-            if nxt < len(ranked.post_ids)
-            else None,
-            "model": ranked.model,
-            "fallback": ranked.fallback is not None,
-            "fallback_reason": ranked.fallback,
-            "_impressions": records,
-            "_timings_ms": ranked.timings_ms if offset == 0 else {},
-        }
+        return FeedResult(
+            user_id=viewer,
+            request_id=ranked.request_id,
+            served_at=dt.datetime.fromtimestamp(served, dt.UTC).isoformat(timespec="milliseconds"),
+            items=items,
+            next_cursor=self._cursor(viewer, ranked.request_id, nxt) if nxt < len(ranked.post_ids) else None,
+            model=ranked.model,
+            fallback=ranked.fallback is not None,
+            fallback_reason=ranked.fallback,
+            impressions=[_served(ranked, it, int(served * 1000)) for it in items],
+            timings_ms=ranked.timings_ms if offset == 0 else {},
+        )
 
-    def _page(self, ranked: Ranked, offset: int, limit: int) -> list[dict[str, Any]]:
+    def _page(self, ranked: Ranked, offset: int, limit: int) -> list[FeedItem]:
         """The response items of positions ``[offset, offset + limit)``."""
         ids = ranked.post_ids[offset : offset + limit]
         post = self.store.posts(ids, ("author_id", "created_s", "modality", "text"))
-        newest_first = ranked.fallback is not None or ranked.model["arm"] == CHRONOLOGICAL
+        newest_first = ranked.fallback is not None or ranked.model.arm == CHRONOLOGICAL
+        probs = ranked.probs
         items = []
         for j, pid in enumerate(ids.tolist()):
             k = offset + j
-            probs = ranked.probs
             items.append(
-                {
-                    "post_id": int(pid),
-                    "author_id": int(post["author_id"][j]),
-                    "created_at": dt.datetime.fromtimestamp(float(post["created_s"][j]), dt.UTC).isoformat(),
-                    "modality": str(post["modality"][j]),
-                    "text": _snippet(str(post["text"][j]), self.cfg.feed.snippet_chars),
-                    "score": float(ranked.scores[k]),
-                    "probabilities": {t: float(probs[t][k]) for t in TASKS if t != "dwell"}
-                    if probs
-                    else None,
-                    "expected_dwell_s": float(probs["dwell"][k]) / 1000.0 if probs else None,
-                    "why": _why(ranked.signals, k, ranked.tags[k], newest_first),
-                    "tags": list(ranked.tags[k]),
-                    "position": k,
-                    "impression_id": f"{ranked.request_id}:{k}",
-                }
+                FeedItem(
+                    post_id=int(pid),
+                    author_id=int(post["author_id"][j]),
+                    created_at=dt.datetime.fromtimestamp(float(post["created_s"][j]), dt.UTC).isoformat(),
+                    modality=str(post["modality"][j]),
+                    text=_snippet(str(post["text"][j]), self.cfg.feed.snippet_chars),
+                    score=float(ranked.scores[k]),
+                    probabilities={t: float(probs[t][k]) for t in TASKS if t != "dwell"} if probs else None,
+                    expected_dwell_s=float(probs["dwell"][k]) / 1000.0 if probs else None,
+                    why=_why(ranked.signals, k, ranked.tags[k], newest_first),
+                    tags=list(ranked.tags[k]),
+                    position=k,
+                    impression_id=f"{ranked.request_id}:{k}",
+                )
             )
         return items
 
     async def _rank(self, viewer: int, limit: int) -> Ranked:
+        """Retrieve, score and re-rank a first page's whole list; keep it for the cursor."""
         t0 = time.perf_counter()
         now = self.clock.now()
         request_id = uuid.uuid4().hex
@@ -216,61 +274,24 @@ class FeedService:
         t1 = time.perf_counter()
         self.metrics.stage("retrieval", (t1 - t0) * 1000)
         arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
-        model: dict[str, Any] = {"name": self.cfg.model.name, "arm": arm, "version": None}
-        fallback: str | None = None
-        result: dict[str, Any] | None = None
-        if len(cands.post_ids) and arm != CHRONOLOGICAL:  # the holdout arm is never ranked
-            try:
-                result = await asyncio.wait_for(
-                    self.score({"viewer": viewer, "post_ids": cands.post_ids, "now_s": now, "arm": arm}),
-                    timeout=self.cfg.ranking.timeout_s,
-                )
-                model.update(arm=result["arm"], version=result["version"])
-            except TimeoutError:
-                fallback = "timeout"
-            except Exception as e:  # the ranker is down or failed: the feed still comes back
-                log.warning("ranking failed (%s: %s); serving reverse-chronological", type(e).__name__, e)
-                fallback = "ranker_error"
+        scores, fallback = await self._score(ScoreRequest(viewer, cands.post_ids, now, arm))
         t2 = time.perf_counter()
         self.metrics.stage("ranking", (t2 - t1) * 1000)
-        post = self.store.posts(cands.post_ids, ("author_id", "created_s", "text_hash"))
-        n = len(cands.post_ids)
-        if result is not None:
-            probs = result["probs"]
-            scores = np.asarray(value_score(probs, self.cfg.feed.value_weights), np.float64)
-            signals = result["signals"]
-        else:
-            probs, signals = {}, {}
-            scores = post["created_s"].astype(np.float64) if n else np.zeros(0)
-        slate = Slate(
-            post_id=cands.post_ids,
-            author_id=post["author_id"],
-            created_s=post["created_s"].astype(np.float64),
-            text_hash=post["text_hash"],
-            score=scores,
-            seen=cands.seen,
-            reasons=[()] * n,
-        )
         state = cands.viewer if cands.viewer is not None else self.store.viewer(viewer)
         ctx = RerankContext(
-            now_s=now,
-            hidden_authors=state.hidden_authors,
-            seed=int(request_id[:8], 16),
-            limit=limit,
+            now_s=now, hidden_authors=state.hidden_authors, seed=int(request_id[:8], 16), limit=limit
         )
-        if result is not None:
-            slate = rerank(slate, ctx, self.cfg.rerank)
-        else:  # reverse-chronological, seen posts still after unseen ones
-            order = np.argsort(-slate.score, kind="stable")
-            slate = SeenDemotion(mode=self.cfg.rerank.seen.mode).apply(slate.take(order), ctx)
+        slate = self._rerank(cands, scores, ctx)
         t3 = time.perf_counter()
         self.metrics.stage("rerank", (t3 - t2) * 1000)
         by_id = np.argsort(cands.post_ids)  # where each re-ranked post sat in the scored arrays
         order = by_id[np.searchsorted(cands.post_ids, slate.post_id, sorter=by_id)]
-        if fallback:
-            self.metrics.fallback(fallback)
-        self.metrics.served_version(model["arm"], model["version"])
-        self.metrics.request(model["arm"], "fallback" if fallback else "ranked", n)
+        if scores is not None:
+            model = ServedModel(self.cfg.model.name, scores.arm, scores.version)
+            probs, signals = scores.probs, scores.signals
+        else:
+            model, probs, signals = ServedModel(self.cfg.model.name, arm, None), {}, {}
+        self._count(model, fallback, len(cands.post_ids))
         t4 = time.perf_counter()
         self.metrics.stage("total", (t4 - t0) * 1000)
         timings = {"retrieval": t1 - t0, "ranking": t2 - t1, "rerank": t3 - t2, "total": t4 - t0}
@@ -289,6 +310,48 @@ class FeedService:
         )
         self._remember(ranked)
         return ranked
+
+    async def _score(self, request: ScoreRequest) -> tuple[Scores | None, str | None]:
+        """The ranker's scores, or None and why the feed falls back (no reason: nothing to rank, or the
+        chronological holdout arm, which is never ranked)."""
+        if not len(request.post_ids) or request.arm == CHRONOLOGICAL:
+            return None, None
+        try:
+            return await asyncio.wait_for(self.score(request), timeout=self.cfg.ranking.timeout_s), None
+        except TimeoutError:
+            return None, "timeout"
+        except Exception as e:  # the ranker is down or failed: the feed still comes back
+            log.warning("ranking failed (%s: %s); serving reverse-chronological", type(e).__name__, e)
+            return None, "ranker_error"
+
+    def _rerank(self, cands: Candidates, scores: Scores | None, ctx: RerankContext) -> Slate:
+        """The candidates in final order: by value and re-ranked, or (no scores) newest first with seen
+        posts still after unseen ones."""
+        post = self.store.posts(cands.post_ids, ("author_id", "created_s", "text_hash"))
+        n = len(cands.post_ids)
+        if scores is not None:
+            value = np.asarray(value_score(scores.probs, self.cfg.feed.value_weights), np.float64)
+        else:
+            value = post["created_s"].astype(np.float64) if n else np.zeros(0)
+        slate = Slate(
+            post_id=cands.post_ids,
+            author_id=post["author_id"],
+            created_s=post["created_s"].astype(np.float64),
+            text_hash=post["text_hash"],
+            score=value,
+            seen=cands.seen,
+            reasons=[()] * n,
+        )
+        if scores is not None:
+            return rerank(slate, ctx, self.cfg.rerank)
+        order = np.argsort(-slate.score, kind="stable")
+        return SeenDemotion(mode=self.cfg.rerank.seen.mode).apply(slate.take(order), ctx)
+
+    def _count(self, model: ServedModel, fallback: str | None, n_candidates: int) -> None:
+        if fallback:
+            self.metrics.fallback(fallback)
+        self.metrics.served_version(model.arm, model.version)
+        self.metrics.request(model.arm, "fallback" if fallback else "ranked", n_candidates)
 
     # ------------------------------------------------------------------------------------------ cursors
     def _cursor(self, viewer: int, request_id: str, offset: int) -> str:
@@ -323,49 +386,76 @@ class FeedService:
             self._pages.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------ writes
-    def publish(self, records: list[dict[str, Any]]) -> None:
+    def publish(self, records: Sequence[LogEntry]) -> None:
         """Durably log, then apply to this replica's store (other replicas: through the log or Redis)."""
         if records:
-            self.log.append(records)
-            self.store.apply(records)
+            rows = [r.log_record() for r in records]
+            self.log.append(rows)
+            self.store.apply(rows)
 
-    async def log_impressions(self, records: list[dict[str, Any]]) -> None:
+    async def log_impressions(self, impressions: Sequence[ServedImpression]) -> None:
         """After the response: queue the served impressions for the log writer (group commit, off the
         request path) and mark them seen in this replica's store."""
-        if records:
-            n = len(records)
+        if impressions:
+            n = len(impressions)
+            rows = [r.log_record() for r in impressions]
 
             def written(done: Future[None]) -> None:
                 if done.exception() is not None:  # logged by the writer; counted here
                     self.metrics.event("impressions_lost", n)
 
-            self.log.submit(records).add_done_callback(written)
-            self.store.apply(records)
+            self.log.submit(rows).add_done_callback(written)
+            self.store.apply(rows)
 
-    def events(self, viewer: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    def events(self, viewer: int, events: Sequence[ClientEvent]) -> EventsAccepted:
         """Validate a whole batch; store all of it or none (422 with every problem)."""
         if not self.store.has_user(viewer):
             raise FeedError(404, f"unknown user {viewer}")
         if len(events) > self.cfg.feed.max_events_per_request:
             raise FeedError(413, f"at most {self.cfg.feed.max_events_per_request} events per request")
         now = self.clock.now()
-        post_ids = np.array([e["post_id"] for e in events], np.int64)
+        problems, event_ids = self._check_events(viewer, events, now)
+        if problems:
+            self.metrics.event("rejected", len(events))
+            raise FeedError(
+                422, {"message": f"{len(problems)} problem(s); nothing was stored", "errors": problems}
+            )
+        records = [_event_record(viewer, e, i, now) for e, i in zip(events, event_ids, strict=True)]
+        self.publish(records)
+        self.metrics.event("accepted", len(records))
+        return EventsAccepted(accepted=len(records), event_ids=event_ids)
+
+    def _check_events(
+        self, viewer: int, events: Sequence[ClientEvent], now: float
+    ) -> tuple[list[Problem], list[str]]:
+        """Every problem of the batch, in event order, and each event's id (its own, or a new one)."""
+        post_problems = self._post_problems(viewer, events, now)
+        problems: list[Problem] = []
+        event_ids: list[str] = []
+        taken: set[str] = set()
+        for i, e in enumerate(events):
+            found = [*post_problems[i], *_event_problems(e, now, self.cfg.feed)]
+            event_id = e.event_id or (e.impression_id if e.type == "impression" else None) or uuid.uuid4().hex
+            if event_id in taken:
+                found.append(("event_id", f"duplicate id {event_id!r} in this request"))
+            taken.add(event_id)
+            event_ids.append(event_id)
+            problems += [{"index": i, "field": field, "error": msg} for field, msg in found]
+        return problems, event_ids
+
+    def _post_problems(
+        self, viewer: int, events: Sequence[ClientEvent], now: float
+    ) -> list[list[tuple[str, str]]]:
+        """Per event: the problem with its post (unknown, or not visible to the viewer), if any."""
+        post_ids = np.array([e.post_id for e in events], np.int64)
         post = self.store.posts(post_ids, ("author_id", "visibility", "deleted_s"))
         friends, since = self.store.friends(viewer)
         friend_set = set(friends[since < now].tolist())
         blocked = set(self.store.blocked_with(viewer).tolist())
-        errors: list[dict[str, Any]] = []
-        records: list[dict[str, Any]] = []
-        ids_seen: set[str] = set()
-
-        def bad(i: int, field: str, msg: str) -> None:
-            errors.append({"index": i, "field": field, "error": msg})
-
+        out: list[list[tuple[str, str]]] = []
         for i, e in enumerate(events):
-            at = e.get("at")
-            at_s = at.timestamp() if at is not None else now
             if not post["found"][i]:
-                bad(i, "post_id", f"unknown post {e['post_id']}")
+                out.append([("post_id", f"unknown post {e.post_id}")])
             elif not visible(
                 viewer,
                 int(post["author_id"][i]),
@@ -374,88 +464,44 @@ class FeedService:
                 friend_set,
                 blocked,
             ):
-                bad(i, "post_id", f"post {e['post_id']} is not visible to user {viewer}")
-            if at_s > now + self.cfg.feed.max_clock_skew_s:
-                bad(i, "at", "in the future")
-            elif at_s < now - self.cfg.feed.max_event_age_s:
-                bad(i, "at", f"older than {self.cfg.feed.max_event_age_s:.0f} s")
-            kind = e["type"]
-            if kind == "view" and e.get("dwell_ms") is None:
-                bad(i, "dwell_ms", "a view needs dwell_ms")
-            if kind not in ("view",) and e.get("dwell_ms") is not None:
-                bad(i, "dwell_ms", "only a view carries dwell_ms")
-            if kind == "impression" and (
-                e.get("impression_id") is None or e.get("request_id") is None or e.get("position") is None
-            ):
-                bad(i, "impression_id", "an impression needs impression_id, request_id and position")
-            event_id = (
-                e.get("event_id")
-                or (e.get("impression_id") if kind == "impression" else None)
-                or uuid.uuid4().hex
-            )
-            if event_id in ids_seen:
-                bad(i, "event_id", f"duplicate id {event_id!r} in this request")
-            ids_seen.add(event_id)
-            ms = int(at_s * 1000)
-            if kind == "impression":
-                records.append(
-                    {
-                        "kind": "impression",
-                        "id": event_id,
-                        "impression_id": event_id,
-                        "request_id": e["request_id"],
-                        "viewer_id": viewer,
-                        "post_id": e["post_id"],
-                        "served_at_ms": ms,
-                        "position": e["position"],
-                        "source": "client",
-                    }
-                )
+                out.append([("post_id", f"post {e.post_id} is not visible to user {viewer}")])
             else:
-                records.append(
-                    {
-                        "kind": "engagement",
-                        "id": event_id,
-                        "event_id": event_id,
-                        "viewer_id": viewer,
-                        "post_id": e["post_id"],
-                        "impression_id": e.get("impression_id"),
-                        "type": kind,
-                        "at_ms": ms,
-                        "dwell_ms": e.get("dwell_ms"),
-                    }
-                )
-        if errors:
-            self.metrics.event("rejected", len(events))
-            raise FeedError(
-                422, {"message": f"{len(errors)} problem(s); nothing was stored", "errors": errors}
-            )
-        self.publish(records)
-        self.metrics.event("accepted", len(records))
-        return {"accepted": len(records), "event_ids": [r["id"] for r in records]}
+                out.append([])
+        return out
 
-    def create_post(self, author: int, post: dict[str, Any]) -> dict[str, Any]:
+    def create_post(self, author: int, post: PostDraft) -> PostCreated:
         if not self.store.has_user(author):
             raise FeedError(404, f"unknown user {author}")
         if self._encode_text is None:
             raise FeedError(503, "this replica does not accept posts (no text encoder)")
         now = self.clock.now()
         post_id = (int(time.time() * 1000) << 20) | int.from_bytes(os.urandom(3), "little") & 0xFFFFF
-        emb = self._encode_text([post.get("text") or ""])[0]
-        record = {
-            "kind": "post",
-            "id": f"post:{post_id}",
-            "post_id": post_id,
-            "author_id": author,
-            "created_at_ms": int(now * 1000),
-            "modality": post["modality"],
-            "text": post.get("text"),
-            "topics": post.get("topics") or [],
-            "visibility": post["visibility"],
-            "deleted_at": None,
-            "media_duration_s": post.get("media_duration_s"),
-            "media_vector": post.get("media_vector"),
-            "text_emb": [float(x) for x in emb],
-        }
+        emb = self._encode_text([post.text or ""])[0]
+        record = NewPost(
+            post_id=post_id,
+            author_id=author,
+            created_at_ms=int(now * 1000),
+            modality=post.modality,
+            text=post.text,
+            topics=post.topics or [],
+            visibility=post.visibility,
+            media_duration_s=post.media_duration_s,
+            media_vector=post.media_vector,
+            text_emb=[float(x) for x in emb],
+        )
         self.publish([record])
-        return {"post_id": post_id, "created_at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat()}
+        return PostCreated(post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat())
+
+
+def _served(ranked: Ranked, item: FeedItem, served_at_ms: int) -> ServedImpression:
+    return ServedImpression(
+        impression_id=item.impression_id,
+        request_id=ranked.request_id,
+        viewer_id=ranked.viewer,
+        post_id=item.post_id,
+        served_at_ms=served_at_ms,
+        position=item.position,
+        arm=ranked.model.arm,
+        model_version=ranked.model.version,
+        fallback=ranked.fallback is not None,
+    )

@@ -9,7 +9,8 @@ Each writer (one per replica) appends JSON lines to its own files::
 
 Ingestion reads them like any raw file and ignores the extra keys. The same files are how replicas learn
 about each other's writes: :class:`LogTailer` reads what every writer appended since its last poll and
-hands it to the online store (records carry a ``kind`` and a unique ``id``; applying one twice is a no-op).
+hands it to the online store (a :data:`serve.records.LogRecord` carries a ``kind`` and a unique ``id``;
+applying one twice is a no-op).
 
 One writer thread per :class:`ServingLog` does the writing with group commit: everything queued since its
 last write goes out as one ``write`` + ``fsync`` per file. :meth:`ServingLog.append` returns once its records
@@ -29,6 +30,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serve.records import LogRecord
+
 if TYPE_CHECKING:
     from serve.store import OnlineStore
 
@@ -43,7 +46,7 @@ def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def to_line(record: dict[str, Any]) -> dict[str, Any]:
+def to_line(record: LogRecord) -> dict[str, Any]:
     """A store record → the raw-log row (contract columns with ISO timestamps, plus extras)."""
     row = {k: v for k, v in record.items() if k not in ("kind", "id") and not k.endswith("_ms")}
     for k, v in record.items():
@@ -54,7 +57,7 @@ def to_line(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def from_line(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+def from_line(kind: str, row: dict[str, Any]) -> LogRecord:
     """A raw-log row written by :func:`to_line` → the store record."""
     rec = dict(row)
     for k in ("served_at", "at", "created_at"):
@@ -76,7 +79,7 @@ class ServingLog:
         self.raw = data_dir / "raw"
         self.writer = writer
         self.failed = 0  # records of submit() calls whose write failed
-        self._queue: queue.SimpleQueue[tuple[list[dict[str, Any]], Future[None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[LogRecord], Future[None]] | None] = queue.SimpleQueue()
         self._dirs: dict[tuple[str, int], Path] = {}
         self._thread = threading.Thread(target=self._run, name=f"serving-log-{writer}", daemon=True)
         self._thread.start()
@@ -90,7 +93,7 @@ class ServingLog:
             d.mkdir(parents=True, exist_ok=True)
         return d / f"{self.writer}.jsonl"
 
-    def submit(self, records: list[dict[str, Any]]) -> Future[None]:
+    def submit(self, records: list[LogRecord]) -> Future[None]:
         """Queue records (each with ``kind`` and ``<time>_ms``) for the writer; done once on disk."""
         done: Future[None] = Future()
         if not records:
@@ -101,7 +104,7 @@ class ServingLog:
         self._queue.put((records, done))
         return done
 
-    def append(self, records: list[dict[str, Any]], timeout_s: float = 30.0) -> None:
+    def append(self, records: list[LogRecord], timeout_s: float = 30.0) -> None:
         """Write records and return once they are on disk (raises if the write failed)."""
         self.submit(records).result(timeout=timeout_s)
 
@@ -141,7 +144,7 @@ class ServingLog:
             if len(jobs) < len(batch):
                 return
 
-    def _write(self, records: list[dict[str, Any]]) -> None:
+    def _write(self, records: list[LogRecord]) -> None:
         by_file: dict[Path, list[str]] = {}
         for r in records:
             ms = int(r[f"{TIME_OF[r['kind']]}_ms"])
@@ -166,8 +169,8 @@ class LogTailer:
         self._offsets: dict[Path, int] = {}
         self._lock = threading.Lock()
 
-    def poll(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def poll(self) -> list[LogRecord]:
+        out: list[LogRecord] = []
         with self._lock:
             # Posts first: impressions and engagements refer to them.
             for kind in ("post", "impression", "engagement"):

@@ -3,9 +3,10 @@
 :class:`ModelSlots` holds the versions behind the ``champion`` (and ``challenger``) aliases and re-resolves
 them every ``model.poll_s``; a new version is loaded aside and swapped in with one reference assignment, so
 requests in flight finish on the version they started with and none fails during a switch.
-:class:`Scorer` turns requests into feature rows (:func:`serve.features.assemble`), runs the forward per
-arm and returns per-task probabilities. Both are plain Python: the Serve ``Ranker`` deployment
-(:mod:`serve.app`) and the single-process benchmark use them alike.
+:class:`Scorer` turns :class:`serve.records.ScoreRequest` s into feature rows
+(:func:`serve.features.assemble`), runs the forward per arm and returns :class:`serve.records.Scores`.
+Both are plain Python: ``serve.app.RankingHost`` (in each ingress replica, or in the ``Ranker``
+deployment) and the single-process benchmark use them alike.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from typing import Any
 import numpy as np
 
 from models.batch import Jagged
+from pipelines.common.tracking import CHALLENGER, CHAMPION, load_ranker_version, tracking_uri, version_of
 from serve.config import ModelSlotConfig
 from serve.features import assemble
+from serve.records import ScoreRequest, Scores
 from serve.store import OnlineStore
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, CHRONOLOGICAL = "champion", "challenger", "chronological"
+#: The arms: the two registry aliases (``CHAMPION``, ``CHALLENGER``, named in pipelines.common.tracking)
+#: and the holdout served newest first with no model.
+CHRONOLOGICAL = "chronological"
 #: Columns returned beside the probabilities, to explain an item ("why you see this").
 SIGNALS = ("ua_has_interacted", "ua_actions", "rel_friend_days", "x_topic_match", "p_friend_actions_1d")
 
@@ -53,15 +58,11 @@ class LoadedModel:
 
 
 def _resolve_alias(name: str, alias: str) -> str | None:
-    from pipelines.common.tracking import version_of
-
     mv = version_of(name, alias)
     return None if mv is None else str(mv.version)
 
 
 def _load_version(name: str, version: str) -> Any:
-    from pipelines.common.tracking import load_ranker_version
-
     return load_ranker_version(f"models:/{name}/{version}")
 
 
@@ -79,8 +80,6 @@ class ModelSlots:
         self.cfg = cfg
         if resolve is None or load is None:
             import mlflow
-
-            from pipelines.common.tracking import tracking_uri
 
             uri = cfg.tracking_uri or tracking_uri(data_dir)
             mlflow.set_tracking_uri(uri)
@@ -140,14 +139,14 @@ class Scorer:
         self.store = store
         self.slots = slots
 
-    def score(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each request: ``viewer``, ``post_ids``, ``now_s``, ``arm``. Each result: ``probs`` (task →
-        (N,) array; dwell in ms), ``signals``, ``arm`` and ``version`` actually used."""
-        results: list[dict[str, Any]] = [{} for _ in requests]
+    def score(self, requests: list[ScoreRequest]) -> list[Scores]:
+        """Scores for each request (per-task probabilities of its ``post_ids``, in that order), from one
+        forward per model version among the requests' arms."""
+        results: dict[int, Scores] = {}
         by_model: dict[int, list[int]] = {}
         models: dict[int, LoadedModel] = {}
         for i, r in enumerate(requests):
-            m = self.slots.get(r["arm"])
+            m = self.slots.get(r.arm)
             if m is None:
                 raise NoModelError(f"no version of {self.slots.cfg.name}@{self.slots.cfg.alias} is loaded")
             by_model.setdefault(id(m), []).append(i)
@@ -155,22 +154,21 @@ class Scorer:
         for key, idx in by_model.items():
             m = models[key]
             cols = [
-                assemble(self.store, requests[i]["viewer"], requests[i]["post_ids"], requests[i]["now_s"])
-                for i in idx
+                assemble(self.store, requests[i].viewer, requests[i].post_ids, requests[i].now_s) for i in idx
             ]
             needed = m.ranker.input_columns
             merged = cols[0] if len(cols) == 1 else {c: _concat([col[c] for col in cols]) for c in needed}
-            probs = m.ranker.predict(merged)
-            bounds = np.cumsum([0, *[len(requests[i]["post_ids"]) for i in idx]])
+            probs = m.ranker.predict(merged)  # task → (sum N,)
+            bounds = np.cumsum([0, *[len(requests[i].post_ids) for i in idx]])
             for j, i in enumerate(idx):
                 lo, hi = bounds[j], bounds[j + 1]
-                results[i] = {
-                    "probs": {t: v[lo:hi].astype(np.float32) for t, v in probs.items()},
-                    "signals": {s: cols[j][s] for s in SIGNALS if s in cols[j]},
-                    "arm": m.arm,
-                    "version": m.version,
-                }
-        return results
+                results[i] = Scores(
+                    probs={t: v[lo:hi].astype(np.float32) for t, v in probs.items()},
+                    signals={s: cols[j][s] for s in SIGNALS if s in cols[j]},
+                    arm=m.arm,
+                    version=m.version,
+                )
+        return [results[i] for i in range(len(requests))]
 
 
 def _concat(parts: list[Any]) -> Any:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from serve.log import LogTailer
-from serve.store import NEGATIVE, POSITIVE, EmbeddedStore, ViewerState, post_record_columns
+from serve.records import LogRecord
+from serve.store import NEGATIVE, POSITIVE, EmbeddedStore, Snapshot, ViewerState, post_record_columns
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,15 @@ class RedisStore:
         return cls(client, prefix, snapshot)
 
     # -------------------------------------------------------------------------------------------- reads
-    def _columns(self, table: str, key: str, ids: list[Any], only: list[str] | None = None) -> dict[str, Any]:
+    def _columns(
+        self, table: str, key: str, ids: list[Any], only: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Columns of ``table`` (all, or ``only``) for ``ids``, plus ``_found`` when one is numeric."""
         names = [n for n in self._cols[table] if only is None or n in only]
         pipe = self.r.pipeline(transaction=False)
         for name in names:
             pipe.hmget(f"{self.k}{key}:{name}", ids)
-        out: dict[str, Any] = {}
+        out: dict[str, np.ndarray] = {}
         n = len(ids)
         for name, values in zip(names, pipe.execute() if ids else [[] for _ in names], strict=True):
             dtype, shape = self._cols[table][name]
@@ -211,7 +215,7 @@ class RedisStore:
         return int(self._sample["user"]), np.array(self._sample["posts"][:n], np.int64)
 
     # ------------------------------------------------------------------------------------------- writes
-    def apply(self, records: list[dict[str, Any]]) -> int:
+    def apply(self, records: list[LogRecord]) -> int:
         """Apply log records once each (a record's id is claimed with ``SET NX``)."""
         if not records:
             return 0
@@ -248,7 +252,7 @@ class RedisStore:
         pipe.execute()
         return len(fresh)
 
-    def _add_posts(self, records: list[dict[str, Any]]) -> None:
+    def _add_posts(self, records: list[LogRecord]) -> None:
         like = {
             name: np.zeros((0, *shape), object if dtype == "str" else np.dtype(dtype))
             for name, (dtype, shape) in self._cols["posts"].items()
@@ -273,91 +277,20 @@ def load_snapshot(client: Any, prefix: str, snapshot: str, data_dir: Path) -> No
     t0 = time.perf_counter()
     emb = EmbeddedStore.load(data_dir)
     snap = emb.snapshot
-    k = f"{prefix}:{snapshot}:"
-    pipe = client.pipeline(transaction=False)
-    pending = 0
-
-    def flush(force: bool = False) -> None:
-        nonlocal pending
-        if pending >= PIPELINE_CHUNK or (force and pending):
-            pipe.execute()
-            pending = 0
-
-    def table(key: str, ids: list[Any], cols: dict[str, np.ndarray]) -> None:
-        nonlocal pending
-        for name, col in cols.items():
-            for start in range(0, len(ids), 2000):
-                chunk = ids[start : start + 2000]
-                mapping = {i: _enc(col[start + j]) for j, i in enumerate(chunk)}
-                if mapping:
-                    pipe.hset(f"{k}{key}:{name}", mapping=mapping)
-                    pending += 1
-                    flush()
-
-    users = snap.users.tolist()
-    table("u", users, snap.user_cols)
-    posts = snap.posts.tolist()
-    table("p", posts, snap.post_cols)
+    out = _Bulk(client, f"{prefix}:{snapshot}:")
+    users, posts = snap.users.tolist(), snap.posts.tolist()
+    out.columns("u", users, snap.user_cols)
+    out.columns("p", posts, snap.post_cols)
     n_u = len(users)
-    pair_fields = [f"{users[key // n_u]}:{users[key % n_u]}" for key in snap.pair_keys.tolist()]
-    table("ua", pair_fields, snap.pair_cols)
-    for code, uid in enumerate(users):
-        lo, hi = snap.friend_ptr[code], snap.friend_ptr[code + 1]
-        if hi > lo:
-            ids = snap.friend_ids[lo:hi].astype(np.int64)
-            since = snap.friend_since[lo:hi].astype(np.float64)
-            pipe.set(f"{k}fr:{uid}", ids.tobytes() + since.tobytes())
-            pending += 1
-            flush()
-    for uid, ids in snap.blocked.items():
-        pipe.set(f"{k}bl:{uid}", np.asarray(ids, np.int64).tobytes())
-        pending += 1
-        flush()
-    authors = snap.post_cols["author_id"]
-    created = snap.post_cols["created_s"]
-    by: dict[int, dict[int, float]] = {}
-    for pid, a, c in zip(posts, authors.tolist(), created.tolist(), strict=True):
-        by.setdefault(int(a), {})[int(pid)] = float(c)
-    for a, members in by.items():
-        pipe.zadd(f"{k}by:{a}", members)
-        pending += 1
-        flush()
-    bounds = np.flatnonzero(np.diff(snap.eng_post)) + 1
-    for idx in np.split(np.arange(len(snap.eng_post)), bounds) if len(snap.eng_post) else []:
-        events = np.empty(len(idx), _EG)
-        events["user"], events["at"] = snap.eng_user[idx], snap.eng_at[idx]
-        pipe.set(f"{k}e:{int(snap.eng_post[idx[0]])}", events.tobytes())
-        pending += 1
-        flush()
-    for name, sets in (("seen", emb._live.seen), ("hid", emb._live.hidden)):
-        for v, post_ids in sets.items():
-            if post_ids:
-                pipe.sadd(f"{k}{name}:{v}", *post_ids)
-                pending += 1
-                flush()
-    for v, per in emb._live.hidden_authors.items():
-        if per:
-            pipe.hset(f"{k}hida:{v}", mapping={str(a): c for a, c in per.items()})
-            pending += 1
-            flush()
-    columns = {
-        "users": {n: _spec(c) for n, c in snap.user_cols.items()},
-        "posts": {n: _spec(c) for n, c in snap.post_cols.items()},
-        "pairs": {n: _spec(c) for n, c in snap.pair_cols.items()},
-    }
-    sample_user, sample_posts = emb.sample(8)
-    pipe.hset(
-        f"{k}meta",
-        mapping={
-            "as_of": str(emb.as_of_s),
-            "windows": json.dumps(emb.windows),
-            "vocab": json.dumps(emb.vocab),
-            "columns": json.dumps(columns),
-            "sample": json.dumps({"user": sample_user, "posts": sample_posts.tolist()}),
-        },
+    out.columns(
+        "ua", [f"{users[key // n_u]}:{users[key % n_u]}" for key in snap.pair_keys.tolist()], snap.pair_cols
     )
-    pending += 1
-    flush(force=True)
+    _load_graph(out, snap)
+    _load_posts_by_author(out, snap)
+    _load_engagers(out, snap)
+    _load_viewer_state(out, emb)
+    _load_meta(out, emb)
+    out.flush()
     store = RedisStore(client, prefix, snapshot)
     replayed = store.apply(LogTailer(data_dir, since_ms=int(emb.as_of_s * 1000)).poll())
     log.info(
@@ -368,3 +301,104 @@ def load_snapshot(client: Any, prefix: str, snapshot: str, data_dir: Path) -> No
         replayed,
         time.perf_counter() - t0,
     )
+
+
+class _Bulk:
+    """Writes under one snapshot's key prefix ``k``, sent in pipelines of ``PIPELINE_CHUNK`` commands."""
+
+    def __init__(self, client: Any, k: str) -> None:
+        self.k = k
+        self.pipe = client.pipeline(transaction=False)
+        self.pending = 0
+
+    def queued(self) -> None:
+        """Count one queued command; send the pipeline once it holds ``PIPELINE_CHUNK``."""
+        self.pending += 1
+        if self.pending >= PIPELINE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pipe.execute()
+            self.pending = 0
+
+    def columns(self, key: str, ids: list[Any], cols: dict[str, np.ndarray]) -> None:
+        """One hash per column (``<key>:<column>``: id → value bytes), 2,000 fields per HSET."""
+        for name, col in cols.items():
+            for start in range(0, len(ids), 2000):
+                chunk = ids[start : start + 2000]
+                mapping = {i: _enc(col[start + j]) for j, i in enumerate(chunk)}
+                if mapping:
+                    self.pipe.hset(f"{self.k}{key}:{name}", mapping=mapping)
+                    self.queued()
+
+
+def _load_graph(out: _Bulk, snap: Snapshot) -> None:
+    """``fr:<user>`` (friend ids, then friendship starts) and ``bl:<user>`` (blocked-with ids)."""
+    for code, uid in enumerate(snap.users.tolist()):
+        lo, hi = snap.friend_ptr[code], snap.friend_ptr[code + 1]
+        if hi > lo:
+            ids = snap.friend_ids[lo:hi].astype(np.int64)
+            since = snap.friend_since[lo:hi].astype(np.float64)
+            out.pipe.set(f"{out.k}fr:{uid}", ids.tobytes() + since.tobytes())
+            out.queued()
+    for uid, ids in snap.blocked.items():
+        out.pipe.set(f"{out.k}bl:{uid}", np.asarray(ids, np.int64).tobytes())
+        out.queued()
+
+
+def _load_posts_by_author(out: _Bulk, snap: Snapshot) -> None:
+    """``by:<author>``: the author's post ids scored by creation time."""
+    authors = snap.post_cols["author_id"]
+    created = snap.post_cols["created_s"]
+    by: dict[int, dict[int, float]] = {}
+    for pid, a, c in zip(snap.posts.tolist(), authors.tolist(), created.tolist(), strict=True):
+        by.setdefault(int(a), {})[int(pid)] = float(c)
+    for a, members in by.items():
+        out.pipe.zadd(f"{out.k}by:{a}", members)
+        out.queued()
+
+
+def _load_engagers(out: _Bulk, snap: Snapshot) -> None:
+    """``e:<post>``: the snapshot's positive actions on the post, (user, at) records."""
+    bounds = np.flatnonzero(np.diff(snap.eng_post)) + 1
+    for idx in np.split(np.arange(len(snap.eng_post)), bounds) if len(snap.eng_post) else []:
+        events = np.empty(len(idx), _EG)
+        events["user"], events["at"] = snap.eng_user[idx], snap.eng_at[idx]
+        out.pipe.set(f"{out.k}e:{int(snap.eng_post[idx[0]])}", events.tobytes())
+        out.queued()
+
+
+def _load_viewer_state(out: _Bulk, emb: EmbeddedStore) -> None:
+    """``seen:<v>``, ``hid:<v>`` and ``hida:<v>`` from the snapshot's viewer events."""
+    for name, sets in (("seen", emb._live.seen), ("hid", emb._live.hidden)):
+        for v, post_ids in sets.items():
+            if post_ids:
+                out.pipe.sadd(f"{out.k}{name}:{v}", *post_ids)
+                out.queued()
+    for v, per in emb._live.hidden_authors.items():
+        if per:
+            out.pipe.hset(f"{out.k}hida:{v}", mapping={str(a): c for a, c in per.items()})
+            out.queued()
+
+
+def _load_meta(out: _Bulk, emb: EmbeddedStore) -> None:
+    """``meta``: as_of, windows, vocab, every column's dtype and shape, and a warm-up sample."""
+    snap = emb.snapshot
+    columns = {
+        "users": {n: _spec(c) for n, c in snap.user_cols.items()},
+        "posts": {n: _spec(c) for n, c in snap.post_cols.items()},
+        "pairs": {n: _spec(c) for n, c in snap.pair_cols.items()},
+    }
+    sample_user, sample_posts = emb.sample(8)
+    out.pipe.hset(
+        f"{out.k}meta",
+        mapping={
+            "as_of": str(emb.as_of_s),
+            "windows": json.dumps(emb.windows),
+            "vocab": json.dumps(emb.vocab),
+            "columns": json.dumps(columns),
+            "sample": json.dumps({"user": sample_user, "posts": sample_posts.tolist()}),
+        },
+    )
+    out.queued()

@@ -32,10 +32,12 @@ class RetrievalConfig(StrictConfig, frozen=True):
     include_own_posts: bool = Field(False, description="Also retrieve the viewer's own recent posts.")
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidates:
-    post_ids: np.ndarray  # int64, newest first
-    seen: np.ndarray  # bool, shown to this viewer before
+    """The retrieved posts of one feed request, and what the rules removed."""
+
+    post_ids: np.ndarray  # (N,) int64, newest first
+    seen: np.ndarray  # (N,) bool, shown to this viewer before
     considered: int = 0  # posts by friends in the window, before the rules
     dropped: dict[str, int] = field(default_factory=dict)  # rule → posts it removed
     viewer: ViewerState | None = None  # what the viewer saw and hid (re-ranking's fatigue reads it too)

@@ -6,9 +6,9 @@ One interface (:class:`OnlineStore`), two backends:
   ``pipelines.features``) in every replica that needs them.
 - ``serve.redis_store.RedisStore`` (several nodes): the same data in a ``redis-server``.
 
-Live updates (new posts, served impressions, engagements) are :class:`serve.log.Record` s. The serving log
-(:mod:`serve.log`) makes them durable and hands them to every store; the embedded store applies records
-newer than its snapshot, so a replica started later replays what the log holds since the snapshot.
+Live updates (new posts, served impressions, engagements) are :data:`serve.records.LogRecord` s. The
+serving log (:mod:`serve.log`) makes them durable and hands them to every store; the embedded store applies
+records newer than its snapshot, so a replica started later replays what the log holds since the snapshot.
 
 Counters are kept as counts (the snapshot's ``log1p`` values are undone once at load) and live events add
 to every window; a window's old events do not expire until the next ``pipelines.features`` snapshot.
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.common import schema
+from serve.records import LogRecord
 
 #: Post columns kept as counts; ``p_impressions_<w>`` and ``p_<action>_<w>`` for every window.
 COUNTER_PREFIX = "p_"
@@ -99,7 +100,7 @@ class OnlineStore(Protocol):
 
     def viewer(self, viewer: int) -> ViewerState: ...
 
-    def apply(self, records: list[dict[str, Any]]) -> int: ...
+    def apply(self, records: list[LogRecord]) -> int: ...
 
     def sample(self, n: int) -> tuple[int, np.ndarray]: ...
 
@@ -234,7 +235,8 @@ class EmbeddedStore:
         windows: dict[str, int],
         vocab: dict[str, dict[str, int]],
     ) -> EmbeddedStore:
-        """From the online tables (``ONLINE_TABLES``, as ``pipelines.features.build_online`` writes them)."""
+        """From the online tables (``ONLINE_TABLES``, as :func:`pipelines.features.online.build_online`
+        writes them)."""
         snap = _snapshot(
             tables["users"],
             tables["posts"],
@@ -355,7 +357,7 @@ class EmbeddedStore:
         return int(snap.users[0]) if len(snap.users) else 0, snap.posts[:n].copy()
 
     # ------------------------------------------------------------------------------------------- writes
-    def apply(self, records: list[dict[str, Any]]) -> int:
+    def apply(self, records: list[LogRecord]) -> int:
         """Apply log records (see :mod:`serve.log`); replaying a record twice changes nothing."""
         new_posts = [r for r in records if r["kind"] == "post" and r["id"] not in self._live.applied]
         if new_posts:
@@ -411,7 +413,7 @@ class EmbeddedStore:
             if col is not None:
                 col[pos] += 1.0
 
-    def _add_posts(self, records: list[dict[str, Any]]) -> None:
+    def _add_posts(self, records: list[LogRecord]) -> None:
         """New posts: rebuild the post arrays (copy-on-write; readers keep the old snapshot)."""
         with self._lock:
             old = self.snapshot
@@ -439,7 +441,7 @@ class EmbeddedStore:
 
 
 def post_record_columns(
-    records: list[dict[str, Any]],
+    records: list[LogRecord],
     vocab: dict[str, dict[str, int]],
     topic_width: int,
     like: dict[str, np.ndarray],
@@ -493,8 +495,36 @@ def _snapshot(
     blocks: pa.Table,
     recent: pa.Table,
 ) -> Snapshot:
-    # Users (already sorted by id in the snapshot; sort again to be safe).
-    users = users.take(pc.sort_indices(users["user_id"]))
+    uid, ucols = _user_columns(users)
+    friend_ptr, friend_codes, friend_since = _friend_csr(uid, friendships)
+    pid, post_rows, pcols = _post_columns(posts)
+    by_author = np.lexsort((pcols["created_s"], pcols["author_id"]))
+    pair_keys, pair_cols = _pair_columns(uid, pairs)
+    eng_post = recent["post_id"].to_numpy().astype(np.int64)
+    eng_order = np.argsort(eng_post, kind="stable")
+    return Snapshot(
+        eng_post=eng_post[eng_order],
+        eng_user=recent["user_id"].to_numpy().astype(np.int64)[eng_order],
+        eng_at=_secs(recent["at"])[eng_order],
+        users=uid,
+        user_cols=ucols,
+        friend_ptr=friend_ptr,
+        friend_ids=uid[friend_codes],
+        friend_since=friend_since,
+        blocked=_blocked_with(blocks),
+        posts=pid,
+        post_cols=pcols,
+        post_rows=post_rows,
+        by_author_order=by_author,
+        by_author_keys=pcols["author_id"][by_author],
+        pair_keys=pair_keys,
+        pair_cols=pair_cols,
+    )
+
+
+def _user_columns(users: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Sorted user ids and their columns: profile codes, ``joined_s`` and the u_* / a_* features."""
+    users = users.take(pc.sort_indices(users["user_id"]))  # sorted in the snapshot already; to be safe
     uid = users["user_id"].to_numpy()
     ucols: dict[str, np.ndarray] = {
         "age": pc.fill_null(users["age"], 0).to_numpy().astype(np.int64),
@@ -510,7 +540,11 @@ def _snapshot(
     for name in USER_VECTORS:
         if name in users.column_names:
             ucols[name] = _matrix(users[name])
-    # Friendships, both directions, CSR by user code.
+    return uid, ucols
+
+
+def _friend_csr(uid: np.ndarray, friendships: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Friendships in both directions as CSR over user codes: (row pointers, friend codes, since)."""
     codes = lambda col: _lookup(uid, friendships[col].to_numpy())  # noqa: E731
     fa, fb = codes("user_a"), codes("user_b")
     since = _secs(friendships["created_at"])
@@ -520,49 +554,56 @@ def _snapshot(
     src, dst, fs = src[ok], dst[ok], fs[ok]
     order = np.lexsort((dst, src))
     src, dst, fs = src[order], dst[order], fs[order]
-    ptr = np.searchsorted(src, np.arange(len(uid) + 1))
-    # Blocks, symmetric.
+    return np.searchsorted(src, np.arange(len(uid) + 1)), dst, fs
+
+
+def _blocked_with(blocks: pa.Table) -> dict[int, np.ndarray]:
+    """User id → sorted ids of the users they blocked or were blocked by."""
     blocked: dict[int, list[int]] = {}
     for a, b in zip(blocks["blocker_id"].to_pylist(), blocks["blocked_id"].to_pylist(), strict=True):
         blocked.setdefault(int(a), []).append(int(b))
         blocked.setdefault(int(b), []).append(int(a))
-    # Posts.
+    return {k: np.array(sorted(set(v)), np.int64) for k, v in blocked.items()}
+
+
+def _post_columns(posts: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Sorted post ids, their packed numeric rows (see :func:`_pack`) and their columns (counters as
+    counts, not log1p)."""
     posts = posts.take(pc.sort_indices(posts["post_id"]))
     pid = posts["post_id"].to_numpy()
-    n_p = len(pid)
     topic_lists = posts["topic_codes"].to_pylist()
     width = max([len(t) for t in topic_lists] + [schema.MAX_TOPICS_PER_POST])
-    topic_codes = np.zeros((n_p, width), np.int64)
+    topic_codes = np.zeros((len(pid), width), np.int64)
     for i, ts in enumerate(topic_lists):
         topic_codes[i, : len(ts)] = ts
+    texts, modalities, visibilities = (posts[c].to_pylist() for c in ("text", "modality", "visibility"))
     pcols: dict[str, np.ndarray] = {
         "author_id": posts["author_id"].to_numpy().astype(np.int64),
         "created_s": _secs(posts["created_at"]),
         "deleted_s": _secs(posts["deleted_at"]),
-        "visibility": np.asarray(posts["visibility"].to_pylist(), dtype=object),
-        "modality": np.asarray(posts["modality"].to_pylist(), dtype=object),
-        "text": np.asarray([t or "" for t in posts["text"].to_pylist()], dtype=object),
+        "visibility": np.asarray(visibilities, dtype=object),
+        "modality": np.asarray(modalities, dtype=object),
+        "text": np.asarray([t or "" for t in texts], dtype=object),
         "modality_code": posts["modality_code"].to_numpy().astype(np.int64),
         "topic_codes": topic_codes,
         "n_topics": np.array([len(t) for t in topic_lists], np.int64),
         "p_text_emb": _matrix(posts["p_text_emb"]),
         "p_media": _matrix(posts["p_media"]),
         "media_duration_s": pc.fill_null(posts["media_duration_s"], 0).to_numpy().astype(np.float32),
-        "text_hash": np.array([text_hash(t) for t in posts["text"].to_pylist()], np.int64),
-        "text_len": np.array([len(t or "") for t in posts["text"].to_pylist()], np.float32),
-        "modality_index": np.array(
-            [MODALITY_INDEX.get(m, -1) for m in posts["modality"].to_pylist()], np.int64
-        ),
-        "visibility_code": np.array(
-            [VISIBILITY_CODE.get(v, -1) for v in posts["visibility"].to_pylist()], np.int64
-        ),
+        "text_hash": np.array([text_hash(t) for t in texts], np.int64),
+        "text_len": np.array([len(t or "") for t in texts], np.float32),
+        "modality_index": np.array([MODALITY_INDEX.get(m, -1) for m in modalities], np.int64),
+        "visibility_code": np.array([VISIBILITY_CODE.get(v, -1) for v in visibilities], np.int64),
     }
     for name in posts.column_names:
         if name.startswith(COUNTER_PREFIX) and name not in ("p_text_emb", "p_media"):
             pcols[name] = np.expm1(posts[name].to_numpy().astype(np.float64))  # counts, not log1p
     post_rows, pcols = _pack(pcols)
-    by_author = np.lexsort((pcols["created_s"], pcols["author_id"]))
-    # User–author pairs.
+    return pid, post_rows, pcols
+
+
+def _pair_columns(uid: np.ndarray, pairs: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """User–author pairs: sorted keys (viewer code * n_users + author code) and their ua_* columns."""
     pv, pa_ = _lookup(uid, pairs["viewer_id"].to_numpy()), _lookup(uid, pairs["author_id"].to_numpy())
     keys = pv * len(uid) + pa_
     order = np.argsort(keys)
@@ -571,23 +612,4 @@ def _snapshot(
         for name in pairs.column_names
         if name.startswith("ua_")
     }
-    eng_post = recent["post_id"].to_numpy().astype(np.int64)
-    eng_order = np.argsort(eng_post, kind="stable")
-    return Snapshot(
-        eng_post=eng_post[eng_order],
-        eng_user=recent["user_id"].to_numpy().astype(np.int64)[eng_order],
-        eng_at=_secs(recent["at"])[eng_order],
-        users=uid,
-        user_cols=ucols,
-        friend_ptr=ptr,
-        friend_ids=uid[dst],
-        friend_since=fs,
-        blocked={k: np.array(sorted(set(v)), np.int64) for k, v in blocked.items()},
-        posts=pid,
-        post_cols=pcols,
-        post_rows=post_rows,
-        by_author_order=by_author,
-        by_author_keys=pcols["author_id"][by_author],
-        pair_keys=keys[order],
-        pair_cols=pair_cols,
-    )
+    return keys[order], pair_cols

@@ -9,7 +9,8 @@ import time
 import jwt
 import pytest
 
-from serve.ranking import CHALLENGER, CHAMPION, arm_of
+from pipelines.common.tracking import CHALLENGER, CHAMPION
+from serve.ranking import arm_of
 from serve.retrieval import RetrievalConfig, retrieve
 from serve.store import EmbeddedStore
 from tests.serving.conftest import SECRET, Feed, jsonl_rows, users_with_feeds
@@ -249,9 +250,16 @@ def test_feed_falls_back_while_the_ranker_deployment_is_down_and_recovers(
     assert replicas, ray.util.list_named_actors(all_namespaces=True)
     for a in replicas:
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
-    r = feed.get(user)
-    assert r.status_code == 200, r.text
-    body = r.json()
+    # ray.kill is asynchronous, and Serve may start a replacement quickly: the feed is read until the
+    # outage shows (every answer meanwhile a 200), not just once right after the kill.
+    deadline = time.time() + 30
+    while True:
+        r = feed.get(user)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["fallback"] or time.time() > deadline:
+            break
+        time.sleep(0.05)
     assert body["fallback"]
     assert body["fallback_reason"] in {"timeout", "ranker_error"}
     assert body["items"]

@@ -15,9 +15,9 @@ import pytest
 
 from pipelines.common import schema
 from pipelines.common.config import FeaturesConfig
-from pipelines.features import pit
 from pipelines.features.online import build_online
 from pipelines.features.rows import build_rows, load_clean, make_catalog, make_vocab
+from pipelines.features.stage import index_history
 from serve.features import assemble
 from serve.store import EmbeddedStore
 
@@ -28,15 +28,7 @@ pytestmark = pytest.mark.ray
 def snapshot_at_t(built_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tables = load_clean(built_world / "clean")
     vocab = make_vocab(tables["users"], tables["posts"])
-    h = pit.build_history(
-        tables["users"],
-        tables["friendships"],
-        tables["posts"],
-        tables["impressions"],
-        tables["actions"],
-        vocab["topic"],
-        vocab["city"],
-    )
+    h = index_history(tables, vocab)
     emb = pq.read_table(built_world / "features" / "post_embeddings.parquet")
     order = np.argsort(emb["post_id"].to_numpy())
     text_emb = np.stack(emb["text_emb"].to_numpy(zero_copy_only=False))[order].astype(np.float32)

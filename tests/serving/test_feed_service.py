@@ -4,6 +4,7 @@ cursor expiry, and the loop closing: what was served and clicked is ingested by 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from serve.config import parse
 from serve.feed import Clock, FeedError, FeedService
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
+from serve.records import ClientEvent, ScoreRequest, Scores
 from serve.retrieval import RetrievalConfig, retrieve
 from serve.store import EmbeddedStore
 from tests.conftest import copy_raw, tiny_config
@@ -47,15 +49,15 @@ def viewer_with_posts(store: Any, minimum: int = 4) -> int:
 
 
 def constant_scores(boost: int | None = None) -> Any:
-    async def score(req: dict[str, Any]) -> dict[str, Any]:
-        n = len(req["post_ids"])
+    async def score(req: ScoreRequest) -> Scores:
+        n = len(req.post_ids)
         probs = {
             t: np.full(n, 0.1, np.float32) for t in ("click", "like", "comment", "share", "hide", "skip")
         }
         probs["dwell"] = np.full(n, 2000.0, np.float32)
         if boost is not None:
-            probs["share"][req["post_ids"] == boost] = 0.9
-        return {"probs": probs, "signals": {}, "arm": req["arm"], "version": "7"}
+            probs["share"][req.post_ids == boost] = 0.9
+        return Scores(probs=probs, signals={}, arm=req.arm, version="7")
 
     return score
 
@@ -68,16 +70,16 @@ def world(built_world: Path, tmp_path: Path) -> Path:
 
 
 def test_a_slow_ranker_gives_a_reverse_chronological_fallback(world: Path) -> None:
-    async def slow(req: dict[str, Any]) -> dict[str, Any]:
+    async def slow(req: ScoreRequest) -> Scores:
         await asyncio.sleep(1.0)
         raise AssertionError("unreachable")
 
     svc = service(world, slow, ranking={"timeout_s": 0.05})
     viewer = viewer_with_posts(svc.store)
     out = asyncio.run(svc.feed(viewer, 50, None))
-    assert out["fallback"]
-    assert out["fallback_reason"] == "timeout"
-    unseen = [it["created_at"] for it in out["items"] if "seen" not in it["tags"]]
+    assert out.fallback
+    assert out.fallback_reason == "timeout"
+    unseen = [it.created_at for it in out.items if "seen" not in it.tags]
     assert unseen == sorted(unseen, reverse=True)
 
 
@@ -86,24 +88,24 @@ def test_the_value_model_orders_the_feed(world: Path) -> None:
     viewer = viewer_with_posts(probe.store)
     oldest = int(retrieve(probe.store, viewer, probe.clock.now(), RetrievalConfig()).post_ids[-1])
     plain = asyncio.run(probe.feed(viewer, 50, None))
-    assert plain["items"][0]["post_id"] != oldest  # freshness puts newer posts first at equal value
+    assert plain.items[0].post_id != oldest  # freshness puts newer posts first at equal value
     svc = service(world, constant_scores(boost=oldest), rerank={"seen": {"mode": "exclude"}})
     out = asyncio.run(svc.feed(viewer, 50, None))
-    if oldest in {it["post_id"] for it in out["items"]}:
-        assert out["items"][0]["post_id"] == oldest  # a likely share outweighs recency
-    assert out["model"]["version"] == "7"
+    if oldest in {it.post_id for it in out.items}:
+        assert out.items[0].post_id == oldest  # a likely share outweighs recency
+    assert out.model.version == "7"
 
 
 def test_an_expired_cursor_is_410(world: Path) -> None:
     svc = service(world, constant_scores(), feed={"cursor_ttl_s": 0.001})
     viewer = viewer_with_posts(svc.store)
     first = asyncio.run(svc.feed(viewer, 1, None))
-    assert first["next_cursor"]
+    assert first.next_cursor
     import time
 
     time.sleep(0.01)
     with pytest.raises(FeedError) as e:
-        asyncio.run(svc.feed(viewer, 1, first["next_cursor"]))
+        asyncio.run(svc.feed(viewer, 1, first.next_cursor))
     assert e.value.status == 410
 
 
@@ -114,11 +116,12 @@ def test_served_impressions_and_engagements_are_ingested_by_the_next_run(
     svc = service(world, constant_scores())
     viewer = viewer_with_posts(svc.store)
     out = asyncio.run(svc.feed(viewer, 5, None))
-    asyncio.run(svc.log_impressions(out["_impressions"]))
-    first = out["items"][0]
+    asyncio.run(svc.log_impressions(out.impressions))
+    first = dataclasses.asdict(out.items[0])
     about = {"post_id": first["post_id"], "impression_id": first["impression_id"]}
     svc.events(
-        viewer, [{"type": "view", "dwell_ms": 4200, **about}, {"type": "like", "event_id": "l1", **about}]
+        viewer,
+        [ClientEvent(type="view", dwell_ms=4200, **about), ClientEvent(type="like", event_id="l1", **about)],
     )
     svc.log.flush()  # served impressions are written by the log's thread
     summary = ingest(tiny_config().ingest, world)
@@ -126,7 +129,7 @@ def test_served_impressions_and_engagements_are_ingested_by_the_next_run(
     import pyarrow.parquet as pq
 
     clean_imps = pq.read_table(world / "clean" / "impressions").to_pandas()
-    served = {it["impression_id"] for it in out["items"]}
+    served = {it.impression_id for it in out.items}
     assert served <= set(clean_imps["impression_id"])
     eng = pq.read_table(world / "clean" / "engagements").to_pandas()
     like = eng[eng["event_id"] == "l1"]
@@ -141,17 +144,17 @@ def test_served_impressions_and_engagements_are_ingested_by_the_next_run(
 def test_the_chronological_holdout_arm_is_never_ranked(world: Path) -> None:
     calls: list[int] = []
 
-    async def score(req: dict[str, Any]) -> dict[str, Any]:
-        calls.append(req["viewer"])
+    async def score(req: ScoreRequest) -> Scores:
+        calls.append(req.viewer)
         return await constant_scores()(req)
 
     svc = service(world, score, model={"challenger_traffic": 0.0, "chronological_traffic": 1.0})
     viewer = viewer_with_posts(svc.store)
     out = asyncio.run(svc.feed(viewer, 10, None))
     assert calls == []  # no model call for the holdout
-    assert out["model"] == {"name": "feed-ranker", "arm": "chronological", "version": None}
-    assert not out["fallback"]  # by design, not a failure
-    created = [it["created_at"] for it in out["items"] if "seen" not in it["tags"]]
+    assert dataclasses.asdict(out.model) == {"name": "feed-ranker", "arm": "chronological", "version": None}
+    assert not out.fallback  # by design, not a failure
+    created = [it.created_at for it in out.items if "seen" not in it.tags]
     assert created == sorted(created, reverse=True)
-    assert {it["why"] for it in out["items"]} == {"Newest from your friends"}
-    assert all(r["arm"] == "chronological" for r in out["_impressions"])
+    assert {it.why for it in out.items} == {"Newest from your friends"}
+    assert all(r.arm == "chronological" for r in out.impressions)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve.ranking import CHAMPION
+from pipelines.common.tracking import CHAMPION
 from serve.store import EmbeddedStore
 from tests.serving.conftest import Feed, set_alias, users_with_feeds
 

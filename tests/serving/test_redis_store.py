@@ -19,6 +19,7 @@ from serve.features import assemble
 from serve.feed import Clock, FeedService
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
+from serve.records import ClientEvent, ScoreRequest, Scores
 from serve.redis_store import RedisStore
 from serve.retrieval import RetrievalConfig, retrieve
 from serve.store import EmbeddedStore
@@ -163,13 +164,13 @@ def test_a_second_node_connects_to_the_loaded_snapshot_and_sees_writes_at_once(
 def test_the_feed_pipeline_runs_on_redis_and_shares_writes_between_nodes(both: tuple, redis_url: str) -> None:
     emb, _, data_dir, prefix = both
 
-    async def score(req: dict[str, Any]) -> dict[str, Any]:
-        n = len(req["post_ids"])
+    async def score(req: ScoreRequest) -> Scores:
+        n = len(req.post_ids)
         probs = {
             t: np.full(n, 0.1, np.float32) for t in ("click", "like", "comment", "share", "hide", "skip")
         }
         probs["dwell"] = np.full(n, 1000.0, np.float32)
-        return {"probs": probs, "signals": {}, "arm": req["arm"], "version": "1"}
+        return Scores(probs=probs, signals={}, arm=req.arm, version="1")
 
     cfg = parse(
         {
@@ -195,7 +196,7 @@ def test_the_feed_pipeline_runs_on_redis_and_shares_writes_between_nodes(both: t
         if len(retrieve(emb, int(u), emb.as_of_s + 60, RetrievalConfig()).post_ids) > 2
     )
     first = asyncio.run(nodes[0].feed(viewer, 50, None))
-    target = first["items"][0]["post_id"]
-    nodes[0].events(viewer, [{"type": "hide", "post_id": target}])
+    target = first.items[0].post_id
+    nodes[0].events(viewer, [ClientEvent(type="hide", post_id=target)])
     again = asyncio.run(nodes[1].feed(viewer, 50, None))  # the other node, no log tailing
-    assert target not in [it["post_id"] for it in again["items"]]
+    assert target not in [it.post_id for it in again.items]

@@ -2,8 +2,8 @@
 
 A world is plain Python lists (users, friendships, blocks, posts, viewer events, live log records);
 :func:`_world_tables` turns them into the online tables ``EmbeddedStore.from_tables`` reads (as
-``pipelines.features.build_online`` writes them). The oracle (:func:`_allowed`, :func:`_expected`) restates
-the rules from those raw lists; it does not use ``serve.retrieval.visible``.
+``pipelines.features.online.build_online`` writes them). The oracle (:func:`_allowed`,
+:func:`_expected`) restates the rules from those raw lists; it does not use ``serve.retrieval.visible``.
 
 No Ray: the embedded store is built in this process.
 """
