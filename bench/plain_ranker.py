@@ -12,6 +12,7 @@ import itertools
 
 import torch
 from torch import nn
+from torchrec import KeyedJaggedTensor
 
 from models.ranker import RankerSpec
 
@@ -24,8 +25,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class PlainRanker(nn.Module):
-    """``forward(dense, sparse, bias)`` with ``sparse = {feature: (values, offsets)}``, offsets of length
-    B + 1 (the KeyedJaggedTensor convention)."""
+    """``forward(dense, sparse, bias)`` as :class:`models.ranker.MultiTaskRanker`'s; each feature of the
+    ``KeyedJaggedTensor`` feeds its bag as values and offsets (length B + 1)."""
 
     dense_mean: torch.Tensor
     dense_std: torch.Tensor
@@ -55,11 +56,12 @@ class PlainRanker(nn.Module):
     def forward(
         self,
         dense: torch.Tensor,
-        sparse: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        sparse: KeyedJaggedTensor,
         bias: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         x = self.bottom((dense - self.dense_mean) / self.dense_std)
-        embs = [bag(*sparse[name]) for name, bag in self.bags.items()]
+        jagged = sparse.to_dict()
+        embs = [bag(jagged[name].values(), jagged[name].offsets()) for name, bag in self.bags.items()]
         stacked = torch.stack([x, *embs], dim=1)  # (B, F+1, D)
         dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
         shared = self.top(torch.cat([x, dots], dim=1))

@@ -2,8 +2,9 @@
 
 In one run, on the same features:
 
-1. the real pipeline, ``pipelines.train.train_and_publish`` with configs/train.yaml (2 Ray Train workers,
-   TorchRec table-wise sharding over gloo): its samples/s and the quality table of its evaluation;
+1. the real pipeline, ``pipelines.train.stage.run`` (train, evaluate, register) with configs/train.yaml
+   (2 Ray Train workers, TorchRec table-wise sharding over gloo): its samples/s and the quality table of
+   its evaluation;
 2. the same Ray Train + TorchRec loop with 1 worker;
 3. the same model in plain PyTorch (``bench.plain_ranker``: ``nn.EmbeddingBag``, replicated tables, DDP over
    gloo for 2 processes), same batches, collate, losses and optimizers (Adagrad on tables, Adam on the
@@ -118,8 +119,7 @@ def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int,
             b = collate(
                 {k: v[idx] for k, v in cols.items()}, setup.layout, setup.encoder, cfg.optim.id_dropout, rng
             )
-            sparse = {k: (jt.values(), jt.offsets()) for k, jt in b.sparse.to_dict().items()}
-            loss, _ = ddp(b.dense, sparse, b.labels, b.weights, b.bias)
+            loss, _ = ddp(b)
             opt_tables.zero_grad()
             opt_rest.zero_grad()
             loss.backward()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
 
-from models.ranker import TASKS
+from models.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class SparseEncoder:
 
 @dataclass
 class Batch:
-    """Model inputs and, when the columns carry them, labels and sample weights."""
+    """Model inputs and, when the columns carry them, labels and sample weights: what
+    :class:`models.train_wrapper.RankerTrainWrapper` takes as one argument."""
 
     dense: torch.Tensor  # (B, n_dense) float32
     sparse: KeyedJaggedTensor
@@ -108,6 +109,16 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.dense.shape[0])
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        """The same batch with every tensor on ``device`` (what a training or evaluation step feeds)."""
+        return Batch(
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            sparse=self.sparse.to(device, non_blocking=non_blocking),
+            labels={k: v.to(device, non_blocking=non_blocking) for k, v in self.labels.items()},
+            weights=self.weights.to(device, non_blocking=non_blocking),
+            bias=None if self.bias is None else self.bias.to(device, non_blocking=non_blocking),
+        )
 
 
 def _vectors(column: Any, dim: int, n: int) -> np.ndarray:
@@ -131,13 +142,41 @@ def collate(
     """
     first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
     n = len(columns[first])
+    dense = _dense(columns, layout, n)
+    sparse = _sparse(columns, layout, encoder, n, id_dropout, rng)
+    labels = {}
+    for task in TASKS:
+        col = "dwell_ms" if task == "dwell" else task
+        if col in columns:
+            labels[task] = torch.from_numpy(np.array(columns[col], dtype=np.float32))
+    w = columns.get("sample_weight")
+    weights = torch.from_numpy(np.array(w, dtype=np.float32)) if w is not None else torch.ones(n)
+    bias = None
+    if layout.bias and all(c in columns for c in layout.bias):
+        bias = torch.from_numpy(np.stack([np.asarray(columns[c], np.float32) for c in layout.bias], axis=1))
+    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights, bias=bias)
+
+
+def _dense(columns: dict[str, Any], layout: FeatureLayout, n: int) -> torch.Tensor:
+    """The dense columns, then the vectors' elements: (n, layout.n_dense) float32."""
     parts = (
         [np.stack([np.asarray(columns[c], dtype=np.float32) for c in layout.dense], axis=1)]
         if layout.dense
         else []
     )
     parts += [_vectors(columns[name], dim, n) for name, dim in layout.vectors.items()]
-    dense = torch.from_numpy(np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32))
+    return torch.from_numpy(np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32))
+
+
+def _sparse(
+    columns: dict[str, Any],
+    layout: FeatureLayout,
+    encoder: SparseEncoder,
+    n: int,
+    id_dropout: float,
+    rng: np.random.Generator | None,
+) -> KeyedJaggedTensor:
+    """The sparse columns (single values, lists or :class:`Jagged`) as table rows, feature-major."""
     values: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     for name in layout.sparse:
@@ -161,19 +200,8 @@ def collate(
             rows = np.where(gen.random(len(rows)) < id_dropout, 0, rows)
         values.append(rows)
         lengths.append(lens)
-    sparse = KeyedJaggedTensor.from_lengths_sync(
+    return KeyedJaggedTensor.from_lengths_sync(
         keys=list(layout.sparse),
         values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
         lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int64)),
     )
-    labels = {}
-    for task in TASKS:
-        col = "dwell_ms" if task == "dwell" else task
-        if col in columns:
-            labels[task] = torch.from_numpy(np.array(columns[col], dtype=np.float32))
-    w = columns.get("sample_weight")
-    weights = torch.from_numpy(np.array(w, dtype=np.float32)) if w is not None else torch.ones(n)
-    bias = None
-    if layout.bias and all(c in columns for c in layout.bias):
-        bias = torch.from_numpy(np.stack([np.asarray(columns[c], np.float32) for c in layout.bias], axis=1))
-    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights, bias=bias)

@@ -11,7 +11,7 @@ predicted ``log1p(dwell seconds)`` for dwell. The module is what serving runs; l
 :class:`models.train_wrapper.RankerTrainWrapper`.
 
 The sparse input is a ``KeyedJaggedTensor`` with one key per sparse feature. Values are already table row
-indices (see :class:`models.features.SparseEncoder`): row 0 of every table is the out-of-vocabulary /
+indices (see :class:`models.batch.SparseEncoder`): row 0 of every table is the out-of-vocabulary /
 missing bucket, which is how new users and new posts are scored (cold start)::
 
     keys:     sp_viewer  sp_author  sp_post  …  sp_topics

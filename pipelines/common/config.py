@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.tasks import BINARY_TASKS, DEFAULT_RELEVANCE, DEFAULT_TASK_WEIGHTS, DEFAULT_VALUE_WEIGHTS, TASKS
+
+if TYPE_CHECKING:  # torch: imported by to_spec() only, so reading a config stays light
+    from models.ranker import RankerSpec
+    from models.train_wrapper import LossSpec
 
 
 class StrictConfig(BaseModel):
@@ -140,7 +144,8 @@ class DataConfig(StrictConfig):
 
 
 class ModelConfig(StrictConfig):
-    """Architecture of the multitask ranker (``models.ranker.RankerSpec``)."""
+    """Architecture of the multitask ranker: :meth:`ModelConfig.to_spec` makes its
+    :class:`models.ranker.RankerSpec`."""
 
     embedding_dim: int = Field(16, ge=2)
     bottom_mlp: list[int] = Field(
@@ -157,14 +162,47 @@ class ModelConfig(StrictConfig):
         "than the training data, so a post-id table mostly memorizes (measured: lower test AUC).",
     )
 
+    def to_spec(self, sparse: dict[str, int], n_dense: int, n_bias: int = 0) -> RankerSpec:
+        """The ranker's shapes: this architecture over the data's tables (``sparse``: feature → table
+        rows), dense width and bias inputs (both read from ``features/``, not configured).
+
+        >>> spec = ModelConfig(top_mlp=[32]).to_spec({"sp_viewer": 10}, n_dense=3)
+        >>> spec.top_mlp, spec.n_dense, spec.embedding_dim
+        ((32,), 3, 16)
+        """
+        from models.ranker import RankerSpec
+
+        return RankerSpec(
+            sparse=dict(sparse),
+            n_dense=n_dense,
+            embedding_dim=self.embedding_dim,
+            bottom_mlp=tuple(self.bottom_mlp),
+            top_mlp=tuple(self.top_mlp),
+            interaction=self.interaction,
+            dcn_layers=self.dcn_layers,
+            dcn_rank=self.dcn_rank,
+            n_bias=n_bias,
+        )
+
 
 class LossSettings(StrictConfig):
-    """Per-task loss weighting (``models.train_wrapper.LossConfig``)."""
+    """Per-task loss weighting: :meth:`LossSettings.to_spec` makes the
+    :class:`models.train_wrapper.LossSpec`."""
 
     task_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     pos_weight: dict[str, float] = Field(default_factory=dict)
     learned_weights: bool = False
     huber_delta: float = Field(1.0, gt=0)
+
+    def to_spec(self) -> LossSpec:
+        """The training wrapper's loss settings.
+
+        >>> LossSettings(learned_weights=True).to_spec().learned_weights
+        True
+        """
+        from models.train_wrapper import LossSpec
+
+        return LossSpec(**self.model_dump())
 
 
 class OptimConfig(StrictConfig):

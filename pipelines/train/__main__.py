@@ -51,7 +51,7 @@ def main(
 
 
 if __name__ == "__main__":
-    # Run through the package so pickled classes (TrainSetup) name `pipelines.train`, not `__main__`.
+    # Run through the package so that what is pickled names its `pipelines.train` module, not `__main__`.
     from pipelines.train.__main__ import app as package_app
 
     package_app()

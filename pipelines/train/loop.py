@@ -1,4 +1,14 @@
-"""The training loop that runs on every Ray Train worker."""
+"""The training loop that runs on every Ray Train worker, as named steps (the shape of Ray's
+``release/train_tests/benchmark/runner.py``)::
+
+    TrainLoop.run():  setup → restore → for each epoch: train_epoch → validate → checkpoint
+                                                        (early stopping on the validation loss)
+
+The loop knows nothing of the ranker. A :class:`TrainableModel` (the ranker's is
+:class:`pipelines.train.setup.RankerTraining`) says how to build the sharded model and its optimizers, how
+to turn Ray Data's numpy batches into the batch the model takes, and what servable model to export from
+the gathered state at each checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,74 +16,48 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pipelines.common.config import TrainConfig
+from pipelines.common.config import OptimConfig
 from pipelines.common.tracking import MODEL_FILE
-from pipelines.train.setup import TrainSetup, servable_ranker
+from pipelines.train.sharding import Sharded, gather_full_state
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------------- the worker
-def sharded_model(setup: TrainSetup, world: int, device: Any, sharding: str) -> tuple[Any, Any, Any]:
-    """DistributedModelParallel over the train wrapper, its dense optimizer, and the combined (fused
-    embedding + dense) optimizer that steps both."""
-    import torch
-    import torch.distributed as dist
-    from torchrec.distributed import DistributedModelParallel
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+class StepBatch(Protocol):
+    """What the loop needs of a batch (:class:`models.batch.Batch` is one)."""
 
-    from models.ranker import MultiTaskRanker
-    from models.train_wrapper import RankerTrainWrapper
+    def __len__(self) -> int: ...
 
-    cfg = TrainConfig.model_validate(setup.config)
-    model = MultiTaskRanker(setup.spec, device=torch.device("meta"))
-    wrapper = RankerTrainWrapper(model, setup.loss)
-    apply_optimizer_in_backward(
-        RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": cfg.optim.embedding_lr}
-    )
-    constraints = {t.name: ParameterConstraints(sharding_types=[sharding]) for t in setup.spec.tables()}
-    topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    plan = planner.collective_plan(wrapper, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(module=wrapper, device=device, plan=plan)
-    dmp.module.model.set_standardization(
-        torch.tensor(setup.dense_mean, dtype=torch.float32, device=device),
-        torch.tensor(setup.dense_std, dtype=torch.float32, device=device),
-    )
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())),
-        lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
-    )
-    return dmp, dense, CombinedOptimizer([dmp.fused_optimizer, dense])
+    def to(self, device: torch.device, non_blocking: bool = False) -> StepBatch: ...
 
 
-def gather_full_state(dmp: Any, rank: int) -> dict[str, Any] | None:
-    """Every rank takes part; rank 0 gets the unsharded state dict of the servable ranker."""
-    import torch
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
+class Servable(Protocol):
+    """The model that leaves training (:class:`models.servable.ServableRanker` is one)."""
 
-    full: dict[str, Any] = {}
-    for key, value in dmp.state_dict().items():
-        if not key.startswith("model."):
-            continue
-        name = key.removeprefix("model.")
-        if isinstance(value, ShardedTensor):
-            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-            value.gather(dst=0, out=out)
-            full[name] = out
-        else:
-            full[name] = value.detach().cpu()
-    return full if rank == 0 else None
+    def save(self, path: Any) -> None: ...
+
+
+class TrainableModel(Protocol):
+    """The model-specific side of :class:`TrainLoop` (small and picklable: it travels to every worker).
+
+    ``shard(...).dmp`` is called as ``dmp(batch) -> (loss, (losses, outputs))`` with ``losses`` a dict of
+    detached scalars that has ``loss/total``; its servable module is its ``model`` submodule.
+    """
+
+    def shard(self, world: int, device: torch.device, sharding: str) -> Sharded: ...
+
+    def train_batch(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> StepBatch: ...
+
+    def eval_batch(self, columns: dict[str, np.ndarray]) -> StepBatch: ...
+
+    def export(self, state_dict: dict[str, Any]) -> Servable: ...
 
 
 class _Tracker:
@@ -105,121 +89,188 @@ class _Tracker:
             log.warning("MLflow logging failed at step %d: %s", step, e)
 
 
-def _inputs(b: Any, device: Any) -> tuple[Any, ...]:
-    """A Batch as the train wrapper's arguments on ``device``."""
-    labels = {k: v.to(device) for k, v in b.labels.items()}
-    bias = None if b.bias is None else b.bias.to(device)
-    return b.dense.to(device), b.sparse.to(device), labels, b.weights.to(device), bias
+class TrainLoop:
+    """One worker's training: every rank runs the same steps in lockstep (collectives inside).
 
+    Args:
+        model: the model-specific side (:class:`TrainableModel`).
+        optim: epochs, batching, seed, patience and reporting cadence.
+        sharding: TorchRec sharding type of every table; None: ``row_wise`` on GPU, ``table_wise`` on CPU.
+        use_gpu: train on this worker's GPU when it has one.
+        tracking: ``{"uri", "run_id"}``: rank 0 logs progress into that MLflow run.
+    """
 
-def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import torch
-    import torch.distributed as dist
+    def __init__(
+        self,
+        model: TrainableModel,
+        optim: OptimConfig,
+        sharding: str | None = None,
+        use_gpu: bool = False,
+        tracking: dict[str, str] | None = None,
+    ) -> None:
+        self.model, self.optim = model, optim
+        self.sharding, self.use_gpu, self.tracking = sharding, use_gpu, tracking
+        # Progress: what a checkpoint saves and restore() puts back.
+        self.start_epoch, self.step = 0, 0
+        self.best: dict[str, float] = {"loss": float("inf"), "epoch": -1}
+        # The latest reported metrics (training losses, then the epoch's validation loss).
+        self.metrics: dict[str, float] = {}
+        # Samples since the last progress report, and when it was.
+        self._t_report, self._n_report = time.perf_counter(), 0
 
-    from models.batch import collate
-    from pipelines.common.runtime import setup_worker_logging
+    def run(self) -> None:
+        """Train from the start (or the restored epoch) to the last epoch or an early stop."""
+        self.setup()
+        self.restore()
+        self._t_report, self._n_report = time.perf_counter(), 0
+        for epoch in range(self.start_epoch, self.optim.epochs):
+            self.train_epoch(epoch)
+            stop = self.early_stop(epoch, self.validate(epoch))
+            self.checkpoint(epoch)
+            if stop:
+                log.info(
+                    "early stop after epoch %d: best validation loss at epoch %d", epoch, self.best["epoch"]
+                )
+                break
 
-    setup_worker_logging()  # rank 0's progress lines reach the driver through Ray
-    setup: TrainSetup = loop_config["setup"]
-    cfg = TrainConfig.model_validate(setup.config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_gpu = torch.cuda.is_available() and bool(loop_config["use_gpu"])
-    device = torch.device("cuda", ctx.get_local_rank()) if use_gpu else torch.device("cpu")
-    sharding = cfg.distributed.sharding or ("row_wise" if use_gpu else "table_wise")
-    torch.manual_seed(cfg.optim.seed)
-    dmp, dense_optimizer, optimizer = sharded_model(setup, world, device, sharding)
-    start_epoch, step, best = 0, 0, {"loss": float("inf"), "epoch": -1}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    def setup(self) -> None:
+        """Rank and device; the seeded, sharded model and its optimizers; rank 0's tracker; data shards."""
+        import ray.train
+        import torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        use_gpu = torch.cuda.is_available() and bool(self.use_gpu)
+        self.device = torch.device("cuda", ctx.get_local_rank()) if use_gpu else torch.device("cpu")
+        torch.manual_seed(self.optim.seed)
+        sharding = self.sharding or ("row_wise" if use_gpu else "table_wise")
+        self.dmp, self.dense_optimizer, self.optimizer = self.model.shard(self.world, self.device, sharding)
+        self.tracker = _Tracker(self.tracking) if self.rank == 0 else None
+        self.rng = np.random.default_rng(self.optim.seed + 1000 * self.rank)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.valid_shard = ray.train.get_dataset_shard("valid")
+
+    def restore(self) -> None:
+        """Continue from Ray Train's checkpoint when there is one (``--resume``, or a restarted worker group):
+        this rank's shards, both optimizers' states and the progress."""
+        import ray.train
+        import torch
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / f"rank-{rank}.pt", weights_only=False)
-        dmp.load_state_dict(state["model"])
-        dense_optimizer.init_state()  # Adam creates its state lazily; loading needs it in place
-        dense_optimizer.load_state_dict(state["dense_optimizer"])
-        dmp.fused_optimizer.load_state_dict(state["fused_optimizer"])
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
-    tracker = _Tracker(loop_config.get("tracking")) if rank == 0 else None
-    rng = np.random.default_rng(cfg.optim.seed + 1000 * rank)
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
-    t_report, n_report = time.perf_counter(), 0
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        dmp.train()
-        batches = train_shard.iter_batches(
-            batch_size=cfg.optim.batch_size,
+            state = torch.load(Path(d) / f"rank-{self.rank}.pt", weights_only=False)
+        self.dmp.load_state_dict(state["model"])
+        self.dense_optimizer.init_state()  # Adam creates its state lazily; loading needs it in place
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.dmp.fused_optimizer.load_state_dict(state["fused_optimizer"])
+        self.start_epoch, self.step, self.best = state["epoch"] + 1, state["step"], state["best"]
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over this rank's shard (locally shuffled), reporting every ``report_every`` steps."""
+        self.dmp.train()
+        batches = self.train_shard.iter_batches(
+            batch_size=self.optim.batch_size,
             batch_format="numpy",
             drop_last=True,
-            local_shuffle_buffer_size=cfg.optim.shuffle_buffer,
-            local_shuffle_seed=cfg.optim.seed + epoch,
+            local_shuffle_buffer_size=self.optim.shuffle_buffer,
+            local_shuffle_seed=self.optim.seed + epoch,
         )
-        for i, cols in enumerate(batches):
-            if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
+        for i, columns in enumerate(batches):
+            if self.optim.max_steps_per_epoch and i >= self.optim.max_steps_per_epoch:
                 break
-            b = collate(cols, setup.layout, setup.encoder, id_dropout=cfg.optim.id_dropout, rng=rng)
-            loss, (losses, _) = dmp(*_inputs(b, device))
-            optimizer.zero_grad()
+            batch = self.model.train_batch(columns, self.rng)
+            loss, (losses, _) = self.dmp(batch.to(self.device))
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
-            step += 1
-            n_report += len(b)
-            if step % cfg.optim.report_every == 0:
-                elapsed = time.perf_counter() - t_report
-                metrics = {k: float(v) for k, v in losses.items()}
-                metrics.update(epoch=epoch, step=step, samples_per_s=n_report * world / max(elapsed, 1e-9))
-                ray.train.report(metrics)
-                if tracker:
-                    tracker.log(metrics, step)
-                    log.info(
-                        "epoch %d step %d loss %.4f %.0f samples/s",
-                        epoch,
-                        step,
-                        metrics["loss/total"],
-                        metrics["samples_per_s"],
-                    )
-                t_report, n_report = time.perf_counter(), 0
-        # Validation loss, summed over every rank's shard.
-        dmp.eval()
-        sums = torch.zeros(2, dtype=torch.float64)
+            self.optimizer.step()
+            self.step += 1
+            self._n_report += len(batch)
+            if self.step % self.optim.report_every == 0:
+                self._report_progress(epoch, losses)
+
+    def _report_progress(self, epoch: int, losses: dict[str, Any]) -> None:
+        """The last step's losses and the samples/s since the last report: to Ray Train, and from rank 0 to
+        MLflow and the log."""
+        import ray.train
+
+        elapsed = time.perf_counter() - self._t_report
+        self.metrics = {k: float(v) for k, v in losses.items()}
+        self.metrics.update(
+            epoch=epoch, step=self.step, samples_per_s=self._n_report * self.world / max(elapsed, 1e-9)
+        )
+        ray.train.report(self.metrics)
+        if self.tracker:
+            self.tracker.log(self.metrics, self.step)
+            log.info(
+                "epoch %d step %d loss %.4f %.0f samples/s",
+                epoch,
+                self.step,
+                self.metrics["loss/total"],
+                self.metrics["samples_per_s"],
+            )
+        self._t_report, self._n_report = time.perf_counter(), 0
+
+    def validate(self, epoch: int) -> float:
+        """The validation loss, summed over every rank's shard: every rank gets the same number."""
+        import torch
+        import torch.distributed as dist
+
+        self.dmp.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # nccl reduces device tensors only
         with torch.no_grad():
-            for cols in valid_shard.iter_batches(
-                batch_size=cfg.optim.batch_size, batch_format="numpy", drop_last=True
+            for columns in self.valid_shard.iter_batches(
+                batch_size=self.optim.batch_size, batch_format="numpy", drop_last=True
             ):
-                b = collate(cols, setup.layout, setup.encoder)
-                loss, _ = dmp(*_inputs(b, device))
-                sums += torch.tensor([float(loss) * len(b), len(b)], dtype=torch.float64)
+                batch = self.model.eval_batch(columns)
+                loss, _ = self.dmp(batch.to(self.device))
+                sums += torch.tensor(
+                    [float(loss) * len(batch), len(batch)], dtype=torch.float64, device=self.device
+                )
         dist.all_reduce(sums)
-        metrics = {
-            **metrics,
-            "epoch": epoch,
-            "step": step,
-            "valid/loss": float(sums[0]) / max(float(sums[1]), 1.0),
-        }
-        if tracker:
-            tracker.log({"valid/loss": metrics["valid/loss"]}, step)
-        if metrics["valid/loss"] < best["loss"]:
-            best = {"loss": metrics["valid/loss"], "epoch": epoch}
-        # Same decision on every rank: the validation loss is all-reduced.
-        stop = cfg.optim.patience is not None and epoch - best["epoch"] >= cfg.optim.patience
-        full = gather_full_state(dmp, rank)  # every epoch's checkpoint is servable; the best one is published
+        valid_loss = float(sums[0]) / max(float(sums[1]), 1.0)
+        self.metrics = {**self.metrics, "epoch": epoch, "step": self.step, "valid/loss": valid_loss}
+        if self.tracker:
+            self.tracker.log({"valid/loss": valid_loss}, self.step)
+        return valid_loss
+
+    def early_stop(self, epoch: int, valid_loss: float) -> bool:
+        """Keep the best epoch; True once ``patience`` epochs went by without a better validation loss (the
+        same decision on every rank: the loss is all-reduced)."""
+        if valid_loss < self.best["loss"]:
+            self.best = {"loss": valid_loss, "epoch": epoch}
+        patience = self.optim.patience
+        return patience is not None and epoch - self.best["epoch"] >= patience
+
+    def checkpoint(self, epoch: int) -> None:
+        """Every rank saves its shards, optimizer states and the progress; rank 0 adds the servable model
+        gathered from all shards (every epoch's checkpoint is servable; the best one is published). Reported
+        to Ray Train with the metrics."""
+        import ray.train
+        import torch
+
+        full = gather_full_state(self.dmp, self.rank)  # a collective: every rank takes part
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
                 {
-                    "model": dmp.state_dict(),
-                    "dense_optimizer": dense_optimizer.state_dict(),
-                    "fused_optimizer": dmp.fused_optimizer.state_dict(),
+                    "model": self.dmp.state_dict(),
+                    "dense_optimizer": self.dense_optimizer.state_dict(),
+                    "fused_optimizer": self.dmp.fused_optimizer.state_dict(),
                     "epoch": epoch,
-                    "step": step,
-                    "best": best,
+                    "step": self.step,
+                    "best": self.best,
                 },
-                Path(tmp) / f"rank-{rank}.pt",
+                Path(tmp) / f"rank-{self.rank}.pt",
             )
             if full is not None:
-                servable_ranker(setup, full).save(Path(tmp) / MODEL_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        if stop:
-            log.info("early stop after epoch %d: best validation loss at epoch %d", epoch, best["epoch"])
-            break
+                self.model.export(full).save(Path(tmp) / MODEL_FILE)
+            ray.train.report(self.metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function: ``loop_config`` holds :class:`TrainLoop`'s arguments."""
+    from pipelines.common.runtime import setup_worker_logging
+
+    setup_worker_logging()  # rank 0's progress lines reach the driver through Ray
+    TrainLoop(**loop_config).run()

@@ -1,25 +1,31 @@
-"""What a training worker needs besides its data: model shapes, input layout and id vocabularies, read
-from ``D/features/`` (the train split only)."""
+"""The ranker's side of training: what a worker needs besides its data (model shapes, input layout and id
+vocabularies, read from ``D/features/``, the train split only) and :class:`RankerTraining`, the
+:class:`pipelines.train.loop.TrainableModel` that builds the sharded ranker, collates its batches and
+exports the servable ranker at each checkpoint."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.dataset as pads
 
-from models.batch import FeatureLayout, SparseEncoder
+from models.batch import Batch, FeatureLayout, SparseEncoder, collate
 from models.ranker import RankerSpec
 from models.servable import ServableRanker
-from models.train_wrapper import LossConfig
+from models.tasks import BINARY_TASKS
+from models.train_wrapper import LossSpec
 from pipelines.common.cli import DataError
-from pipelines.common.columns import ID_FEATURES
+from pipelines.common.columns import DWELL, SPARSE_IDS, WEIGHT
 from pipelines.common.config import TrainConfig
-from pipelines.features.manifest import load_manifest
+from pipelines.features.manifest import load_manifest, read_split
+from pipelines.train.sharding import Sharded, shard
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +37,24 @@ class TrainSetup:
     spec: RankerSpec
     layout: FeatureLayout
     encoder: SparseEncoder
-    loss: LossConfig
+    loss: LossSpec
     dense_mean: list[float]
     dense_std: list[float]
-    config: dict[str, Any]
+    config: dict[str, Any]  # the TrainConfig, as JSON
+
+    @property
+    def columns(self) -> list[str]:
+        """The feature-table columns training reads: the model's inputs, labels and sample weight."""
+        lay = self.layout
+        return [
+            *lay.dense,
+            *lay.vectors,
+            *lay.sparse,
+            *lay.bias,
+            *BINARY_TASKS,
+            DWELL,
+            WEIGHT,
+        ]
 
 
 def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
@@ -52,42 +72,76 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
         sparse=tuple(c for c in sparse if c not in cfg.model.exclude_sparse),
         bias=bias,
     )
-    files = sorted(str(p) for p in (data_dir / "features" / "train").rglob("*.parquet"))
-    if not files:
-        raise DataError(f"{data_dir / 'features' / 'train'}: no training examples (run pipelines.features)")
-    ids_table = pads.dataset(files, format="parquet").to_table(columns=list(ID_FEATURES))
+    ids_table = read_split(data_dir, "train", list(SPARSE_IDS))
     ids: dict[str, np.ndarray] = {}
-    for name in (f for f in ID_FEATURES if f in layout.sparse):
+    for name in (f for f in SPARSE_IDS if f in layout.sparse):
         values, counts = np.unique(ids_table[name].to_numpy(), return_counts=True)
         ids[name] = values[counts >= cfg.model.min_id_count].astype(np.int64)
     codes = {**cols["sparse_vocab"], **cols["sparse_lists"]}
     encoder = SparseEncoder(ids=ids, codes={k: int(v) for k, v in codes.items()})
-    m = cfg.model
-    spec = RankerSpec(
-        sparse=encoder.table_rows(),
-        n_dense=layout.n_dense,
-        embedding_dim=m.embedding_dim,
-        bottom_mlp=tuple(m.bottom_mlp),
-        top_mlp=tuple(m.top_mlp),
-        interaction=m.interaction,
-        dcn_layers=m.dcn_layers,
-        dcn_rank=m.dcn_rank,
-        n_bias=len(layout.bias),
-    )
+    spec = cfg.model.to_spec(encoder.table_rows(), n_dense=layout.n_dense, n_bias=len(layout.bias))
     mean = [stats[c]["mean"] for c in layout.dense] + [0.0] * sum(layout.vectors.values())
     std = [stats[c]["std"] for c in layout.dense] + [1.0] * sum(layout.vectors.values())
-    loss = LossConfig(
-        task_weights=dict(cfg.loss.task_weights),
-        pos_weight=dict(cfg.loss.pos_weight),
-        learned_weights=cfg.loss.learned_weights,
-        huber_delta=cfg.loss.huber_delta,
+    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, cfg.model_dump(mode="json"))
+
+
+def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding: str) -> Sharded:
+    """The ranker's train wrapper in DistributedModelParallel (tables created on the meta device, each rank
+    materializing its own shards), its dense optimizer, and the combined (fused embedding + dense)
+    optimizer that steps both; dense inputs standardized with the train split's statistics."""
+    import torch
+
+    from models.ranker import MultiTaskRanker
+    from models.train_wrapper import RankerTrainWrapper
+
+    optim = TrainConfig.model_validate(setup.config).optim
+    model = MultiTaskRanker(setup.spec, device=torch.device("meta"))
+    wrapper = RankerTrainWrapper(model, setup.loss)
+    sharded = shard(
+        wrapper,
+        setup.spec.tables(),
+        model.sparse_arch.parameters(),
+        world,
+        device,
+        sharding,
+        embedding_lr=optim.embedding_lr,
+        dense_lr=optim.dense_lr,
     )
-    return TrainSetup(spec, layout, encoder, loss, mean, std, cfg.model_dump(mode="json"))
+    sharded.dmp.module.model.set_standardization(
+        torch.tensor(setup.dense_mean, dtype=torch.float32, device=device),
+        torch.tensor(setup.dense_std, dtype=torch.float32, device=device),
+    )
+    return sharded
 
 
 def servable_ranker(setup: TrainSetup, state_dict: dict[str, Any]) -> ServableRanker:
+    """The unsharded ranker loaded with ``state_dict`` (gathered from the shards), ready to save."""
     from models.ranker import MultiTaskRanker
 
     model = MultiTaskRanker(setup.spec)
     model.load_state_dict(state_dict)
     return ServableRanker(model, setup.layout, setup.encoder)
+
+
+@dataclass
+class RankerTraining:
+    """The multitask ranker as :class:`pipelines.train.loop.TrainLoop` trains it (a ``TrainableModel``)."""
+
+    setup: TrainSetup
+    id_dropout: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.id_dropout = TrainConfig.model_validate(self.setup.config).optim.id_dropout
+
+    def shard(self, world: int, device: torch.device, sharding: str) -> Sharded:
+        return sharded_model(self.setup, world, device, sharding)
+
+    def train_batch(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> Batch:
+        """With id dropout: that share of ids goes to the out-of-vocabulary row (cold start)."""
+        return collate(columns, self.setup.layout, self.setup.encoder, id_dropout=self.id_dropout, rng=rng)
+
+    def eval_batch(self, columns: dict[str, np.ndarray]) -> Batch:
+        return collate(columns, self.setup.layout, self.setup.encoder)
+
+    def export(self, state_dict: dict[str, Any]) -> ServableRanker:
+        return servable_ranker(self.setup, state_dict)

@@ -22,7 +22,7 @@ class Published:
     model_name: str
     version: str
     checkpoint: Path
-    evaluation: Any  # pipelines.evaluate.Evaluation
+    evaluation: Any  # pipelines.evaluate.evaluation.Evaluation
 
 
 def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
@@ -30,11 +30,8 @@ def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
     config, metrics, plots and the servable model, register a new ``feed-ranker`` version and point alias
     ``challenger`` at it. ``resume`` continues the last run, its checkpoint and its MLflow run."""
     import mlflow
-    from mlflow import MlflowClient
 
     from pipelines.common import tracking
-    from pipelines.evaluate.evaluation import RANKER, evaluate
-    from pipelines.features.manifest import read_columns
 
     uri = tracking.configure(data_dir)
     exp = tracking.experiment_id(cfg.experiment, data_dir)
@@ -46,40 +43,69 @@ def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(run_id)
         if previous is None:
-            mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json")))
-            mlflow.log_dict(cfg.model_dump(mode="json"), "config/train.yaml")
-            mlflow.log_artifact(str(data_dir / "features" / "manifest.json"), "data")
-            mlflow.set_tags({"data_dir": str(data_dir.resolve()), "ray_train_run": name})
+            _log_inputs(cfg, data_dir, name)
         result = train(cfg, data_dir, resume=resume, name=name, tracking={"uri": uri, "run_id": run_id})
         checkpoint = best_checkpoint(result)
         mlflow.set_tag("checkpoint", str(checkpoint))
         ranker = load_trained(checkpoint)
-        out = data_dir / "evaluation" / name
-        evaluation = evaluate(data_dir, {RANKER: ranker}, cfg.evaluate, out_dir=out)
-        _loss_plot(MlflowClient(), run_id, out / "losses.png")
-        mlflow.log_artifacts(str(out), "evaluation")
-        mlflow.log_metrics(evaluation.flat(RANKER))
-        for baseline in evaluation.models:
-            if baseline != RANKER:
-                mlflow.log_metrics(
-                    {f"baseline/{baseline}/{k[5:]}": v for k, v in evaluation.flat(baseline).items()}
-                )
-        mlflow.set_tag("eval_set", evaluation.eval_set)
-        version = tracking.log_ranker(ranker, read_columns(data_dir, "test"), cfg.registry.model_name)
-        client = MlflowClient()
-        client.set_registered_model_alias(cfg.registry.model_name, tracking.CHALLENGER, version.version)
-        client.set_model_version_tag(
-            cfg.registry.model_name, version.version, "eval_set", evaluation.eval_set
-        )
-        for k in (f"ndcg_at_{cfg.evaluate.ndcg_k}", "mrr", "mean_auc"):
-            if f"test/{k}" in evaluation.flat(RANKER):
-                client.set_model_version_tag(
-                    cfg.registry.model_name, version.version, k, f"{evaluation.flat(RANKER)[f'test/{k}']:.4f}"
-                )
-    log.info(
-        "registered %s version %s (alias %s)", cfg.registry.model_name, version.version, tracking.CHALLENGER
-    )
-    return Published(run_id, cfg.registry.model_name, str(version.version), checkpoint, evaluation)
+        evaluation = _evaluate(cfg, data_dir, name, run_id, ranker)
+        version = _register(cfg, data_dir, ranker, evaluation)
+    log.info("registered %s version %s (alias %s)", cfg.registry.model_name, version, tracking.CHALLENGER)
+    return Published(run_id, cfg.registry.model_name, version, checkpoint, evaluation)
+
+
+def _log_inputs(cfg: TrainConfig, data_dir: Path, name: str) -> None:
+    """A new run's params, resolved config, features manifest and tags."""
+    import mlflow
+
+    from pipelines.common import tracking
+
+    mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json")))
+    mlflow.log_dict(cfg.model_dump(mode="json"), "config/train.yaml")
+    mlflow.log_artifact(str(data_dir / "features" / "manifest.json"), "data")
+    mlflow.set_tags({"data_dir": str(data_dir.resolve()), "ray_train_run": name})
+
+
+def _evaluate(cfg: TrainConfig, data_dir: Path, name: str, run_id: str, ranker: Any) -> Any:
+    """The test split scored by the ranker and the baselines; the report, plots and metrics into the run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.evaluate.evaluation import RANKER, evaluate
+
+    out = data_dir / "evaluation" / name
+    evaluation = evaluate(data_dir, {RANKER: ranker}, cfg.evaluate, out_dir=out)
+    _loss_plot(MlflowClient(), run_id, out / "losses.png")
+    mlflow.log_artifacts(str(out), "evaluation")
+    mlflow.log_metrics(evaluation.flat(RANKER))
+    for baseline in evaluation.models:
+        if baseline != RANKER:
+            mlflow.log_metrics(
+                {f"baseline/{baseline}/{k[5:]}": v for k, v in evaluation.flat(baseline).items()}
+            )
+    mlflow.set_tag("eval_set", evaluation.eval_set)
+    return evaluation
+
+
+def _register(cfg: TrainConfig, data_dir: Path, ranker: Any, evaluation: Any) -> str:
+    """Log the servable ranker as a new registered version, alias it ``challenger`` and tag it with the
+    evaluation set and headline metrics; returns the version."""
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+    from pipelines.evaluate.evaluation import RANKER
+    from pipelines.features.manifest import read_columns
+
+    name = cfg.registry.model_name
+    version = str(tracking.log_ranker(ranker, read_columns(data_dir, "test"), name).version)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, tracking.CHALLENGER, version)
+    client.set_model_version_tag(name, version, "eval_set", evaluation.eval_set)
+    metrics = evaluation.flat(RANKER)
+    for k in (f"ndcg_at_{cfg.evaluate.ndcg_k}", "mrr", "mean_auc"):
+        if f"test/{k}" in metrics:
+            client.set_model_version_tag(name, version, k, f"{metrics[f'test/{k}']:.4f}")
+    return version
 
 
 def _loss_plot(client: Any, run_id: str, path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Ray Train: the TorchTrainer over Ray Data shards of the train and validation splits."""
+"""Ray Train, the driver's side: the TorchTrainer over Ray Data shards of the train and validation splits,
+each worker running :func:`pipelines.train.loop.train_loop` on the ranker (:class:`RankerTraining`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from pipelines.common.config import TrainConfig
 from pipelines.train.loop import train_loop
-from pipelines.train.setup import build_setup
+from pipelines.train.setup import RankerTraining, build_setup
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +41,40 @@ def train(
 
     ``tracking`` (``{"uri", "run_id"}``) makes rank 0 log progress into that MLflow run.
     """
-    import ray
-    import ray.data
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     setup = build_setup(data_dir, cfg)
-    columns = [
-        *setup.layout.dense,
-        *setup.layout.vectors,
-        *setup.layout.sparse,
-        *setup.layout.bias,
-        "click",
-        "like",
-        "comment",
-        "share",
-        "hide",
-        "skip",
-        "dwell_ms",
-        "sample_weight",
-    ]
+    data = datasets(cfg, data_dir, setup.columns)
+    use_gpu = gpus_wanted(cfg)
+    loop_config = {
+        "model": RankerTraining(setup),
+        "optim": cfg.optim,
+        "sharding": cfg.distributed.sharding,
+        "use_gpu": use_gpu,
+        "tracking": tracking,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg, use_gpu),
+        run_config=run_config(cfg, data_dir, name or run_name(cfg, data_dir, resume)),
+        datasets=data,
+    )
+    result = trainer.fit()
+    log.info("trained: %s", {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)})
+    return result
+
+
+def datasets(cfg: TrainConfig, data_dir: Path, columns: list[str]) -> dict[str, Any]:
+    """The train and validation splits as Ray Data datasets of ``columns`` (train blocks in random order)."""
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False
     # Read tasks ask for a quarter CPU: on a small cluster that also serves the feed (make retrain), the
     # train workers and Serve replicas leave no node a whole CPU, and whole-CPU reads would starve training.
-    datasets = {
+    splits = {
         split: ray.data.read_parquet(
             str(data_dir / "features" / split),
             columns=columns,
@@ -75,36 +84,46 @@ def train(
         for split in ("train", "valid")
     }
     # Files are written day by day and viewer by viewer: mix the blocks, then shuffle within a buffer.
-    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
-    use_gpu = cfg.distributed.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.distributed.num_workers
-    storage = (data_dir / "train_runs").resolve()
-    name = name or run_name(cfg, data_dir, resume)
-    trainer_kwargs: dict[str, Any] = dict(
-        train_loop_config={"setup": setup, "use_gpu": use_gpu, "tracking": tracking},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.distributed.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": cfg.distributed.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
-            # Ray Train's own INFO lines (every report, every checkpoint) would drown rank 0's progress.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
-            # The best epoch by validation loss is kept (and published); the latest is kept for resuming.
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="valid/loss", checkpoint_score_order="min"
-            ),
-        ),
-        datasets=datasets,
+    splits["train"] = splits["train"].randomize_block_order(seed=cfg.optim.seed)
+    return splits
+
+
+def gpus_wanted(cfg: TrainConfig) -> bool:
+    """``distributed.use_gpu``, or when unset, whether the cluster has a GPU for every worker."""
+    import ray
+
+    if cfg.distributed.use_gpu is not None:
+        return cfg.distributed.use_gpu
+    return bool(ray.cluster_resources().get("GPU", 0) >= cfg.distributed.num_workers)
+
+
+def scaling_config(cfg: TrainConfig, use_gpu: bool) -> Any:
+    """``num_workers`` workers, each with a GPU or ``cpus_per_worker`` CPUs."""
+    import ray.train
+
+    return ray.train.ScalingConfig(
+        num_workers=cfg.distributed.num_workers,
+        use_gpu=use_gpu,
+        resources_per_worker=None if use_gpu else {"CPU": cfg.distributed.cpus_per_worker},
     )
-    trainer = TorchTrainer(train_loop, **trainer_kwargs)
-    result = trainer.fit()
-    log.info("trained: %s", {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)})
-    return result
+
+
+def run_config(cfg: TrainConfig, data_dir: Path, name: str) -> Any:
+    """Run ``name`` under ``D/train_runs/``: failure recovery, quiet logs, the best and the latest
+    checkpoints kept."""
+    import ray.train
+
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=str((data_dir / "train_runs").resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
+        # Ray Train's own INFO lines (every report, every checkpoint) would drown rank 0's progress.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
+        # The best epoch by validation loss is kept (and published); the latest is kept for resuming.
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="valid/loss", checkpoint_score_order="min"
+        ),
+    )
 
 
 def best_checkpoint(result: Any) -> Path:

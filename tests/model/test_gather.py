@@ -6,6 +6,7 @@ forward of a plain ``MultiTaskRanker`` loaded from the gathered state dict, on t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -32,8 +33,8 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         from models.ranker import MultiTaskRanker
         from pipelines.common.config import TrainConfig
         from pipelines.features.manifest import read_split
-        from pipelines.train.loop import gather_full_state, sharded_model
-        from pipelines.train.setup import build_setup
+        from pipelines.train.setup import build_setup, sharded_model
+        from pipelines.train.sharding import gather_full_state
 
         d = Path(data_dir)
         setup = build_setup(d, TrainConfig())
@@ -42,7 +43,7 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         for i in range(5):
             chunk = train.iloc[(i * world + rank) * 64 : (i * world + rank + 1) * 64]
             b = collate({c: chunk[c].to_numpy() for c in chunk.columns}, setup.layout, setup.encoder)
-            loss, _ = dmp(b.dense, b.sparse, b.labels, b.weights)
+            loss, _ = dmp(dataclasses.replace(b, bias=None))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -50,7 +51,7 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         test = read_split(d, "test").to_pandas().iloc[:128]
         tb = collate({c: test[c].to_numpy() for c in test.columns}, setup.layout, setup.encoder)
         with torch.no_grad():
-            _, (_, sharded) = dmp(tb.dense, tb.sparse, tb.labels, tb.weights)
+            _, (_, sharded) = dmp(dataclasses.replace(tb, bias=None))
         full = gather_full_state(dmp, rank)
         if rank == 0:
             assert full is not None

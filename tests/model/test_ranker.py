@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from models.batch import FeatureLayout, SparseEncoder, collate
 from models.ranker import TASKS, MultiTaskRanker, RankerSpec, probabilities
-from models.train_wrapper import LossConfig, RankerTrainWrapper
+from models.train_wrapper import LossSpec, RankerTrainWrapper
 
 LAYOUT = FeatureLayout(dense=("x0", "x1"), vectors={"v": 3}, sparse=("sp_viewer", "sp_post", "sp_topics"))
 
@@ -85,20 +86,20 @@ def test_training_learns_the_toy_problem(learned: bool) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(3)
     spec = _spec(embedding_dim=8, bottom_mlp=(16,), top_mlp=(32, 16))
-    wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig(learned_weights=learned))
+    wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossSpec(learned_weights=learned))
     opt = torch.optim.Adam(wrapper.parameters(), lr=0.01)
     valid = collate(_columns(500, np.random.default_rng(99)), LAYOUT, ENCODER)
     with torch.no_grad():
-        first, _ = wrapper(valid.dense, valid.sparse, valid.labels, valid.weights)
+        first, _ = wrapper(valid)
     for _ in range(150):
         b = collate(_columns(128, rng), LAYOUT, ENCODER)
-        loss, (losses, _) = wrapper(b.dense, b.sparse, b.labels, b.weights)
+        loss, (losses, _) = wrapper(b)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert {"loss/click", "loss/dwell", "loss/total"} <= set(losses)
     with torch.no_grad():
-        last, (_, out) = wrapper(valid.dense, valid.sparse, valid.labels, valid.weights)
+        last, (_, out) = wrapper(valid)
     assert last < first
     from sklearn.metrics import roc_auc_score
 
@@ -108,12 +109,12 @@ def test_training_learns_the_toy_problem(learned: bool) -> None:
 
 def test_sample_weights_change_the_loss() -> None:
     spec = _spec()
-    wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossConfig())
+    wrapper = RankerTrainWrapper(MultiTaskRanker(spec), LossSpec())
     b = collate(_columns(64, np.random.default_rng(4)), LAYOUT, ENCODER)
-    base, _ = wrapper(b.dense, b.sparse, b.labels, b.weights)
+    base, _ = wrapper(b)
     w = b.weights.clone()
     w[b.labels["click"] > 0] = 5.0
-    weighted, _ = wrapper(b.dense, b.sparse, b.labels, w)
+    weighted, _ = wrapper(dataclasses.replace(b, weights=w))
     assert not torch.isclose(base, weighted)
 
 
