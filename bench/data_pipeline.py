@@ -26,8 +26,7 @@ import typer
 
 from bench.report import machine, write_section
 from pipelines.common.config import DataConfig, load_config
-
-REPO = Path(__file__).resolve().parent.parent
+from pipelines.common.runtime import REPO
 
 
 def run_stage(args: list[str], log_path: Path) -> dict[str, float]:

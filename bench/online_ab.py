@@ -17,8 +17,7 @@ import typer
 import yaml
 
 from bench.report import machine, write_section
-
-REPO = Path(__file__).resolve().parent.parent
+from pipelines.common.runtime import REPO
 
 
 def main(

@@ -32,7 +32,8 @@ from typing import Annotated, Any
 
 import typer
 
-REPO = Path(__file__).resolve().parent.parent
+from pipelines.common.runtime import REPO
+
 STATE_DIR = REPO / ".cluster"
 
 

@@ -7,7 +7,7 @@
 2. online: the feed is redeployed with ``model.challenger_traffic`` (0.5 by default) and simulated users
    (:mod:`pipelines.simulate`) read it; their report is saved next to the run;
 3. ``promote`` as a Ray job with that report: ``champion`` moves only if the new version wins offline (the
-   gate on the test split) **and** online (:func:`pipelines.promote.online_gate`);
+   gate on the test split) **and** online (:func:`pipelines.promote.gate.online_gate`);
 4. the feed is redeployed as configured. An MLflow run (experiment ``feed-retrain``) records every step: the
    stages' durations, the training run, the simulation run and report, the decision and its reason.
 """
@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,82 @@ def wait_for_version(base: str, arm: str, version: str, timeout_s: float = 300) 
     raise TimeoutError(f"{arm} is not served by version {version} after {timeout_s:.0f} s (serving {models})")
 
 
+@dataclass
+class Retrain:
+    """One retrain on a running cluster: where its jobs go and what it writes."""
+
+    cluster: LocalCluster
+    data_dir: Path
+    dashboard: str
+    env: dict[str, str]
+    console: Console
+    out: Path  # D/retrain/<time>/: online.json, online.md, decision.json
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def submit(self, stage: str, *args: str) -> None:
+        entrypoint = ["python", "-m", f"pipelines.{stage}", "--data-dir", str(self.data_dir), *args]
+        self.seconds[stage] = submit(self.dashboard, entrypoint, stage, self.console, self.env)
+
+    def train_challenger(self, config: Path, train_config: Path, model_name: str) -> Any:
+        """ingest → features → train as Ray jobs over the raw logs (served traffic included); the version
+        training registered as challenger."""
+        from pipelines.common import tracking
+
+        self.submit("ingest", "--config", str(config))
+        self.submit("features", "--config", str(config))
+        self.submit("train", "--config", str(train_config))
+        candidate = tracking.version_of(model_name, tracking.CHALLENGER)
+        assert candidate is not None, "training registered no challenger"
+        return candidate
+
+    def test_online(
+        self, version: str, serve_config: Path, data_cfg: Any, sim: Any, challenger_traffic: float
+    ) -> tuple[Path, str]:
+        """The feed redeployed with ``version`` as challenger for a share of users, simulated users reading
+        it; returns the report's path and the simulation's MLflow run. The feed is redeployed as
+        configured afterwards, whatever happened."""
+        from pipelines.simulate.report import markdown
+        from pipelines.simulate.stage import log_to_mlflow
+        from pipelines.simulate.stage import run as simulate
+
+        self.console.rule(f"online: version {version} as challenger for {challenger_traffic:.0%} of users")
+        t0 = time.perf_counter()
+        doc = yaml.safe_load(serve_config.read_text())
+        doc["applications"][0]["args"]["model"]["challenger_traffic"] = challenger_traffic
+        ab = self.cluster.state_dir / "serve-retrain.yaml"
+        ab.write_text(yaml.safe_dump(doc, sort_keys=False))
+        http = doc.get("http_options", {})
+        base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        try:
+            deploy(self.dashboard, ab, self.data_dir, self.cluster.state_dir, self.env)
+            wait_ready(base)
+            wait_for_version(base, "challenger", version)
+            report = simulate(base, self.data_dir, data_cfg, self.cluster.jwt_secret(), sim)
+            (self.out / "online.json").write_text(json.dumps(report, indent=2))
+            (self.out / "online.md").write_text(markdown(report))
+            sim_run = log_to_mlflow(report, self.data_dir, base)
+            self.console.print(markdown(report))
+            self.seconds["online"] = time.perf_counter() - t0
+        finally:
+            deploy(self.dashboard, serve_config, self.data_dir, self.cluster.state_dir, self.env)
+        return self.out / "online.json", sim_run
+
+    def record(self, decision: dict[str, Any], params: dict[str, Any]) -> None:
+        """``decision.json`` and an MLflow run in ``feed-retrain`` with the stages' times and the outcome."""
+        import mlflow
+
+        from pipelines.common import tracking
+
+        (self.out / "decision.json").write_text(json.dumps(decision, indent=2))
+        exp = tracking.experiment_id("feed-retrain", self.data_dir)
+        with mlflow.start_run(experiment_id=exp, run_name=f"retrain-v{decision['version']}"):
+            mlflow.log_params(params)
+            mlflow.log_metrics({f"seconds/{k}": v for k, v in self.seconds.items()})
+            keys = ("decision", "reason", "previous_champion", "train_run", "simulation_run")
+            mlflow.set_tags({k: str(decision[k])[:5000] for k in keys})
+            mlflow.log_artifacts(str(self.out), "retrain")
+
+
 def run_retrain(
     cluster: LocalCluster,
     spec: ClusterSpec,
@@ -57,94 +134,43 @@ def run_retrain(
     sim_users: int = 300,
     challenger_traffic: float = 0.5,
 ) -> dict[str, Any]:
-    import mlflow
+    """Train a challenger on the served logs, test it online, promote it only if it wins offline and online;
+    returns the decision (also on the version's tags and in an MLflow run)."""
     from mlflow import MlflowClient
 
     from pipelines.common import tracking
     from pipelines.common.config import DataConfig, TrainConfig, load_config
-    from pipelines.simulate.report import markdown
-    from pipelines.simulate.stage import log_to_mlflow
-    from pipelines.simulate.stage import run as simulate
     from pipelines.simulate.users import SimConfig
 
     data_dir = spec.data_dir = spec.data_dir.resolve()
     status = cluster.up(spec)
     with tracking.pointed_at(status["mlflow"]["url"]):  # this process talks to the cluster's server
         tracking.configure(data_dir)
-        dashboard, env = status["ray"]["dashboard"], cluster.client_env()
-        train_cfg = load_config(train_config, TrainConfig)
-        name = train_cfg.registry.model_name
-        before = tracking.version_of(name, tracking.CHAMPION)
-        seconds: dict[str, float] = {}
-        d, c, tc = str(data_dir), str(config), str(train_config)
-        for stage, entrypoint in {
-            "ingest": ["python", "-m", "pipelines.ingest", "--data-dir", d, "--config", c],
-            "features": ["python", "-m", "pipelines.features", "--data-dir", d, "--config", c],
-            "train": ["python", "-m", "pipelines.train", "--data-dir", d, "--config", tc],
-        }.items():
-            seconds[stage] = submit(dashboard, entrypoint, stage, console, env)
-        candidate = tracking.version_of(name, tracking.CHALLENGER)
-        assert candidate is not None, "training registered no challenger"
-        version = str(candidate.version)
-
-        console.rule(f"online: version {version} as challenger for {challenger_traffic:.0%} of users")
-        t0 = time.perf_counter()
-        doc = yaml.safe_load(serve_config.read_text())
-        doc["applications"][0]["args"]["model"]["challenger_traffic"] = challenger_traffic
-        ab = cluster.state_dir / "serve-retrain.yaml"
-        ab.write_text(yaml.safe_dump(doc, sort_keys=False))
-        http = doc.get("http_options", {})
-        base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
         out = data_dir / "retrain" / time.strftime("%Y%m%dT%H%M%S")
         out.mkdir(parents=True, exist_ok=True)
-        try:
-            deploy(dashboard, ab, data_dir, cluster.state_dir, env)
-            wait_ready(base)
-            wait_for_version(base, "challenger", version)
-            report = simulate(
-                base,
-                data_dir,
-                load_config(config, DataConfig),
-                cluster.jwt_secret(),
-                SimConfig(users=sim_users, max_sessions=3),
-            )
-            (out / "online.json").write_text(json.dumps(report, indent=2))
-            (out / "online.md").write_text(markdown(report))
-            sim_run = log_to_mlflow(report, data_dir, base)
-            console.print(markdown(report))
-            seconds["online"] = time.perf_counter() - t0
-            promote = ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc]
-            promote += ["--version", version, "--online-report", str(out / "online.json")]
-            seconds["promote"] = submit(dashboard, promote, "promote", console, env)
-        finally:
-            deploy(dashboard, serve_config, data_dir, cluster.state_dir, env)
+        job = Retrain(cluster, data_dir, status["ray"]["dashboard"], cluster.client_env(), console, out)
+        name = load_config(train_config, TrainConfig).registry.model_name
+        before = tracking.version_of(name, tracking.CHAMPION)
+        candidate = job.train_challenger(config, train_config, name)
+        version = str(candidate.version)
+        sim = SimConfig(users=sim_users, max_sessions=3)
+        data_cfg = load_config(config, DataConfig)
+        report, sim_run = job.test_online(version, serve_config, data_cfg, sim, challenger_traffic)
+        job.submit(
+            "promote", "--config", str(train_config), "--version", version, "--online-report", str(report)
+        )
         tags = MlflowClient().get_model_version(name, version).tags
         decision = {
             "version": version,
             "previous_champion": str(before.version) if before else None,
             "decision": tags.get("promotion.decision"),
             "reason": tags.get("promotion.reason"),
-            "seconds": seconds,
+            "seconds": job.seconds,
             "simulation_run": sim_run,
             "train_run": candidate.run_id,
         }
-        (out / "decision.json").write_text(json.dumps(decision, indent=2))
-        exp = tracking.experiment_id("feed-retrain", data_dir)
-        with mlflow.start_run(experiment_id=exp, run_name=f"retrain-v{version}"):
-            mlflow.log_params(
-                {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
-            )
-            mlflow.log_metrics({f"seconds/{k}": v for k, v in seconds.items()})
-            mlflow.set_tags(
-                {
-                    "decision": str(decision["decision"]),
-                    "reason": str(decision["reason"])[:5000],
-                    "previous_champion": str(decision["previous_champion"]),
-                    "train_run": str(candidate.run_id),
-                    "simulation_run": sim_run,
-                }
-            )
-            mlflow.log_artifacts(str(out), "retrain")
+        params = {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
+        job.record(decision, params)
         return decision
 
 

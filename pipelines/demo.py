@@ -20,8 +20,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
+from models.tasks import BINARY_TASKS
 from pipelines.common.config import DataConfig, TrainConfig, dump_config, load_config
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def report(
     s = Table(
         title="Features: one example per impression (rates weighted by sample_weight)", title_justify="left"
     )
-    for col in ("split", "days", "rows", "impressions", "click", "like", "comment", "share", "hide", "skip"):
+    for col in ("split", "days", "rows", "impressions", *BINARY_TASKS):
         s.add_column(col, justify="right" if col != "split" else "left")
     for split in ("train", "valid", "test"):
         r = manifest["splits"][split]
@@ -66,7 +68,7 @@ def report(
             f"{r['days'][0]}..{r['days'][-1]}",
             f"{r['rows']:,}",
             f"{r['impressions']:,}",
-            *(_rate(pos[k], r["weight"]) for k in ("click", "like", "comment", "share", "hide", "skip")),
+            *(_rate(pos[k], r["weight"]) for k in BINARY_TASKS),
         )
     console.print(s)
     cols = manifest["columns"]
@@ -77,31 +79,6 @@ def report(
     )
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
     console.print(f"[bold]Data ready in {data_dir}[/bold] ({timing}).")
-
-
-def quality_table(evaluation: Any) -> Table:
-    """The offline quality table: AUC per task, dwell MAE, NDCG@k and MRR for the ranker and baselines."""
-    from models.tasks import BINARY_TASKS
-
-    t = Table(
-        title=f"Offline quality on the test split ({evaluation.rows:,} impressions, "
-        f"{evaluation.requests:,} requests): AUC per task, ranking of each request by the value model",
-        title_justify="left",
-    )
-    t.add_column("scorer")
-    for col in (*BINARY_TASKS, "dwell MAE s", f"NDCG@{evaluation.ndcg_k}", "MRR"):
-        t.add_column(col, justify="right")
-    for name, m in evaluation.models.items():
-        mae = f"{m['dwell_mae_s']:.2f}" if "dwell_mae_s" in m else "–"
-        t.add_row(
-            name,
-            *(f"{m['tasks'][task]['auc']:.3f}" for task in BINARY_TASKS),
-            mae,
-            f"{m[f'ndcg@{evaluation.ndcg_k}']:.3f}",
-            f"{m['mrr']:.3f}",
-            style="bold" if name == "ranker" else None,
-        )
-    return t
 
 
 def sample_viewers(data_dir: Path, n: int) -> list[int]:
@@ -260,7 +237,9 @@ def main(
                 published = train_and_publish(train_cfg, data_dir)
         with stage("promote"):
             decision = promote(data_dir, train_cfg)
-        console.print(quality_table(published.evaluation))
+        ev = published.evaluation
+        console.rule(f"offline quality, test split: {ev.rows:,} impressions, {ev.requests:,} requests")
+        console.print(Markdown(ev.table()))
         with ray_session(env=ray_serve_env()), stage("serve"):
             serve_feed(console, data_dir, serve_config, keep_serving)
         verdict = "promoted to champion" if decision.promoted else "not promoted"

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from pipelines.common.cli import DataError
 
 
 @contextlib.contextmanager
@@ -69,25 +70,34 @@ def write_table(table: pa.Table, root: Path, part: str = "0") -> None:
     pq.write_table(table, root / f"part-{part}.parquet")
 
 
-def read_table(root: Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read every Parquet file under ``root`` (hive ``date=`` folders are not turned into columns)."""
-    files = sorted(str(p) for p in Path(root).rglob("*.parquet"))
+def parquet_files(root: Path) -> list[str]:
+    """Every Parquet file under ``root``, sorted (none when ``root`` does not exist)."""
+    return sorted(str(p) for p in Path(root).rglob("*.parquet"))
+
+
+def read_table(
+    root: Path,
+    schema: pa.Schema | None = None,
+    columns: list[str] | None = None,
+    where: pc.Expression | None = None,
+    missing: str | None = None,
+) -> pa.Table:
+    """Every Parquet file under ``root`` as one table (hive ``date=`` folders are not turned into columns),
+    optionally projected to ``columns`` and filtered by ``where``. No files: an empty table, or with
+    ``missing`` a :class:`DataError` ``"<root>: <missing>"``."""
+    files = parquet_files(root)
     if not files:
+        if missing is not None:
+            raise DataError(f"{root}: {missing}")
         return (schema or pa.schema([])).empty_table() if columns is None else _empty(schema, columns)
     ds = pads.dataset(files, format="parquet", schema=schema)
-    return ds.to_table(columns=columns)
+    return ds.to_table(columns=columns, filter=where)
 
 
 def _empty(schema: pa.Schema | None, columns: list[str]) -> pa.Table:
     if schema is None:
         return pa.table({c: pa.array([]) for c in columns})
     return pa.schema([schema.field(c) for c in columns]).empty_table()
-
-
-def to_epoch_s(ts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Timestamps as float64 seconds since the epoch (NaN where null)."""
-    ms = pc.cast(ts, pa.int64())
-    return np.asarray(pc.fill_null(pc.cast(ms, pa.float64()), np.nan)) / 1000.0
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def ray_session(num_cpus: int | None = None, env: dict[str, str] | None = None) 
         os.environ.update(env or {})
         # A local cluster: workers must import this checkout's packages, as `--working-dir .` gives
         # a real cluster.
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             address="local",  # start one, even when a `ray start` cluster runs on this machine
             num_cpus=num_cpus,

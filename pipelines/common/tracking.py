@@ -15,14 +15,17 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+from pipelines.common.runtime import REPO
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 #: The servable ranker inside a training checkpoint folder (written by rank 0 each epoch).
@@ -110,6 +113,8 @@ def example_frame(ranker: Any, cols: dict[str, np.ndarray], rows: int = 5) -> pd
     for c in ranker.input_columns:
         v = cols[c][:rows]
         data[c] = [np.asarray(x).tolist() for x in v] if (v.ndim > 1 or v.dtype == object) else v
+    import pandas as pd  # serving imports this module for alias names; the frame is for logging only
+
     return pd.DataFrame(data)
 
 

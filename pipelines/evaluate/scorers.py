@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from models.tasks import BINARY_TASKS
 from pipelines.common.config import EvaluateConfig
-from pipelines.features.manifest import arrow_columns, load_manifest, split_files
+from pipelines.common.io import read_table
+from pipelines.features.manifest import arrow_columns, load_manifest, read_split
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def fit_logistic(data_dir: Path, cfg: EvaluateConfig) -> LogisticBaseline:
         dense=tuple(c["dense"]), vectors=dict(c["vectors"]), codes=tuple(c["sparse_vocab"])
     )
     need = [*base.dense, *base.vectors, *base.codes, *BINARY_TASKS, "dwell_ms", "sample_weight"]
-    table = pads.dataset(split_files(data_dir, "train"), format="parquet").to_table(columns=need)
+    table = read_split(data_dir, "train", need)
     if table.num_rows > cfg.baseline_rows:
         rng = np.random.default_rng(cfg.seed)
         table = table.take(pa.array(np.sort(rng.choice(table.num_rows, cfg.baseline_rows, replace=False))))
@@ -131,11 +131,9 @@ def fit_logistic(data_dir: Path, cfg: EvaluateConfig) -> LogisticBaseline:
 
 def oracle(data_dir: Path, impression_ids: np.ndarray) -> dict[str, np.ndarray] | None:
     """Ground-truth probabilities aligned with ``impression_ids``; None without truth/ (real data)."""
-    root = data_dir / "truth"
-    files = sorted(str(p) for p in root.rglob("*.parquet")) if root.exists() else []
-    if not files:
+    truth = read_table(data_dir / "truth")
+    if truth.num_rows == 0:
         return None
-    truth = pads.dataset(files, format="parquet").to_table()
     idx = pc.index_in(pa.array(impression_ids), truth["impression_id"]).to_numpy(zero_copy_only=False)
     if np.isnan(idx.astype(np.float64)).any():
         log.warning("truth/ lacks some test impressions: no oracle")

@@ -1,6 +1,6 @@
 """Features: ``python -m pipelines.features --data-dir D``: ``D/clean/`` → ``D/features/`` + ``D/online/``.
 
-One training example per impression, point-in-time correct (see :mod:`pipelines.pit`)::
+One training example per impression, point-in-time correct (see :mod:`pipelines.features.pit`)::
 
     clean/ ──► vocabularies, History (compact event index, in the object store)
           └──► posts ─► TextEncoder Ray actors (MiniLM, ONNX Runtime) ─► PCA ─► post embeddings

@@ -10,21 +10,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from pipelines.common.cli import DataError
+from pipelines.common.io import parquet_files, read_table
+
+NO_EXAMPLES = "no examples (run pipelines.features first)"
 
 
 def read_split(data_dir: Path, split: str, columns: list[str] | None = None) -> pa.Table:
     """All examples of one split (tests and small-scale tools; training streams with Ray Data)."""
-    root = data_dir / "features" / split
-    files = sorted(str(p) for p in root.rglob("*.parquet"))
-    if not files:
-        raise DataError(f"{root}: no examples (run pipelines.features first)")
-    return pads.dataset(files, format="parquet").to_table(columns=columns)
+    return read_table(data_dir / "features" / split, columns=columns, missing=NO_EXAMPLES)
 
 
 def load_manifest(data_dir: Path) -> dict[str, Any]:
+    """``features/manifest.json``: every column by role, the splits, the config that built them."""
     path = data_dir / "features" / "manifest.json"
     if not path.exists():
         raise DataError(f"{path}: missing (run pipelines.features first)")
@@ -34,10 +33,10 @@ def load_manifest(data_dir: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- inputs
 def split_files(data_dir: Path, split: str) -> list[str]:
+    """The Parquet files of one split."""
     root = data_dir / "features" / split
-    files = sorted(str(p) for p in root.rglob("*.parquet"))
-    if not files:
-        raise DataError(f"{root}: no examples (run pipelines.features first)")
+    if not (files := parquet_files(root)):
+        raise DataError(f"{root}: {NO_EXAMPLES}")
     return files
 
 
@@ -71,5 +70,5 @@ def arrow_columns(table: pa.Table) -> dict[str, np.ndarray]:
 
 
 def read_columns(data_dir: Path, split: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    table = pads.dataset(split_files(data_dir, split), format="parquet").to_table(columns=columns)
-    return arrow_columns(table)
+    """One split as numpy columns (:func:`arrow_columns`)."""
+    return arrow_columns(read_split(data_dir, split, columns))

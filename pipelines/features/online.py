@@ -21,79 +21,86 @@ from pipelines.features.rows import Catalog
 def build_online(
     h: pit.History, cat: Catalog, tables: dict[str, pa.Table], as_of_s: int, cfg: FeaturesConfig, out: Path
 ) -> dict[str, int]:
-    """Latest feature values per user, post, author and user–author pair, as serving reads them."""
+    """Latest feature values per user, post, author and user–author pair, as serving reads them; returns
+    the row count of each file."""
     out.mkdir(parents=True, exist_ok=True)
-    n_u, n_p = len(h.users), len(h.posts)
-    uc = np.arange(n_u)
-    tu = np.full(n_u, as_of_s, np.int64)
-    users = tables["users"]
-    u_order = np.argsort(users["user_id"].to_numpy())
+    written = {
+        "users": online_users(h, cat, tables["users"], as_of_s),
+        "posts": online_posts(h, cat, tables["posts"], as_of_s, cfg.windows),
+        "user_author": online_pairs(h, as_of_s),
+        "recent_actions": recent_actions(h, as_of_s),
+        "viewer_events": recent_viewer_events(
+            tables["impressions"], tables["actions"], (as_of_s + h.t0) * 1000
+        ),
+    }
+    for name, table in written.items():
+        pq.write_table(table, out / f"{name}.parquet")
+    pq.write_table(tables["friendships"], out / "friendships.parquet")
+    pq.write_table(tables["blocks"], out / "blocks.parquet")
+    return {name: table.num_rows for name, table in written.items()}
+
+
+def _vectors(mat: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, D) float matrix → an Arrow column of N fixed-size lists."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])
+
+
+def online_users(h: pit.History, cat: Catalog, users: pa.Table, as_of_s: int) -> pa.Table:
+    """Profiles in user-id order with viewer and author features as of ``as_of_s``."""
+    n_u = len(h.users)
+    uc, tu = np.arange(n_u), np.full(n_u, as_of_s, np.int64)  # (U,) codes, (U,) query times
     user_feats = pit.user_features(h, uc, tu, WEEK)
-    profiles = {k: user_feats.pop(k) for k in ("u_topic_share", "u_modality_share")}
-    u = users.take(pa.array(u_order))
-    for k, col in user_feats.items():
+    profiles = {k: user_feats.pop(k) for k in ("u_topic_share", "u_modality_share")}  # (U, T), (U, M)
+    u = users.take(pa.array(np.argsort(users["user_id"].to_numpy())))
+    for k, col in {**user_feats, **pit.author_features(h, uc, tu, WEEK)}.items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))
     for k, mat in profiles.items():
-        u = u.append_column(k, pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1]))
-    for k, col in pit.author_features(h, uc, tu, WEEK).items():
-        u = u.append_column(k, pa.array(col.astype(np.float32)))
-    u = u.append_column("city_code", pa.array(h.user_city)).append_column(
+        u = u.append_column(k, _vectors(mat))
+    return u.append_column("city_code", pa.array(h.user_city)).append_column(
         "gender_code", pa.array(cat.user_gender)
     )
-    pq.write_table(u, out / "users.parquet")
-    posts = tables["posts"].take(pa.array(np.argsort(tables["posts"]["post_id"].to_numpy())))
-    pc_ = np.arange(n_p)
-    tp = np.full(n_p, as_of_s, np.int64)
-    post_feats = pit.post_features(h, pc_, tp, cfg.windows)
+
+
+def online_posts(
+    h: pit.History, cat: Catalog, posts: pa.Table, as_of_s: int, windows: dict[str, int]
+) -> pa.Table:
+    """Posts in post-id order with their counters as of ``as_of_s`` and what ranking reads of them."""
+    n_p = len(h.posts)
+    posts = posts.take(pa.array(np.argsort(posts["post_id"].to_numpy())))
+    post_feats = pit.post_features(h, np.arange(n_p), np.full(n_p, as_of_s, np.int64), windows)
     post_feats.pop("p_age_h")  # depends on request time: serving computes it from created_at
     for k, col in post_feats.items():
         posts = posts.append_column(k, pa.array(col.astype(np.float32)))
-    posts = (
+    return (
         posts.append_column("modality_code", pa.array(cat.post_modality))
         .append_column("topic_codes", cat.post_topic_codes)
-        .append_column(
-            "p_text_emb",
-            pa.FixedSizeListArray.from_arrays(
-                pa.array(cat.post_text_emb.reshape(-1)), cat.post_text_emb.shape[1]
-            ),
-        )
-        .append_column(
-            "p_media",
-            pa.FixedSizeListArray.from_arrays(pa.array(cat.post_media.reshape(-1)), cat.post_media.shape[1]),
-        )
+        .append_column("p_text_emb", _vectors(cat.post_text_emb))
+        .append_column("p_media", _vectors(cat.post_media))
     )
-    pq.write_table(posts, out / "posts.parquet")
-    # Pairs with any history: impressions or actions between viewer and author.
+
+
+def online_pairs(h: pit.History, as_of_s: int) -> pa.Table:
+    """Viewer–author pairs with any history (impressions or actions) and their affinity features."""
+    n_u = len(h.users)
     keys = np.unique(np.concatenate([h.imps_by_pair.combo // h.span, h.actions_by_pair.combo // h.span]))
-    pv, pa_ = keys // n_u, keys % n_u
+    pv, pa_ = keys // n_u, keys % n_u  # (K,) viewer and author codes
     pair = pit.pair_features(h, pv, pa_, np.full(len(keys), as_of_s, np.int64))
-    pairs = pa.table(
+    return pa.table(
         {"viewer_id": pa.array(h.users.ids[pv]), "author_id": pa.array(h.users.ids[pa_])}
         | {k: pa.array(c.astype(np.float32)) for k, c in pair.items()}
     )
-    pq.write_table(pairs, out / "user_author.parquet")
-    pq.write_table(tables["friendships"], out / "friendships.parquet")
-    pq.write_table(tables["blocks"], out / "blocks.parquet")
+
+
+def recent_actions(h: pit.History, as_of_s: int) -> pa.Table:
+    """Positive actions of the last week (friends' engagement counters at serving)."""
     recent = h.pos_t >= as_of_s - WEEK
-    pq.write_table(
-        pa.table(
-            {
-                "post_id": pa.array(h.posts.ids[h.pos_post[recent]]),
-                "user_id": pa.array(h.users.ids[h.pos_user[recent]]),
-                "at": pa.array((h.pos_t[recent] + h.t0) * 1000).cast(schema.TS),
-            }
-        ),
-        out / "recent_actions.parquet",
+    return pa.table(
+        {
+            "post_id": pa.array(h.posts.ids[h.pos_post[recent]]),
+            "user_id": pa.array(h.users.ids[h.pos_user[recent]]),
+            "at": pa.array((h.pos_t[recent] + h.t0) * 1000).cast(schema.TS),
+        }
     )
-    viewer_events = recent_viewer_events(tables["impressions"], tables["actions"], (as_of_s + h.t0) * 1000)
-    pq.write_table(viewer_events, out / "viewer_events.parquet")
-    return {
-        "users": u.num_rows,
-        "posts": posts.num_rows,
-        "user_author": pairs.num_rows,
-        "recent_actions": int(recent.sum()),
-        "viewer_events": viewer_events.num_rows,
-    }
 
 
 VIEWER_EVENTS = pa.schema(

@@ -161,34 +161,29 @@ def build_history(
 ) -> History:
     """Index the clean tables. ``impressions`` needs viewer_id, post_id, served_at; ``actions`` is the
     engagements without views (viewer_id, post_id, type, at)."""
-    columns = (
+    t0, span = _clock(
         users["joined_at"],
         friendships["created_at"],
         posts["created_at"],
         impressions["served_at"],
         actions["at"],
     )
-    times = [pc.cast(c, schema.TS) for c in columns if len(c)]
-    t_min = min(pc.min(c).value for c in times) if times else 0
-    t_max = max(pc.max(c).value for c in times) if times else 0
-    t0 = int(t_min // 1000) - 1  # every event time is >= 1: negative values mean "none"
-    span = int(t_max // 1000) - t0 + 400 * 86400  # room for queries up to ~a year after the data
-    users_c = Codes(users["user_id"].to_numpy())
-    posts_c = Codes(posts["post_id"].to_numpy())
+    users_c = Codes(users["user_id"].to_numpy())  # U codes
+    posts_c = Codes(posts["post_id"].to_numpy())  # P codes
     n_u, n_t = len(users_c), len(topic_vocab) + 1
 
     def secs(col: pa.ChunkedArray) -> np.ndarray:
         return pc.cast(pc.cast(col, schema.TS), pa.int64()).to_numpy(zero_copy_only=False) // 1000 - t0
 
-    # Users, aligned with their codes.
+    # Users, aligned with their codes: (U,) each.
     u_order = np.argsort(users["user_id"].to_numpy())
     city = np.array([city_vocab.get(c, 0) if c else 0 for c in users["city"].to_pylist()], np.int64)[u_order]
-    school = _factorize(users["school"].to_pylist())[u_order]
-    work = _factorize(users["work"].to_pylist())[u_order]
+    school = _factorize(users["school"].to_pylist())[u_order]  # -1 unknown
+    work = _factorize(users["work"].to_pylist())[u_order]  # -1 unknown
     joined = secs(users["joined_at"])[u_order]
-    # Posts, aligned with their codes.
+    # Posts, aligned with their codes: (P,), topics (P, T).
     p_order = np.argsort(posts["post_id"].to_numpy())
-    author = users_c(posts["author_id"].to_numpy())[p_order]
+    author = users_c(posts["author_id"].to_numpy())[p_order]  # user code, -1 unknown
     created = secs(posts["created_at"])[p_order]
     topics = topic_multi_hot(posts["topics"], topic_vocab)[p_order]
     mod_code = {m: i for i, m in enumerate(schema.MODALITIES)}
@@ -196,24 +191,25 @@ def build_history(
     # Friendships, both directions.
     fa, fb = users_c(friendships["user_a"].to_numpy()), users_c(friendships["user_b"].to_numpy())
     fs = secs(friendships["created_at"])
-    src, dst, since = np.concatenate([fa, fb]), np.concatenate([fb, fa]), np.concatenate([fs, fs])
-    fkeys = src * n_u + dst
+    src, dst, since = np.concatenate([fa, fb]), np.concatenate([fb, fa]), np.concatenate([fs, fs])  # (2F,)
+    fkeys = src * n_u + dst  # (2F,) a*U+b
     order = np.argsort(fkeys)
-    # Impressions and actions.
+    # Impressions: (I,) viewer, post, author codes (-1 unknown) and seconds.
     iv = users_c(impressions["viewer_id"].to_numpy())
     ip = posts_c(impressions["post_id"].to_numpy())
     ia = np.where(ip >= 0, author[np.maximum(ip, 0)], -1)
     it = secs(impressions["served_at"])
+    # Actions: (A,) viewer, post, author codes, seconds, action code; values (A, T + M).
     av = users_c(actions["viewer_id"].to_numpy())
     ap = posts_c(actions["post_id"].to_numpy())
     aa = np.where(ap >= 0, author[np.maximum(ap, 0)], -1)
     at = secs(actions["at"])
     atype = np.array([ACTION_CODE.get(x, -1) for x in actions["type"].to_pylist()], np.int64)
-    a_mod = modality[np.maximum(ap, 0)]
-    a_modality = (a_mod[:, None] == np.arange(len(schema.MODALITIES))[None, :]) & (ap >= 0)[:, None]
+    a_mod = modality[np.maximum(ap, 0)]  # (A,)
+    a_modality = (a_mod[:, None] == np.arange(len(schema.MODALITIES))[None, :]) & (ap >= 0)[:, None]  # (A, M)
     a_values = np.concatenate([topics[np.maximum(ap, 0)] * (ap >= 0)[:, None], a_modality], axis=1)
-    positive = np.isin(atype, [ACTION_CODE[a] for a in POSITIVE_ACTIONS]) & (ap >= 0) & (av >= 0)
-    pos_order = np.lexsort((at[positive], ap[positive]))
+    positive = np.isin(atype, [ACTION_CODE[a] for a in POSITIVE_ACTIONS]) & (ap >= 0) & (av >= 0)  # (A,)
+    pos_order = np.lexsort((at[positive], ap[positive]))  # by post, then time
     return History(
         t0=t0,
         span=span,
@@ -244,6 +240,16 @@ def build_history(
         pos_user=av[positive][pos_order],
         pos_t=at[positive][pos_order],
     )
+
+
+def _clock(*event_times: pa.ChunkedArray) -> tuple[int, int]:
+    """``(t0, span)``: every event time is ``>= 1`` second after ``t0`` (negative values mean "none"), and
+    ``span`` leaves room for queries up to ~a year after the data."""
+    times = [pc.cast(c, schema.TS) for c in event_times if len(c)]
+    t_min = min(pc.min(c).value for c in times) if times else 0
+    t_max = max(pc.max(c).value for c in times) if times else 0
+    t0 = int(t_min // 1000) - 1
+    return t0, int(t_max // 1000) - t0 + 400 * 86400
 
 
 def _factorize(values: list[str | None]) -> np.ndarray:

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines.common import schema
 from pipelines.common.cli import DataError
-from pipelines.common.columns import DENSE_PREFIXES, LABELS
+from pipelines.common.columns import BINARY_LABELS, DENSE_PREFIXES, WEIGHT
 from pipelines.common.config import FeaturesConfig
 from pipelines.common.io import read_table
 from pipelines.features import pit
@@ -110,12 +109,14 @@ def load_clean(clean: Path) -> dict[str, pa.Table]:
 
 
 def read_clean(clean: Path, name: str, columns: list[str] | None = None, where: Any = None) -> pa.Table:
-    root = clean / name
-    files = sorted(str(p) for p in root.rglob("*.parquet"))
-    if not files:
-        raise DataError(f"{root}: no clean data (run pipelines.ingest first)")
-    ds = pads.dataset(files, format="parquet", schema=schema.TABLES[name].schema)
-    return ds.to_table(columns=columns, filter=where)
+    """One clean table (the contract's schema), projected and filtered."""
+    return read_table(
+        clean / name,
+        schema.TABLES[name].schema,
+        columns,
+        where,
+        missing="no clean data (run pipelines.ingest first)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -300,8 +301,8 @@ def featurize_day(
         "split": split,
         "rows": len(df),
         "impressions": imps.num_rows,
-        "positives": {k: int(df[k].sum()) for k in LABELS},
-        "weighted_positives": {k: float((df[k] * df["sample_weight"]).sum()) for k in LABELS},
+        "positives": {k: int(df[k].sum()) for k in BINARY_LABELS},
+        "weighted_positives": {k: float((df[k] * df[WEIGHT]).sum()) for k in BINARY_LABELS},
         "weight": float(df["sample_weight"].sum()),
         "moments": moments,
     }

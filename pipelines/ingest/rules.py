@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,96 +234,134 @@ def _convert(df: pd.DataFrame, table: Table) -> tuple[dict[str, pd.Series], list
 
 
 # ---------------------------------------------------------------------------------------------- rules
-def _rules(
-    name: str, c: dict[str, pd.Series], refs: References, rules: Rules
-) -> list[tuple[np.ndarray, str]]:
-    def arr(col: str, fill: int = 0) -> np.ndarray:
-        return np.asarray(c[col].fillna(fill).to_numpy(dtype=np.int64))
+Failure = tuple[np.ndarray, str]  # (bool mask over the batch's rows, reason)
 
-    def notnull(col: str) -> np.ndarray:
-        return np.asarray(c[col].notna().to_numpy(dtype=bool))
 
-    def enum(col: str, allowed: tuple[str, ...]) -> tuple[np.ndarray, str]:
-        return (notnull(col) & ~c[col].isin(allowed).to_numpy(), f"bad_enum:{col}")
+@dataclass
+class _Columns:
+    """A batch's converted columns with the checks every table's rules are written in."""
 
-    def ts_range(col: str) -> list[tuple[np.ndarray, str]]:
-        v, nn = arr(col), notnull(col)
+    c: dict[str, pd.Series]
+    refs: References
+    rules: Rules
+
+    def arr(self, col: str, fill: int = 0) -> np.ndarray:
+        return np.asarray(self.c[col].fillna(fill).to_numpy(dtype=np.int64))
+
+    def notnull(self, col: str) -> np.ndarray:
+        return np.asarray(self.c[col].notna().to_numpy(dtype=bool))
+
+    def enum(self, col: str, allowed: tuple[str, ...]) -> Failure:
+        return (self.notnull(col) & ~self.c[col].isin(allowed).to_numpy(), f"bad_enum:{col}")
+
+    def ts_range(self, col: str) -> list[Failure]:
+        v, nn = self.arr(col), self.notnull(col)
         return [
-            (nn & (v < rules.min_ts_ms), f"too_old:{col}"),
-            (nn & (v > rules.max_ts_ms), f"in_future:{col}"),
+            (nn & (v < self.rules.min_ts_ms), f"too_old:{col}"),
+            (nn & (v > self.rules.max_ts_ms), f"in_future:{col}"),
         ]
 
-    def known(col: str, ids: np.ndarray, what: str) -> tuple[np.ndarray, str]:
-        return (notnull(col) & ~_sorted_member(ids, arr(col)), f"unknown_{what}:{col}")
+    def known(self, col: str, ids: np.ndarray, what: str) -> Failure:
+        return (self.notnull(col) & ~_sorted_member(ids, self.arr(col)), f"unknown_{what}:{col}")
 
-    out: list[tuple[np.ndarray, str]] = []
-    if name == "users":
-        age = arr("age")
-        out += [
-            (notnull("age") & ((age < schema.MIN_AGE) | (age > schema.MAX_AGE)), "out_of_range:age"),
-            enum("gender", schema.GENDERS),
-            *ts_range("joined_at"),
+    def before_post(self, col: str) -> Failure:
+        """Rows whose known post was created after ``col``."""
+        post = self.arr("post_id")
+        known_post = _sorted_member(self.refs.post_ids, post)
+        return (
+            known_post & self.notnull(col) & (self.arr(col) < self.refs.post_created(post)),
+            "before_post_created",
+        )
+
+
+def _user_rules(k: _Columns) -> list[Failure]:
+    age = k.arr("age")
+    return [
+        (k.notnull("age") & ((age < schema.MIN_AGE) | (age > schema.MAX_AGE)), "out_of_range:age"),
+        k.enum("gender", schema.GENDERS),
+        *k.ts_range("joined_at"),
+    ]
+
+
+def _pair_rules(a: str, b: str) -> Callable[[_Columns], list[Failure]]:
+    """Friendships and blocks: two different known users."""
+
+    def rules(k: _Columns) -> list[Failure]:
+        return [
+            (k.notnull(a) & k.notnull(b) & (k.arr(a) == k.arr(b)), "self_reference"),
+            k.known(a, k.refs.user_ids, "user"),
+            k.known(b, k.refs.user_ids, "user"),
+            *k.ts_range("created_at"),
         ]
-    elif name in ("friendships", "blocks"):
-        a, b = ("user_a", "user_b") if name == "friendships" else ("blocker_id", "blocked_id")
-        out += [
-            (notnull(a) & notnull(b) & (arr(a) == arr(b)), "self_reference"),
-            known(a, refs.user_ids, "user"),
-            known(b, refs.user_ids, "user"),
-            *ts_range("created_at"),
-        ]
-    elif name == "posts":
-        created, deleted = arr("created_at"), arr("deleted_at")
-        topics_len = c["topics"].map(lambda v: len(v) if isinstance(v, list) else 0).to_numpy()
-        text_len = c["text"].map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
-        video = (c["modality"] == "video").to_numpy()
-        dur = c["media_duration_s"].fillna(0).to_numpy(dtype=float)
-        out += [
-            known("author_id", refs.user_ids, "user"),
-            enum("modality", schema.MODALITIES),
-            enum("visibility", schema.VISIBILITIES),
-            *ts_range("created_at"),
-            *ts_range("deleted_at"),
-            (notnull("deleted_at") & (deleted < created), "deleted_before_created"),
-            (topics_len > schema.MAX_TOPICS_PER_POST, "out_of_range:topics"),
-            (text_len > schema.MAX_TEXT_CHARS, "out_of_range:text"),
-            (notnull("media_duration_s") & (dur < 0), "out_of_range:media_duration_s"),
-            (video & ~notnull("media_duration_s"), "missing:media_duration_s"),
-        ]
-    elif name == "impressions":
-        post = arr("post_id")
-        known_post = _sorted_member(refs.post_ids, post)
-        out += [
-            known("viewer_id", refs.user_ids, "user"),
-            known("post_id", refs.post_ids, "post"),
-            *ts_range("served_at"),
-            (notnull("position") & (arr("position") < 0), "out_of_range:position"),
-            (
-                known_post & notnull("served_at") & (arr("served_at") < refs.post_created(post)),
-                "before_post_created",
-            ),
-        ]
-    elif name == "engagements":
-        post = arr("post_id")
-        known_post = _sorted_member(refs.post_ids, post)
-        is_view = (c["type"] == "view").to_numpy()
-        dwell = arr("dwell_ms", -1)
-        imp = c["impression_id"]
-        has_imp = imp.notna().to_numpy()
-        imp_known = np.ones(len(imp), dtype=bool)
-        if has_imp.any():
-            imp_known[has_imp] = _sorted_member(refs.impression_hashes, hash_strings(imp[has_imp].to_numpy()))
-        out += [
-            known("viewer_id", refs.user_ids, "user"),
-            known("post_id", refs.post_ids, "post"),
-            enum("type", schema.ENGAGEMENT_TYPES),
-            *ts_range("at"),
-            (known_post & notnull("at") & (arr("at") < refs.post_created(post)), "before_post_created"),
-            (is_view & ~notnull("dwell_ms"), "missing:dwell_ms"),
-            (notnull("dwell_ms") & ((dwell < 0) | (dwell > schema.MAX_DWELL_MS)), "out_of_range:dwell_ms"),
-            (has_imp & ~imp_known, "unknown_impression:impression_id"),
-        ]
-    return out
+
+    return rules
+
+
+def _post_rules(k: _Columns) -> list[Failure]:
+    c = k.c
+    created, deleted = k.arr("created_at"), k.arr("deleted_at")
+    topics_len = c["topics"].map(lambda v: len(v) if isinstance(v, list) else 0).to_numpy()
+    text_len = c["text"].map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+    video = (c["modality"] == "video").to_numpy()
+    dur = c["media_duration_s"].fillna(0).to_numpy(dtype=float)
+    return [
+        k.known("author_id", k.refs.user_ids, "user"),
+        k.enum("modality", schema.MODALITIES),
+        k.enum("visibility", schema.VISIBILITIES),
+        *k.ts_range("created_at"),
+        *k.ts_range("deleted_at"),
+        (k.notnull("deleted_at") & (deleted < created), "deleted_before_created"),
+        (topics_len > schema.MAX_TOPICS_PER_POST, "out_of_range:topics"),
+        (text_len > schema.MAX_TEXT_CHARS, "out_of_range:text"),
+        (k.notnull("media_duration_s") & (dur < 0), "out_of_range:media_duration_s"),
+        (video & ~k.notnull("media_duration_s"), "missing:media_duration_s"),
+    ]
+
+
+def _impression_rules(k: _Columns) -> list[Failure]:
+    return [
+        k.known("viewer_id", k.refs.user_ids, "user"),
+        k.known("post_id", k.refs.post_ids, "post"),
+        *k.ts_range("served_at"),
+        (k.notnull("position") & (k.arr("position") < 0), "out_of_range:position"),
+        k.before_post("served_at"),
+    ]
+
+
+def _engagement_rules(k: _Columns) -> list[Failure]:
+    c = k.c
+    is_view = (c["type"] == "view").to_numpy()
+    dwell = k.arr("dwell_ms", -1)
+    imp = c["impression_id"]
+    has_imp = imp.notna().to_numpy()
+    imp_known = np.ones(len(imp), dtype=bool)
+    if has_imp.any():
+        imp_known[has_imp] = _sorted_member(k.refs.impression_hashes, hash_strings(imp[has_imp].to_numpy()))
+    return [
+        k.known("viewer_id", k.refs.user_ids, "user"),
+        k.known("post_id", k.refs.post_ids, "post"),
+        k.enum("type", schema.ENGAGEMENT_TYPES),
+        *k.ts_range("at"),
+        k.before_post("at"),
+        (is_view & ~k.notnull("dwell_ms"), "missing:dwell_ms"),
+        (k.notnull("dwell_ms") & ((dwell < 0) | (dwell > schema.MAX_DWELL_MS)), "out_of_range:dwell_ms"),
+        (has_imp & ~imp_known, "unknown_impression:impression_id"),
+    ]
+
+
+#: Each table's rules beyond types and required columns: (mask, reason) per rule.
+TABLE_RULES: dict[str, Callable[[_Columns], list[Failure]]] = {
+    "users": _user_rules,
+    "friendships": _pair_rules("user_a", "user_b"),
+    "blocks": _pair_rules("blocker_id", "blocked_id"),
+    "posts": _post_rules,
+    "impressions": _impression_rules,
+    "engagements": _engagement_rules,
+}
+
+
+def _rules(name: str, c: dict[str, pd.Series], refs: References, rules: Rules) -> list[Failure]:
+    return TABLE_RULES[name](_Columns(c, refs, rules))
 
 
 # -------------------------------------------------------------------------------------------- entry points

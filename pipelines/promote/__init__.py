@@ -7,7 +7,8 @@ directory's test split, and the candidate must improve ``registry.gate_metric`` 
 With no champion yet, the candidate becomes the first. ``--force`` promotes regardless and says so.
 
 ``--online-report R.json`` (from ``pipelines.simulate --out``, with the candidate served as ``challenger``)
-adds the online half: the candidate must also win online (:func:`online_gate`). ``make retrain`` uses it.
+adds the online half: the candidate must also win online (:func:`pipelines.promote.gate.online_gate`).
+``make retrain`` uses it.
 
 Every decision, promoted or not, is recorded on the candidate version as tags (``promotion.decision``,
 ``promotion.reason``, ``promotion.at``, ``promotion.eval_set``, ``promotion.previous_champion``) and

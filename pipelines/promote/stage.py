@@ -23,34 +23,15 @@ def run(
     from mlflow import MlflowClient
 
     from pipelines.common import tracking
-    from pipelines.evaluate.evaluation import evaluate
 
     tracking.configure(data_dir)
-    client = MlflowClient()
     name = cfg.registry.model_name
-    if version is None:
-        challenger = tracking.version_of(name, tracking.CHALLENGER)
-        if challenger is None:
-            raise DataError(
-                f"{name}: no version has alias {tracking.CHALLENGER!r} (train one, or pass --version)"
-            )
-        version = str(challenger.version)
+    version = version or _challenger(name)
     champion = tracking.version_of(name, tracking.CHAMPION)
     previous = str(champion.version) if champion is not None else None
     if previous == version:
         return Decision(False, version, previous, f"version {version} is already {tracking.CHAMPION}")
-    eval_set = None
-    if champion is None:
-        ok, why = True, "first champion"
-    else:
-        scorers = {
-            "candidate": tracking.load_ranker_version(f"models:/{name}/{version}"),
-            "champion": tracking.load_ranker_version(f"models:/{name}/{previous}"),
-        }
-        ev = evaluate(data_dir, scorers, cfg.evaluate, baselines=False)
-        eval_set = ev.eval_set
-        ok, why = gate(ev.models["candidate"], ev.models["champion"], cfg.registry, cfg.evaluate.ndcg_k)
-        why = f"vs version {previous} on test split {eval_set}: {why}"
+    ok, why, eval_set = _offline(data_dir, cfg, version, previous)
     if online is not None:  # both halves must pass
         ok_online, why_online = online_gate(online, version)
         ok, why = ok and ok_online, f"{why}; {why_online}"
@@ -58,6 +39,7 @@ def run(
         ok, why = True, f"forced ({note or 'no reason given'}); the gate said: {why}"
     elif note:
         why = f"{why}; note: {note}"
+    client = MlflowClient()
     if ok:
         client.set_registered_model_alias(name, tracking.CHAMPION, version)
     tags = {
@@ -70,3 +52,35 @@ def run(
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     return Decision(ok, version, previous, why, eval_set)
+
+
+def _challenger(name: str) -> str:
+    """The version alias ``challenger`` points at."""
+    from pipelines.common import tracking
+
+    challenger = tracking.version_of(name, tracking.CHALLENGER)
+    if challenger is None:
+        raise DataError(
+            f"{name}: no version has alias {tracking.CHALLENGER!r} (train one, or pass --version)"
+        )
+    return str(challenger.version)
+
+
+def _offline(
+    data_dir: Path, cfg: TrainConfig, version: str, previous: str | None
+) -> tuple[bool, str, str | None]:
+    """The offline gate: the candidate against the champion on the same test split (``ok, why, eval set``);
+    the first version passes."""
+    from pipelines.common import tracking
+    from pipelines.evaluate.evaluation import evaluate
+
+    if previous is None:
+        return True, "first champion", None
+    name = cfg.registry.model_name
+    scorers = {
+        "candidate": tracking.load_ranker_version(f"models:/{name}/{version}"),
+        "champion": tracking.load_ranker_version(f"models:/{name}/{previous}"),
+    }
+    ev = evaluate(data_dir, scorers, cfg.evaluate, baselines=False)
+    ok, why = gate(ev.models["candidate"], ev.models["champion"], cfg.registry, cfg.evaluate.ndcg_k)
+    return ok, f"vs version {previous} on test split {ev.eval_set}: {why}", ev.eval_set

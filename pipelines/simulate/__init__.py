@@ -3,10 +3,10 @@
 ``python -m pipelines.simulate --data-dir D --url http://127.0.0.1:8000 [--users 300]``
 
 Each simulated user is a real user of the synthetic world. Their behaviour comes from the world's hidden
-engagement model (:func:`pipelines.synth._truth`: interests, tie strengths, post quality, recency,
-position), never from the ranker: a user opens the app (``GET /feed/{id}`` with a minted token), reads down
-the page (going on to the next item with probability ``scroll``, stopping after a hide), engages and
-dwells as the hidden model says, sends what they did (``POST /events``), and comes back for another
+engagement model (:func:`pipelines.synth.world.engagement_truth`: interests, tie strengths, post quality,
+recency, position), never from the ranker: a user opens the app (``GET /feed/{id}`` with a minted token),
+reads down the page (going on to the next item with probability ``scroll``, stopping after a hide), engages
+and dwells as the hidden model says, sends what they did (``POST /events``), and comes back for another
 session with a probability that rises with what they got out of this one (positive actions and dwell)
 and falls with hides, up to ``max_sessions``. That last rule is the simulator's assumption, stated here
 because "sessions per user" depends on it.

@@ -1,6 +1,6 @@
 """Synthetic social network and its interaction logs: ``python -m pipelines.synth --data-dir D``.
 
-Writes ``D/raw/`` in the log contract (:mod:`pipelines.schema`) and ``D/truth/`` (ground-truth
+Writes ``D/raw/`` in the log contract (:mod:`pipelines.common.schema`) and ``D/truth/`` (ground-truth
 probabilities per impression, for evaluation only). The world is made so that learning is hard but
 meaningful:
 

@@ -181,42 +181,11 @@ def _sample_in_groups(
 def _make_graph(
     cfg: SynthConfig, rng: np.random.Generator, h: dict[str, Any], start_s: float
 ) -> tuple[pa.Table, pa.Table, dict[str, np.ndarray]]:
-    n = cfg.users
-    sigma = 1.0
-    target = np.minimum(cfg.max_degree, rng.lognormal(math.log(cfg.mean_degree) - sigma**2 / 2, sigma, n))
-    n_edges = int(target.sum() / 2)
-    src = np.searchsorted(np.cumsum(target) / target.sum(), rng.random(n_edges), side="right")
-    src = np.minimum(src, n - 1)
-    kind = rng.choice(3, size=n_edges, p=[0.45, 0.35, 0.20])  # community, city, anywhere
-    primary = np.where(h["work"] >= 0, h["work"] + 10_000_000, h["school"])
-    dst = np.empty(n_edges, dtype=np.int64)
-    for k, group in ((0, primary), (1, h["city"]), (2, np.zeros(n, dtype=np.int64))):
-        sel = np.flatnonzero(kind == k)
-        dst[sel] = _sample_in_groups(rng, group, target, src[sel])
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    keep = a != b
-    pairs = np.unique(a[keep] * n + b[keep])
-    a, b = pairs // n, pairs % n
-    # Cap degrees: rank each node's edges in a random order and keep an edge only where both ranks fit.
-    perm = rng.permutation(len(a))
-    ends = np.concatenate([a[perm], b[perm]])
-    edge = np.concatenate([perm, perm])
-    order = np.lexsort((np.arange(len(ends)), ends))
-    first = np.searchsorted(ends[order], ends[order], side="left")
-    rank = np.empty(len(ends), dtype=np.int64)
-    rank[order] = np.arange(len(ends)) - first
-    ok = np.ones(len(a), dtype=bool)
-    np.logical_and.at(ok, edge, rank < cfg.max_degree)
-    a, b = a[ok], b[ok]
-    same_primary = primary[a] == primary[b]
-    same_school = h["school"][a] == h["school"][b]
-    same_city = h["city"][a] == h["city"][b]
-    base = np.select([same_primary, same_school, same_city], [1.0, 0.8, 0.5], 0.25)
-    tie = base * rng.lognormal(0.0, 0.5, len(a))
-    joined = np.maximum(h["joined"][a], h["joined"][b])
-    created = joined + rng.random(len(a)) * (start_s - joined)
-    late = rng.random(len(a)) < 0.03  # some friendships form during the logged days
-    created[late] = start_s + rng.random(int(late.sum())) * cfg.days * DAY
+    """Friendships (heavy-tailed degrees, mostly inside communities and cities, capped at max_degree), tie
+    strengths, blocks, and the graph in CSR form. The steps draw from ``rng`` in a fixed order."""
+    a, b, primary = _friend_edges(cfg, rng, h)
+    a, b = _cap_degrees(rng, a, b, cfg.max_degree)
+    tie, created = _ties(cfg, rng, h, primary, a, b, start_s)
     friendships = pa.table(
         {
             "user_a": pa.array(h["user_ids"][a]),
@@ -225,19 +194,7 @@ def _make_graph(
         },
         schema=schema.FRIENDSHIPS,
     )
-    # Blocks: mostly between strangers of one city, some ending a friendship.
-    n_blocks = round(cfg.block_rate * n)
-    from_friends = rng.random(n_blocks) < 0.3
-    fe = rng.integers(0, len(a), n_blocks)
-    x = np.where(from_friends, a[fe], rng.integers(0, n, n_blocks))
-    y = np.where(from_friends, b[fe], _sample_in_groups(rng, h["city"], np.ones(n), x))
-    flip = rng.random(n_blocks) < 0.5
-    blocker, blocked = np.where(flip, y, x), np.where(flip, x, y)
-    keep = blocker != blocked
-    blocker, blocked = blocker[keep], blocked[keep]
-    bkeys = np.unique(blocker * n + blocked)
-    blocker, blocked = bkeys // n, bkeys % n
-    block_at = start_s - rng.random(len(blocker)) * 60 * DAY
+    blocker, blocked, block_at = _blocks(cfg, rng, h, a, b, start_s)
     blocks = pa.table(
         {
             "blocker_id": pa.array(h["user_ids"][blocker]),
@@ -247,19 +204,105 @@ def _make_graph(
         schema=schema.BLOCKS,
     )
     # Adjacency in CSR form, both directions.
-    u = np.concatenate([a, b])
-    v = np.concatenate([b, a])
+    n = cfg.users
+    u = np.concatenate([a, b])  # (2E,)
+    v = np.concatenate([b, a])  # (2E,)
     order = np.argsort(u, kind="stable")
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.add.at(ptr, u + 1, 1)
     graph = dict(
-        nbr_ptr=np.cumsum(ptr),
+        nbr_ptr=np.cumsum(ptr),  # (n + 1,)
         nbr_idx=v[order],
         nbr_since=np.concatenate([created, created])[order],
         nbr_tie=np.concatenate([tie, tie])[order],
         block_keys=np.unique(np.concatenate([blocker * n + blocked, blocked * n + blocker])),
     )
     return friendships, blocks, graph
+
+
+def _friend_edges(
+    cfg: SynthConfig, rng: np.random.Generator, h: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate edges ``(a, b)`` with ``a < b``, unique, from lognormal target degrees: 45% inside the
+    user's community (``primary``: workplace, else school), 35% in their city, 20% anywhere."""
+    n = cfg.users
+    sigma = 1.0
+    target = np.minimum(cfg.max_degree, rng.lognormal(math.log(cfg.mean_degree) - sigma**2 / 2, sigma, n))
+    n_edges = int(target.sum() / 2)
+    src = np.searchsorted(np.cumsum(target) / target.sum(), rng.random(n_edges), side="right")
+    src = np.minimum(src, n - 1)  # (E,)
+    kind = rng.choice(3, size=n_edges, p=[0.45, 0.35, 0.20])  # community, city, anywhere
+    primary = np.where(h["work"] >= 0, h["work"] + 10_000_000, h["school"])  # (n,)
+    dst = np.empty(n_edges, dtype=np.int64)
+    for k, group in ((0, primary), (1, h["city"]), (2, np.zeros(n, dtype=np.int64))):
+        sel = np.flatnonzero(kind == k)
+        dst[sel] = _sample_in_groups(rng, group, target, src[sel])
+    a, b = np.minimum(src, dst), np.maximum(src, dst)
+    keep = a != b
+    pairs = np.unique(a[keep] * n + b[keep])
+    return pairs // n, pairs % n, primary
+
+
+def _cap_degrees(
+    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, max_degree: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank each node's edges in a random order and keep an edge only where both ranks fit."""
+    perm = rng.permutation(len(a))
+    ends = np.concatenate([a[perm], b[perm]])  # (2E,)
+    edge = np.concatenate([perm, perm])  # (2E,)
+    order = np.lexsort((np.arange(len(ends)), ends))
+    first = np.searchsorted(ends[order], ends[order], side="left")
+    rank = np.empty(len(ends), dtype=np.int64)
+    rank[order] = np.arange(len(ends)) - first
+    ok = np.ones(len(a), dtype=bool)
+    np.logical_and.at(ok, edge, rank < max_degree)
+    return a[ok], b[ok]
+
+
+def _ties(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    h: dict[str, Any],
+    primary: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    start_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tie strength (same community > school > city > none, times lognormal noise) and creation time of
+    each friendship; ~3% form during the logged days."""
+    same_primary = primary[a] == primary[b]
+    same_school = h["school"][a] == h["school"][b]
+    same_city = h["city"][a] == h["city"][b]
+    base = np.select([same_primary, same_school, same_city], [1.0, 0.8, 0.5], 0.25)
+    tie = base * rng.lognormal(0.0, 0.5, len(a))  # (E,)
+    joined = np.maximum(h["joined"][a], h["joined"][b])
+    created = joined + rng.random(len(a)) * (start_s - joined)  # (E,) seconds
+    late = rng.random(len(a)) < 0.03
+    created[late] = start_s + rng.random(int(late.sum())) * cfg.days * DAY
+    return tie, created
+
+
+def _blocks(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    h: dict[str, Any],
+    a: np.ndarray,
+    b: np.ndarray,
+    start_s: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blocks: mostly between strangers of one city, some ending a friendship; ``(blocker, blocked, at)``."""
+    n = cfg.users
+    n_blocks = round(cfg.block_rate * n)
+    from_friends = rng.random(n_blocks) < 0.3
+    fe = rng.integers(0, len(a), n_blocks)
+    x = np.where(from_friends, a[fe], rng.integers(0, n, n_blocks))
+    y = np.where(from_friends, b[fe], _sample_in_groups(rng, h["city"], np.ones(n), x))
+    flip = rng.random(n_blocks) < 0.5
+    blocker, blocked = np.where(flip, y, x), np.where(flip, x, y)
+    keep = blocker != blocked
+    bkeys = np.unique(blocker[keep] * n + blocked[keep])
+    blocker, blocked = bkeys // n, bkeys % n
+    return blocker, blocked, start_s - rng.random(len(blocker)) * 60 * DAY
 
 
 def _post_text(rng: np.random.Generator, topics: list[int]) -> str:
@@ -276,10 +319,13 @@ def _post_text(rng: np.random.Generator, topics: list[int]) -> str:
 def _make_posts(
     cfg: SynthConfig, rng: np.random.Generator, h: dict[str, Any], start_s: float
 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    n, t = cfg.users, len(TOPICS)
+    """Posts of every user (Poisson at their rate) from ``WARMUP_DAYS`` before the first session: topics
+    drawn from the author's interests, a hidden quality (author's + post's), media vectors that carry
+    topic and quality, text from the topics' words. The steps draw from ``rng`` in a fixed order."""
+    n = cfg.users
     span = cfg.days + WARMUP_DAYS
     counts = rng.poisson(h["post_rate"] * span)
-    author = np.repeat(np.arange(n), counts)
+    author = np.repeat(np.arange(n), counts)  # (P,) user index
     p = len(author)
     created = _diurnal_times(rng, p, start_s - WARMUP_DAYS * DAY, span)
     order = np.lexsort((created, author))  # CSR by author, then time
@@ -287,60 +333,28 @@ def _make_posts(
     # Time-ordered public ids, as snowflake-style ids are.
     post_ids = np.empty(p, dtype=np.int64)
     post_ids[np.argsort(created, kind="stable")] = 5_000_000 + np.arange(p, dtype=np.int64) * 3
-    modality = rng.choice(3, size=p, p=MODALITY_SHARE)
-    visibility = rng.choice(3, size=p, p=VISIBILITY_SHARE)
-    n_topics = 1 + rng.binomial(2, 0.3, p)
-    cum = np.cumsum(h["interest"], axis=1)[author]
-    topic_idx = np.full((p, 3), -1, dtype=np.int64)
-    for k in range(3):
-        own = np.minimum((cum < rng.random(p)[:, None]).sum(1), t - 1)
-        rand = rng.integers(0, t, p)
-        pick = np.where(rng.random(p) < 0.8, own, rand)
-        topic_idx[:, k] = np.where(k < n_topics, pick, -1)
-    multi_hot = np.zeros((p, t), dtype=np.float32)
-    for k in range(3):
-        sel = topic_idx[:, k] >= 0
-        multi_hot[np.flatnonzero(sel), topic_idx[sel, k]] = 1.0
-    multi_hot /= multi_hot.sum(1, keepdims=True)
-    author_quality = rng.normal(0, 0.7, n)
-    quality = author_quality[author] + rng.normal(0, 0.7, p)
+    modality = rng.choice(3, size=p, p=MODALITY_SHARE)  # (P,) text, image, video
+    visibility = rng.choice(3, size=p, p=VISIBILITY_SHARE)  # (P,) public, friends, private
+    topic_idx, multi_hot = _post_topics(rng, h["interest"], author)
+    quality = rng.normal(0, 0.7, n)[author] + rng.normal(0, 0.7, p)  # (P,) author's + the post's own
     duration = np.where(modality == 2, rng.lognormal(math.log(25), 0.8, p), 0.0)
     deleted = np.where(rng.random(p) < cfg.deletion_rate, created + rng.exponential(DAY, p), np.inf)
-    centroids = rng.normal(0, 1, (t, cfg.media_dim))
+    centroids = rng.normal(0, 1, (len(TOPICS), cfg.media_dim))
     quality_dir = rng.normal(0, 1, cfg.media_dim) / math.sqrt(cfg.media_dim)
-    media = (
-        multi_hot @ centroids + 0.8 * quality[:, None] * quality_dir + rng.normal(0, 0.7, (p, cfg.media_dim))
+    noise = rng.normal(0, 0.7, (p, cfg.media_dim))
+    media = multi_hot @ centroids + 0.8 * quality[:, None] * quality_dir + noise  # (P, media_dim)
+    texts, topic_lists = _post_texts(rng, topic_idx, modality)
+    columns = dict(
+        post_ids=post_ids,
+        author_ids=h["user_ids"][author],
+        created=created,
+        modality=modality,
+        visibility=visibility,
+        deleted=deleted,
+        duration=duration,
+        media=media,
     )
-    texts: list[str | None] = []
-    topic_lists: list[list[str]] = []
-    for i in range(p):
-        tl = [int(x) for x in topic_idx[i] if x >= 0]
-        tl = list(dict.fromkeys(tl))
-        topic_lists.append([TOPICS[x] for x in tl])
-        texts.append(None if modality[i] != 0 and rng.random() < 0.1 else _post_text(rng, tl))
-    has_media = modality != 0
-    posts = pa.table(
-        {
-            "post_id": pa.array(post_ids),
-            "author_id": pa.array(h["user_ids"][author]),
-            "created_at": pa.array((created * 1000).astype(np.int64)).cast(schema.TS),
-            "modality": pa.array(np.array(schema.MODALITIES)[modality]),
-            "text": pa.array(texts, pa.string()),
-            "topics": pa.array(topic_lists, pa.list_(pa.string())),
-            "visibility": pa.array(np.array(schema.VISIBILITIES)[visibility]),
-            "deleted_at": pa.array(
-                np.where(np.isfinite(deleted), deleted * 1000, 0).astype(np.int64), mask=~np.isfinite(deleted)
-            ).cast(schema.TS),
-            "media_duration_s": pa.array(
-                np.where(modality == 2, duration, np.nan), pa.float32(), from_pandas=True
-            ),
-            "media_vector": pa.array(
-                [media[i].astype(np.float32) if has_media[i] else None for i in range(p)],
-                pa.list_(pa.float32()),
-            ),
-        },
-        schema=schema.POSTS,
-    )
+    posts = _posts_table(texts, topic_lists, **columns)
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.add.at(ptr, author + 1, 1)
     hidden = dict(
@@ -355,6 +369,80 @@ def _make_posts(
         post_duration=duration,
     )
     return posts, hidden
+
+
+def _post_topics(
+    rng: np.random.Generator, interest: np.ndarray, author: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """1–3 topics per post, each the author's (drawn from their interests) 80% of the time; returns
+    ``(P, 3)`` topic indices (-1 = none) and the ``(P, T)`` normalized multi-hot."""
+    p, t = len(author), len(TOPICS)
+    n_topics = 1 + rng.binomial(2, 0.3, p)
+    cum = np.cumsum(interest, axis=1)[author]  # (P, T)
+    topic_idx = np.full((p, 3), -1, dtype=np.int64)
+    for k in range(3):
+        own = np.minimum((cum < rng.random(p)[:, None]).sum(1), t - 1)
+        rand = rng.integers(0, t, p)
+        pick = np.where(rng.random(p) < 0.8, own, rand)
+        topic_idx[:, k] = np.where(k < n_topics, pick, -1)
+    multi_hot = np.zeros((p, t), dtype=np.float32)
+    for k in range(3):
+        sel = topic_idx[:, k] >= 0
+        multi_hot[np.flatnonzero(sel), topic_idx[sel, k]] = 1.0
+    multi_hot /= multi_hot.sum(1, keepdims=True)
+    return topic_idx, multi_hot
+
+
+def _post_texts(
+    rng: np.random.Generator, topic_idx: np.ndarray, modality: np.ndarray
+) -> tuple[list[str | None], list[list[str]]]:
+    """Each post's text from its topics' words (10% of media posts have none) and its topic names."""
+    texts: list[str | None] = []
+    topic_lists: list[list[str]] = []
+    for i in range(len(topic_idx)):
+        tl = list(dict.fromkeys(int(x) for x in topic_idx[i] if x >= 0))
+        topic_lists.append([TOPICS[x] for x in tl])
+        texts.append(None if modality[i] != 0 and rng.random() < 0.1 else _post_text(rng, tl))
+    return texts, topic_lists
+
+
+def _posts_table(
+    texts: list[str | None],
+    topic_lists: list[list[str]],
+    *,
+    post_ids: np.ndarray,
+    author_ids: np.ndarray,
+    created: np.ndarray,
+    modality: np.ndarray,
+    visibility: np.ndarray,
+    deleted: np.ndarray,
+    duration: np.ndarray,
+    media: np.ndarray,
+) -> pa.Table:
+    """The raw ``posts`` table (:data:`schema.POSTS`) from the generated columns (times in seconds)."""
+    has_media = modality != 0
+    return pa.table(
+        {
+            "post_id": pa.array(post_ids),
+            "author_id": pa.array(author_ids),
+            "created_at": pa.array((created * 1000).astype(np.int64)).cast(schema.TS),
+            "modality": pa.array(np.array(schema.MODALITIES)[modality]),
+            "text": pa.array(texts, pa.string()),
+            "topics": pa.array(topic_lists, pa.list_(pa.string())),
+            "visibility": pa.array(np.array(schema.VISIBILITIES)[visibility]),
+            "deleted_at": pa.array(
+                np.where(np.isfinite(deleted), deleted * 1000, 0).astype(np.int64), mask=~np.isfinite(deleted)
+            ).cast(schema.TS),
+            "media_duration_s": pa.array(
+                np.where(modality == 2, duration, np.nan), pa.float32(), from_pandas=True
+            ),
+            "media_vector": pa.array(
+                [media[i].astype(np.float32) if has_media[i] else None for i in range(len(post_ids))],
+                pa.list_(pa.float32()),
+            ),
+        },
+        schema=schema.POSTS,
+    )
 
 
 def build_world(cfg: SynthConfig) -> tuple[World, dict[str, pa.Table]]:
@@ -489,48 +577,17 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
     rng = _rng(cfg.seed, 100, chunk)
     s = _serve_sessions(w, cfg, rng, lo, hi)
     m = len(s["viewer"])
-    root = Path(out)
-    part = f"{chunk:05d}"
     if m == 0:
         return {"impressions": 0, "engagements": 0}
     imp_ids = np.array([f"imp-{chunk:05d}-{i:08d}" for i in range(m)], dtype=object)
-    req_ids = np.array([f"req-{chunk:05d}-{r:07d}" for r in s["req"]], dtype=object)
     truth = engagement_truth(w, s)
-    clicked = rng.random(m) < truth["p_click"]
-    dwell = np.exp(truth["mu"] + DWELL_SIGMA * rng.standard_normal(m)) * np.where(
-        clicked, CLICK_DWELL_FACTOR, 1
-    )
-    dwell = np.minimum(np.round(dwell), schema.MAX_DWELL_MS - 1).astype(np.int64)
-    view_at = s["t"] + s["pos"] * 2.5 + rng.random(m) * 2
-    events: list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]] = [
-        (np.arange(m), "view", view_at, dwell)
-    ]
-    for name, fired in (
-        ("click", clicked),
-        ("like", rng.random(m) < truth["p_like"]),
-        ("comment", rng.random(m) < truth["p_comment"]),
-        ("share", rng.random(m) < truth["p_share"]),
-        ("hide", rng.random(m) < truth["p_hide"]),
-        ("report", rng.random(m) < truth["p_report"]),
-    ):
-        idx = np.flatnonzero(fired)
-        at = view_at[idx] + 0.2 + dwell[idx] / 1000 * rng.uniform(0.1, 1.0, len(idx))
-        events.append((idx, name, at, None))
-    ev_idx = np.concatenate([e[0] for e in events])
-    ev_type = np.concatenate([np.full(len(e[0]), e[1], dtype=object) for e in events])
-    ev_at = np.concatenate([e[2] for e in events])
-    ev_dwell = np.concatenate([e[3] if e[3] is not None else np.full(len(e[0]), -1) for e in events])
-    post_idx = s["post"][ev_idx]
-    alive = w.post_deleted[post_idx] > ev_at  # nobody engages with a post after its deletion
-    ev_idx, ev_type, ev_at, ev_dwell = ev_idx[alive], ev_type[alive], ev_at[alive], ev_dwell[alive]
-    order = np.argsort(ev_at, kind="stable")
-    ev_idx, ev_type, ev_at, ev_dwell = ev_idx[order], ev_type[order], ev_at[order], ev_dwell[order]
-    k = len(ev_idx)
+    ev = _engagement_events(w, s, truth, rng)
+    k = len(ev["idx"])
     with_imp = rng.random(k) < 0.9  # some clients log engagements without the impression id
     impressions = pa.table(
         {
             "impression_id": pa.array(imp_ids, pa.string()),
-            "request_id": pa.array(req_ids, pa.string()),
+            "request_id": pa.array([f"req-{chunk:05d}-{r:07d}" for r in s["req"]], pa.string()),
             "viewer_id": pa.array(w.user_ids[s["viewer"]]),
             "post_id": pa.array(w.post_ids[s["post"]]),
             "served_at": _ts(s["t"]),
@@ -541,16 +598,63 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
     engagements = pa.table(
         {
             "event_id": pa.array([f"evt-{chunk:05d}-{i:08d}" for i in range(k)], pa.string()),
-            "viewer_id": pa.array(w.user_ids[s["viewer"][ev_idx]]),
-            "post_id": pa.array(w.post_ids[s["post"][ev_idx]]),
-            "impression_id": pa.array(np.where(with_imp, imp_ids[ev_idx], None), pa.string()),
-            "type": pa.array(ev_type, pa.string()),
-            "at": _ts(ev_at),
-            "dwell_ms": pa.array(ev_dwell.astype(np.int32), mask=ev_dwell < 0),
+            "viewer_id": pa.array(w.user_ids[s["viewer"][ev["idx"]]]),
+            "post_id": pa.array(w.post_ids[s["post"][ev["idx"]]]),
+            "impression_id": pa.array(np.where(with_imp, imp_ids[ev["idx"]], None), pa.string()),
+            "type": pa.array(ev["type"], pa.string()),
+            "at": _ts(ev["at"]),
+            "dwell_ms": pa.array(ev["dwell"].astype(np.int32), mask=ev["dwell"] < 0),
         },
         schema=schema.ENGAGEMENTS,
     )
-    truth_table = pa.table(
+    root, part = Path(out), f"{chunk:05d}"
+    write_by_date(impressions, root / "raw" / "impressions", "served_at", part)
+    write_by_date(engagements, root / "raw" / "engagements", "at", part)
+    write_by_date(_truth_table(truth, imp_ids, s["t"]), root / "truth", "served_at", part)
+    return {"impressions": m, "engagements": k}
+
+
+def _engagement_events(
+    w: World, s: dict[str, np.ndarray], truth: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """What users did with each impression, drawn from the truth: a view with dwell (longer after a click),
+    then each action that fired, a little later. Events on deleted posts are dropped; ordered by time.
+    Returns impression index, type, time (s) and dwell (ms, -1 unless a view) per event."""
+    m = len(s["viewer"])
+    clicked = rng.random(m) < truth["p_click"]
+    dwell = np.exp(truth["mu"] + DWELL_SIGMA * rng.standard_normal(m)) * np.where(
+        clicked, CLICK_DWELL_FACTOR, 1
+    )
+    dwell = np.minimum(np.round(dwell), schema.MAX_DWELL_MS - 1).astype(np.int64)  # (M,) ms
+    view_at = s["t"] + s["pos"] * 2.5 + rng.random(m) * 2  # (M,) seconds
+    events: list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]] = [
+        (np.arange(m), "view", view_at, dwell)
+    ]
+    for name, fired in (  # every action's draw happens before the loop's timing draws
+        ("click", clicked),
+        ("like", rng.random(m) < truth["p_like"]),
+        ("comment", rng.random(m) < truth["p_comment"]),
+        ("share", rng.random(m) < truth["p_share"]),
+        ("hide", rng.random(m) < truth["p_hide"]),
+        ("report", rng.random(m) < truth["p_report"]),
+    ):
+        idx = np.flatnonzero(fired)
+        at = view_at[idx] + 0.2 + dwell[idx] / 1000 * rng.uniform(0.1, 1.0, len(idx))
+        events.append((idx, name, at, None))
+    ev = {
+        "idx": np.concatenate([e[0] for e in events]),
+        "type": np.concatenate([np.full(len(e[0]), e[1], dtype=object) for e in events]),
+        "at": np.concatenate([e[2] for e in events]),
+        "dwell": np.concatenate([e[3] if e[3] is not None else np.full(len(e[0]), -1) for e in events]),
+    }
+    alive = w.post_deleted[s["post"][ev["idx"]]] > ev["at"]  # nobody engages with a post after its deletion
+    order = np.argsort(ev["at"][alive], kind="stable")
+    return {k: v[alive][order] for k, v in ev.items()}
+
+
+def _truth_table(truth: dict[str, np.ndarray], imp_ids: np.ndarray, served_s: np.ndarray) -> pa.Table:
+    """The hidden probabilities per impression (:data:`schema.TRUTH`): evaluation only."""
+    return pa.table(
         {"impression_id": pa.array(imp_ids, pa.string())}
         | {
             f.name: pa.array(truth[f.name].astype(np.float32))
@@ -558,8 +662,4 @@ def generate_chunk(w: World, cfg: SynthConfig, chunk: int, lo: int, hi: int, out
             if f.name not in ("impression_id", "served_at")
         },
         schema=schema.TRUTH.remove(schema.TRUTH.get_field_index("served_at")),
-    ).append_column("served_at", _ts(s["t"]))
-    write_by_date(impressions, root / "raw" / "impressions", "served_at", part)
-    write_by_date(engagements, root / "raw" / "engagements", "at", part)
-    write_by_date(truth_table, root / "truth", "served_at", part)
-    return {"impressions": m, "engagements": k}
+    ).append_column("served_at", _ts(served_s))

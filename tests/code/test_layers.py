@@ -39,17 +39,21 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def with_import(root: Path, module: Path, line: str) -> subprocess.CompletedProcess[str]:
+    """lint-imports on the tree with ``line`` appended to ``module``, which is restored afterwards."""
+    original = module.read_text()
+    module.write_text(original + f"\n{line}  # deliberate violation\n")
+    try:
+        return lint_imports(root)
+    finally:
+        module.write_text(original)
+
+
 def test_contract_holds_and_catches_serving_importing_a_stage(tree_copy: Path) -> None:
     assert LINT_IMPORTS.exists(), "make test installs import-linter (requirements/dev.txt)"
     kept = lint_imports(tree_copy)
     assert kept.returncode == 0, kept.stdout + kept.stderr
-    feed = tree_copy / "serve" / "feed.py"
-    original = feed.read_text()
-    feed.write_text(original + "\nfrom pipelines.train.stage import run as _train  # deliberate violation\n")
-    try:
-        broken = lint_imports(tree_copy)
-    finally:
-        feed.write_text(original)
+    broken = with_import(tree_copy, tree_copy / "serve" / "feed.py", "from pipelines.train.stage import run")
     assert broken.returncode != 0
     assert "serve/ imports only models/" in broken.stdout
     assert "serve.feed -> pipelines.train.stage" in broken.stdout
@@ -57,12 +61,7 @@ def test_contract_holds_and_catches_serving_importing_a_stage(tree_copy: Path) -
 
 def test_contract_catches_a_library_importing_a_stage(tree_copy: Path) -> None:
     pit = tree_copy / "pipelines" / "features" / "pit.py"
-    original = pit.read_text()
-    pit.write_text(original + "\nfrom pipelines.ingest.stage import run as _ingest  # deliberate violation\n")
-    try:
-        broken = lint_imports(tree_copy)
-    finally:
-        pit.write_text(original)
+    broken = with_import(tree_copy, pit, "from pipelines.ingest.stage import run")
     assert broken.returncode != 0
     assert "Libraries never import a stage" in broken.stdout
 
