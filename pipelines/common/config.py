@@ -85,6 +85,22 @@ class SynthConfig(StrictConfig):
     media_dim: int = Field(16, ge=1, description="Length of precomputed media vectors.")
     deletion_rate: float = Field(0.02, ge=0, le=1, description="Share of posts deleted later.")
     users_per_task: int = Field(400, ge=1, description="Users per parallel generation task (memory bound).")
+    social_graph: bool = Field(
+        True,
+        description="False: a ratings-style log with no friendships or blocks, every post public, and the "
+        "logging policy drawing candidates from every author's recent posts.",
+    )
+    open_candidates: int = Field(
+        200,
+        ge=1,
+        description="Without a social graph: recent posts drawn per session for the policy to order.",
+    )
+    cold_start_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of users who join on the last day (no history before the test split).",
+    )
 
     @model_validator(mode="after")
     def _degree_fits(self) -> SynthConfig:
@@ -251,7 +267,9 @@ class EvaluateConfig(StrictConfig):
     )
     ndcg_k: int = Field(10, ge=1)
     calibration_bins: int = Field(15, ge=2)
-    baseline_rows: int = Field(60_000, ge=100, description="Train rows sampled to fit the logistic baseline.")
+    baseline_rows: int = Field(
+        200_000, ge=100, description="Train rows (at most) the logistic-regression and LightGBM peers fit on."
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from pipelines.common.cli import DataError
 from pipelines.common.config import EvaluateConfig
 from pipelines.evaluate.metrics import ranking_metrics, task_metrics
 from pipelines.evaluate.report import write_report
-from pipelines.evaluate.scorers import fit_logistic, oracle, popularity, reverse_chron, score_ranker
+from pipelines.evaluate.scorers import fit_peers, oracle, popularity, reverse_chron, score_ranker
 from pipelines.features.manifest import eval_set_id, load_manifest, read_columns
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 RANKER = "ranker"
 
 
-SCORERS = (RANKER, "logistic", "popularity", "reverse_chron", "oracle")
+SCORERS = (RANKER, "lightgbm", "logistic", "popularity", "reverse_chron", "oracle")
 
 
 @dataclass
@@ -55,17 +55,32 @@ class Evaluation:
         return {k.replace("@", "_at_"): v for k, v in out.items() if np.isfinite(v)}
 
     def table(self) -> str:
-        """The quality table (Markdown): AUC per task and scorer, dwell MAE, NDCG@k, MRR."""
-        names = [n for n in SCORERS if n in self.models]
+        """The quality table (Markdown): AUC per task, dwell MAE, NDCG@k and MRR per scorer; then RCE per task
+        (relative cross-entropy against the base rate, %) for the scorers that give probabilities."""
+        names = [n for n in SCORERS if n in self.models] + [n for n in self.models if n not in SCORERS]
         head = ["scorer", *[f"{t} AUC" for t in BINARY_TASKS], "dwell MAE s", f"NDCG@{self.ndcg_k}", "MRR"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for n in names:
             m = self.models[n]
-            aucs = [f"{m['tasks'][t]['auc']:.3f}" for t in BINARY_TASKS]
+            aucs = [_fmt(m["tasks"][t]["auc"], ".3f") for t in BINARY_TASKS]
             mae = f"{m['dwell_mae_s']:.2f}" if "dwell_mae_s" in m else "–"
             row = [n, *aucs, mae, f"{m[f'ndcg@{self.ndcg_k}']:.3f}", f"{m['mrr']:.3f}"]
             lines.append("| " + " | ".join(row) + " |")
+        calibrated = [n for n in names if "rce" in self.models[n]["tasks"][BINARY_TASKS[0]]]
+        if calibrated:
+            lines += ["", "| scorer | " + " | ".join(f"{t} RCE %" for t in BINARY_TASKS) + " |"]
+            lines.append("|" + "---|" * (len(BINARY_TASKS) + 1))
+            for n in calibrated:
+                rce = [_fmt(self.models[n]["tasks"][t].get("rce"), ".2f") for t in BINARY_TASKS]
+                lines.append("| " + " | ".join([n, *rce]) + " |")
+        skipped = [t for t in BINARY_TASKS if self.models[names[0]]["tasks"][t].get("positives", 1) == 0]
+        if skipped:
+            lines += ["", f"No positive label in this split for: {', '.join(skipped)} (not evaluated)."]
         return "\n".join(lines)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, spec)
 
 
 def evaluate(
@@ -89,8 +104,8 @@ def evaluate(
         preds[name], probabilistic[name] = score_ranker(ranker, cols), True
         logged[name] = score_ranker(ranker, cols, at_logged_position=True)
     if baselines:
-        log.info("fitting the logistic-regression baseline")
-        preds["logistic"], probabilistic["logistic"] = fit_logistic(data_dir, cfg).predict(cols), True
+        for name, peer in fit_peers(data_dir, cfg).items():
+            preds[name], probabilistic[name] = peer.predict(cols), True
         pop = popularity(cols, manifest["config"]["windows"])
         preds["popularity"] = {t: pop for t in BINARY_TASKS}
         chron = reverse_chron(cols)

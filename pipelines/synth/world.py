@@ -23,36 +23,20 @@ log = logging.getLogger(__name__)
 
 
 DAY = 86400
-
-
 WARMUP_DAYS = 2  # posts start this many days before the first session, so day one has a feed
-
-
 SKIP_DWELL_MS = 2000  # the threshold the truth's p_skip refers to (features' default skip_dwell_ms)
-
-
 DWELL_SIGMA = 0.9
-
-
 CLICK_DWELL_FACTOR = 3.0
-
-
 # Hourly session weights (UTC stands in for local time): quiet nights, peaks at breakfast, lunch, evening.
 HOUR_WEIGHTS = np.array(
     [1, 0.5, 0.3, 0.2, 0.3, 0.8, 2, 3.5, 4, 3, 2.5, 3, 4, 3.5, 2.5, 2.5, 3, 3.5, 4.5, 5.5, 6, 5.5, 4, 2.5]
 )
-
-
 HOUR_CDF = np.cumsum(HOUR_WEIGHTS) / HOUR_WEIGHTS.sum()
-
-
 MODALITY_SHARE = np.array([0.5, 0.35, 0.15])  # text, image, video
-
-
 VISIBILITY_SHARE = np.array([0.3, 0.65, 0.05])  # public, friends, private
-
-
 GENDER_SHARE = np.array([0.49, 0.48, 0.02, 0.01])
+#: Tie strength the truth gives a viewer and an author who are not friends (friends: 0.25–1, times noise).
+STRANGER_TIE = 0.35
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -102,9 +86,13 @@ class World:
     post_deleted: np.ndarray  # (P,) seconds, +inf when never deleted
     post_visibility: np.ndarray  # (P,) index into schema.VISIBILITIES
     post_modality: np.ndarray  # (P,) index into schema.MODALITIES
+    post_author: np.ndarray  # (P,) user index
+    post_by_time: np.ndarray  # (P,) post indices in created order
     post_topics: np.ndarray  # (P, T) normalized multi-hot
     post_quality: np.ndarray  # (P,)
     post_duration: np.ndarray  # (P,) seconds, 0 unless video
+    cold: np.ndarray  # (N,) bool: joined on the last day (sessions on it only)
+    social_graph: bool  # False: candidates come from every author (no friends)
 
 
 # --------------------------------------------------------------------------------------------- the world
@@ -134,6 +122,13 @@ def _make_users(
     post_r = rng.lognormal(0.0, 1.0, n)
     post_rate = cfg.posts_per_user_day * post_r / post_r.mean()
     joined = start_s - rng.uniform(30 * DAY, 3 * 365 * DAY, n)
+    # Cold-start users join on the last day: no history before the test split (their own stream, so a
+    # world without them is drawn exactly as before).
+    cold = (
+        _rng(cfg.seed, 4).random(n) < cfg.cold_start_share if cfg.cold_start_share > 0 else np.zeros(n, bool)
+    )
+    joined = np.where(cold, start_s + (cfg.days - 1) * DAY - 3600, joined)
+    post_rate = np.where(cold, 0.0, post_rate)
     user_ids = np.arange(1, n + 1, dtype=np.int64) * 7 + 100_000  # opaque, non-contiguous public ids
     users = pa.table(
         {
@@ -157,6 +152,7 @@ def _make_users(
         session_rate=session_rate,
         post_rate=post_rate,
         joined=joined,
+        cold=cold,
         user_ids=user_ids,
         modality_pref=rng.normal(0, 0.5, (n, 3)),
     )
@@ -183,9 +179,13 @@ def _make_graph(
 ) -> tuple[pa.Table, pa.Table, dict[str, np.ndarray]]:
     """Friendships (heavy-tailed degrees, mostly inside communities and cities, capped at max_degree), tie
     strengths, blocks, and the graph in CSR form. The steps draw from ``rng`` in a fixed order."""
-    a, b, primary = _friend_edges(cfg, rng, h)
-    a, b = _cap_degrees(rng, a, b, cfg.max_degree)
-    tie, created = _ties(cfg, rng, h, primary, a, b, start_s)
+    if cfg.social_graph:
+        a, b, primary = _friend_edges(cfg, rng, h)
+        a, b = _cap_degrees(rng, a, b, cfg.max_degree)
+        tie, created = _ties(cfg, rng, h, primary, a, b, start_s)
+    else:  # a ratings-style log: nobody is anybody's friend
+        a = b = np.zeros(0, np.int64)
+        tie = created = np.zeros(0)
     friendships = pa.table(
         {
             "user_a": pa.array(h["user_ids"][a]),
@@ -194,7 +194,11 @@ def _make_graph(
         },
         schema=schema.FRIENDSHIPS,
     )
-    blocker, blocked, block_at = _blocks(cfg, rng, h, a, b, start_s)
+    if cfg.social_graph:
+        blocker, blocked, block_at = _blocks(cfg, rng, h, a, b, start_s)
+    else:
+        blocker = blocked = np.zeros(0, np.int64)
+        block_at = np.zeros(0)
     blocks = pa.table(
         {
             "blocker_id": pa.array(h["user_ids"][blocker]),
@@ -277,6 +281,7 @@ def _ties(
     tie = base * rng.lognormal(0.0, 0.5, len(a))  # (E,)
     joined = np.maximum(h["joined"][a], h["joined"][b])
     created = joined + rng.random(len(a)) * (start_s - joined)  # (E,) seconds
+    created = np.maximum(created, joined)  # users who join on the last day befriend no one before
     late = rng.random(len(a)) < 0.03
     created[late] = start_s + rng.random(int(late.sum())) * cfg.days * DAY
     return tie, created
@@ -335,6 +340,8 @@ def _make_posts(
     post_ids[np.argsort(created, kind="stable")] = 5_000_000 + np.arange(p, dtype=np.int64) * 3
     modality = rng.choice(3, size=p, p=MODALITY_SHARE)  # (P,) text, image, video
     visibility = rng.choice(3, size=p, p=VISIBILITY_SHARE)  # (P,) public, friends, private
+    if not cfg.social_graph:
+        visibility[:] = 0  # without friends, every post is public
     topic_idx, multi_hot = _post_topics(rng, h["interest"], author)
     quality = rng.normal(0, 0.7, n)[author] + rng.normal(0, 0.7, p)  # (P,) author's + the post's own
     duration = np.where(modality == 2, rng.lognormal(math.log(25), 0.8, p), 0.0)
@@ -364,6 +371,8 @@ def _make_posts(
         post_deleted=deleted,
         post_visibility=visibility,
         post_modality=modality,
+        post_author=author,
+        post_by_time=np.argsort(created, kind="stable"),
         post_topics=multi_hot,
         post_quality=quality,
         post_duration=duration,
@@ -461,6 +470,8 @@ def build_world(cfg: SynthConfig) -> tuple[World, dict[str, pa.Table]]:
         like_prop=h["like_prop"],
         session_rate=h["session_rate"],
         modality_pref=h["modality_pref"],
+        cold=h["cold"],
+        social_graph=cfg.social_graph,
         **graph,
         **ph,
     )
@@ -472,48 +483,36 @@ def build_world(cfg: SynthConfig) -> tuple[World, dict[str, pa.Table]]:
 def _serve_sessions(
     w: World, cfg: SynthConfig, rng: np.random.Generator, lo: int, hi: int
 ) -> dict[str, np.ndarray]:
-    """Run the logging policy for viewers ``lo..hi-1``: one row per impression."""
-    n = len(w.user_ids)
+    """Run the logging policy for viewers ``lo..hi-1``: one row per impression. Each session shows a
+    geometric number of posts, newest first with hours of jitter, from the viewer's friends' visible
+    posts of the last ``candidate_days`` (or, without a social graph, from ``open_candidates`` recent
+    posts of anyone), never one shown to the viewer before."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("viewer", "post", "tie", "t", "pos", "req")}
     req = 0
-    window = cfg.candidate_days * DAY
     for v in range(lo, hi):
-        n_sess = rng.poisson(w.session_rate[v] * w.days)
+        if w.cold[v]:  # joined on the last day: sessions on it only
+            n_sess = rng.poisson(w.session_rate[v])
+            times = np.sort(_diurnal_times(rng, n_sess, w.start_s + (w.days - 1) * DAY, 1))
+        else:
+            n_sess = rng.poisson(w.session_rate[v] * w.days)
+            times = np.sort(_diurnal_times(rng, n_sess, w.start_s, w.days)) if n_sess else np.zeros(0)
         if n_sess == 0:
             continue
-        times = np.sort(_diurnal_times(rng, n_sess, w.start_s, w.days))
-        f = w.nbr_idx[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
-        since = w.nbr_since[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
-        tie = w.nbr_tie[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
-        keys = v * n + f
-        pos_in_blocks = np.minimum(np.searchsorted(w.block_keys, keys), max(len(w.block_keys) - 1, 0))
-        blocked = (w.block_keys[pos_in_blocks] == keys) if len(w.block_keys) else np.zeros(len(f), bool)
-        f, since, tie = f[~blocked], since[~blocked], tie[~blocked]
-        counts = w.post_ptr[f + 1] - w.post_ptr[f]
-        if counts.sum() == 0:
+        pool = _FriendPool(w, v) if w.social_graph else _OpenPool(w, v, cfg.open_candidates)
+        if not pool:
             continue
-        starts = np.repeat(w.post_ptr[f], counts)
-        pool = starts + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-        pool_since = np.repeat(since, counts)
-        pool_tie = np.repeat(tie, counts)
-        visible = w.post_visibility[pool] != 2  # private posts reach nobody but their author
-        pool, pool_since, pool_tie = pool[visible], pool_since[visible], pool_tie[visible]
-        created = w.post_created[pool]
-        deleted = w.post_deleted[pool]
-        shown = np.zeros(len(pool), dtype=bool)
         for t in times:
-            ok = (created < t) & (created >= t - window) & (deleted > t) & (pool_since < t) & ~shown
-            cand = np.flatnonzero(ok)
+            cand, cand_tie = pool.candidates(t, cfg.candidate_days * DAY, rng)
             if len(cand) == 0:
                 continue
             length = min(len(cand), int(rng.geometric(1.0 / cfg.impressions_per_session)))
             # Noisy reverse-chronological: newest first, with hours of jitter.
-            score = created[cand] + rng.gumbel(0.0, 4 * 3600, len(cand))
-            top = cand[np.argsort(-score)[:length]]
-            shown[top] = True
+            score = w.post_created[cand] + rng.gumbel(0.0, 4 * 3600, len(cand))
+            top = np.argsort(-score)[:length]
+            pool.mark_shown(cand[top])
             out["viewer"].append(np.full(length, v))
-            out["post"].append(pool[top])
-            out["tie"].append(pool_tie[top])
+            out["post"].append(cand[top])
+            out["tie"].append(cand_tie[top])
             out["t"].append(np.full(length, t))
             out["pos"].append(np.arange(length))
             out["req"].append(np.full(length, req))
@@ -522,6 +521,69 @@ def _serve_sessions(
         empty = {"viewer": np.zeros(0, np.int64), "post": np.zeros(0, np.int64), "req": np.zeros(0, np.int64)}
         return {**empty, "tie": np.zeros(0), "t": np.zeros(0), "pos": np.zeros(0, np.int64)}
     return {k: np.concatenate(vs) for k, vs in out.items()}
+
+
+class _FriendPool:
+    """A viewer's candidates in a social network: the visible posts of friends they have not blocked, with
+    the friendship's tie strength."""
+
+    def __init__(self, w: World, v: int) -> None:
+        n = len(w.user_ids)
+        f = w.nbr_idx[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
+        since = w.nbr_since[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
+        tie = w.nbr_tie[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]
+        keys = v * n + f
+        pos_in_blocks = np.minimum(np.searchsorted(w.block_keys, keys), max(len(w.block_keys) - 1, 0))
+        blocked = (w.block_keys[pos_in_blocks] == keys) if len(w.block_keys) else np.zeros(len(f), bool)
+        f, since, tie = f[~blocked], since[~blocked], tie[~blocked]
+        counts = w.post_ptr[f + 1] - w.post_ptr[f]  # (F,) posts per friend
+        starts = np.repeat(w.post_ptr[f], counts)
+        pool = starts + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        visible = w.post_visibility[pool] != 2  # private posts reach nobody but their author
+        self.pool = pool[visible]  # (C,) post indices
+        self.since = np.repeat(since, counts)[visible]  # (C,) friendship start
+        self.tie = np.repeat(tie, counts)[visible]  # (C,)
+        self.created = w.post_created[self.pool]
+        self.deleted = w.post_deleted[self.pool]
+        self.shown = np.zeros(len(self.pool), dtype=bool)
+        self._index = {int(p): i for i, p in enumerate(self.pool)}
+
+    def __bool__(self) -> bool:
+        return len(self.pool) > 0
+
+    def candidates(self, t: float, window: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        ok = (self.created < t) & (self.created >= t - window) & (self.deleted > t) & (self.since < t)
+        cand = np.flatnonzero(ok & ~self.shown)
+        return self.pool[cand], self.tie[cand]
+
+    def mark_shown(self, posts: np.ndarray) -> None:
+        self.shown[[self._index[int(p)] for p in posts]] = True
+
+
+class _OpenPool:
+    """A viewer's candidates without a social graph: ``k`` posts drawn at random among everyone's recent
+    posts (not their own), all of them strangers' (tie :data:`STRANGER_TIE`)."""
+
+    def __init__(self, w: World, v: int, k: int) -> None:
+        self.w, self.v, self.k = w, v, k
+        self.created_sorted = w.post_created[w.post_by_time]  # (P,) ascending
+        self.shown: set[int] = set()
+
+    def __bool__(self) -> bool:
+        return len(self.created_sorted) > 0
+
+    def candidates(self, t: float, window: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.searchsorted(self.created_sorted, [t - window, t])
+        if hi <= lo:
+            return np.zeros(0, np.int64), np.zeros(0)
+        drawn = self.w.post_by_time[lo + rng.choice(hi - lo, size=min(self.k, hi - lo), replace=False)]
+        ok = (self.w.post_deleted[drawn] > t) & (self.w.post_author[drawn] != self.v)
+        ok &= np.array([int(p) not in self.shown for p in drawn], dtype=bool)
+        cand = drawn[ok]
+        return cand, np.full(len(cand), STRANGER_TIE)
+
+    def mark_shown(self, posts: np.ndarray) -> None:
+        self.shown.update(int(p) for p in posts)
 
 
 def engagement_truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

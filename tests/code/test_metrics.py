@@ -59,3 +59,14 @@ def test_gate_needs_a_real_gain_and_respects_the_guardrail() -> None:
     ok, why = gate(m(0.9, 0.68), m(0.5, 0.7), RegistryConfig(max_auc_drop=0.01), 10)
     assert not ok
     assert why.startswith("AUC guardrail: click")
+
+
+def test_rce_is_relative_to_the_base_rate() -> None:
+    y = np.array([0] * 90 + [1] * 10)
+    base = task_metrics(y, np.full(100, 0.1), probabilistic=True, bins=5)
+    assert base["rce"] == pytest.approx(0.0, abs=1e-9)
+    sharp = task_metrics(y, np.where(y == 1, 0.6, 0.05), probabilistic=True, bins=5)
+    assert sharp["rce"] > 30
+    wrong = task_metrics(y, np.where(y == 1, 0.05, 0.6), probabilistic=True, bins=5)
+    assert wrong["rce"] < 0  # worse than predicting the base rate
+    assert "rce" not in task_metrics(y, np.arange(100.0), probabilistic=False, bins=5)

@@ -58,3 +58,19 @@ def test_rank_zero_reports_progress_to_mlflow(published: Runs) -> None:
     artifacts = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/quality.md", "evaluation/roc.png", "evaluation/calibration.png"} <= artifacts
     assert "evaluation/losses.png" in artifacts
+
+
+def test_evaluation_compares_with_lightgbm_and_reports_rce(published: Runs) -> None:
+    ev = published.resumed.evaluation
+    assert {"ranker", "lightgbm", "logistic", "oracle"} <= set(ev.models)
+    for scorer in ("ranker", "lightgbm", "logistic"):
+        click = ev.models[scorer]["tasks"]["click"]
+        assert np.isfinite(click["rce"])
+        assert click["rce"] < 100
+    oracle = ev.models["oracle"]["tasks"]["click"]
+    assert oracle["rce"] > 0  # the truth beats the base rate
+    table = ev.table()
+    assert "| lightgbm |" in table
+    assert "click RCE %" in table
+    run = MlflowClient().get_run(published.first.run_id)
+    assert "baseline/lightgbm/click/auc" in run.data.metrics

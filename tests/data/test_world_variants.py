@@ -1,0 +1,52 @@
+"""The world variant without a social graph and with cold-start users (configs/data-nograph.yaml): no
+friendships, every post public, candidates from anyone, and new users seen on the last day only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.common.config import DataConfig, load_config
+from pipelines.synth.world import STRANGER_TIE, build_world, generate_chunk
+from tests.conftest import REPO, TINY
+
+
+def open_config() -> DataConfig:
+    overrides = {**TINY, "synth.social_graph": False, "synth.cold_start_share": 0.5}
+    return load_config(REPO / "configs" / "data.yaml", DataConfig, overrides)
+
+
+def test_config_file_describes_the_variant() -> None:
+    cfg = load_config(REPO / "configs" / "data-nograph.yaml", DataConfig).synth
+    assert not cfg.social_graph
+    assert cfg.cold_start_share >= 0.5
+
+
+def test_no_graph_world_is_public_and_cold_users_arrive_on_the_last_day(tmp_path: Path) -> None:
+    cfg = open_config().synth
+    world, tables = build_world(cfg)
+    assert tables["friendships"].num_rows == 0
+    assert tables["blocks"].num_rows == 0
+    assert set(tables["posts"]["visibility"].to_pylist()) == {"public"}
+    cold_ids = set(world.user_ids[world.cold].tolist())
+    assert 0.3 < len(cold_ids) / cfg.users < 0.7
+    authors = set(tables["posts"]["author_id"].to_pylist())
+    assert not authors & cold_ids  # new users have not posted yet
+    generate_chunk(world, cfg, 0, 0, cfg.users, str(tmp_path))
+    imps = pq.read_table(tmp_path / "raw" / "impressions")
+    last_day = cfg.start_date + dt.timedelta(days=cfg.days - 1)
+    day = pc.cast(imps["served_at"], "date32").to_numpy(zero_copy_only=False)
+    viewers = imps["viewer_id"].to_numpy()
+    cold = np.isin(viewers, list(cold_ids))
+    assert cold.any()
+    assert (day[cold] == np.datetime64(last_day)).all()
+    posts = tables["posts"]
+    author_of = dict(zip(posts["post_id"].to_pylist(), posts["author_id"].to_pylist(), strict=True))
+    assert all(author_of[p] != v for p, v in zip(imps["post_id"].to_pylist(), viewers.tolist(), strict=True))
+    truth = pq.read_table(tmp_path / "truth")
+    assert truth.num_rows == imps.num_rows
+    assert STRANGER_TIE > 0
