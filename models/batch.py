@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,13 +133,14 @@ def collate(
     columns: dict[str, Any],
     layout: FeatureLayout,
     encoder: SparseEncoder,
-    id_dropout: float = 0.0,
+    id_dropout: float | Mapping[str, float] = 0.0,
     rng: np.random.Generator | None = None,
 ) -> Batch:
     """Columns → :class:`Batch`.
 
     ``id_dropout`` (training only) sends that share of id values to row 0, so the model learns to score
-    unseen users and posts from content and counters.
+    unseen users and posts from content and counters: one rate for every id feature, or a rate per
+    feature (``{"sp_viewer": 0.3}``; features not named keep their ids).
     """
     first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
     n = len(columns[first])
@@ -173,7 +175,7 @@ def _sparse(
     layout: FeatureLayout,
     encoder: SparseEncoder,
     n: int,
-    id_dropout: float,
+    id_dropout: float | Mapping[str, float],
     rng: np.random.Generator | None,
 ) -> KeyedJaggedTensor:
     """The sparse columns (single values, lists or :class:`Jagged`) as table rows, feature-major."""
@@ -195,9 +197,10 @@ def _sparse(
             lens = np.ones(n, dtype=np.int64)
             flat = arr.astype(np.int64)
         rows = encoder.rows(name, flat)
-        if id_dropout > 0 and name in encoder.ids:
+        rate = id_dropout.get(name, 0.0) if isinstance(id_dropout, Mapping) else id_dropout
+        if rate > 0 and name in encoder.ids:
             gen = rng or np.random.default_rng()
-            rows = np.where(gen.random(len(rows)) < id_dropout, 0, rows)
+            rows = np.where(gen.random(len(rows)) < rate, 0, rows)
         values.append(rows)
         lengths.append(lens)
     return KeyedJaggedTensor.from_lengths_sync(

@@ -128,7 +128,7 @@ class RankerTraining:
     """The multitask ranker as :class:`pipelines.train.loop.TrainLoop` trains it (a ``TrainableModel``)."""
 
     setup: TrainSetup
-    id_dropout: float = field(init=False)
+    id_dropout: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.id_dropout = TrainConfig.model_validate(self.setup.config).optim.id_dropout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.common.config import ConfigError, DataConfig, dump_config, load_config
+from pipelines.common.config import ConfigError, DataConfig, TrainConfig, dump_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +72,13 @@ def test_train_config_rejects_unknown_tasks_in_the_value_model(tmp_path: Path) -
         ConfigError, match=r"bad\.yaml: evaluate: Value error, value_weights: unknown tasks \['clik'\]"
     ):
         load_config(p, TrainConfig)
+
+
+def test_id_dropout_is_per_id_feature() -> None:
+    cfg = load_config(None, TrainConfig, {"optim.id_dropout": 0.2})
+    assert cfg.optim.id_dropout == {"sp_viewer": 0.2, "sp_author": 0.2, "sp_post": 0.2}
+    assert load_config(REPO / "configs" / "train.yaml", TrainConfig).optim.id_dropout["sp_viewer"] > 0.1
+    with pytest.raises(ConfigError, match="unknown id features"):
+        load_config(None, TrainConfig, {"optim.id_dropout": {"sp_city": 0.5}})
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        load_config(None, TrainConfig, {"optim.id_dropout": {"sp_viewer": 1.0}})

@@ -81,6 +81,15 @@ def test_id_dropout_only_touches_id_features() -> None:
     assert batch.sparse["sp_topics"].values().gt(0).all()
 
 
+def test_id_dropout_per_feature_drops_only_the_named_ids() -> None:
+    cols = _columns(2000, np.random.default_rng(2))
+    kept = collate(cols, LAYOUT, ENCODER).sparse
+    batch = collate(cols, LAYOUT, ENCODER, id_dropout={"sp_viewer": 0.5}, rng=np.random.default_rng(0))
+    dropped = (batch.sparse["sp_viewer"].values() == 0) & (kept["sp_viewer"].values() != 0)
+    assert 0.4 < float(dropped.float().mean()) < 0.6
+    assert batch.sparse["sp_post"].values().tolist() == kept["sp_post"].values().tolist()
+
+
 @pytest.mark.parametrize("learned", [False, True])
 def test_training_learns_the_toy_problem(learned: bool) -> None:
     torch.manual_seed(0)
