@@ -73,6 +73,8 @@ test: lint typecheck
 bench: $(STAMP)
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
 	$(PY) -m bench.train_speed --out bench/RESULTS.md
+	$(PY) -m bench.quality --world demo --out bench/RESULTS.md
+	$(PY) -m bench.quality --world nograph --out bench/RESULTS.md
 	$(PY) -m bench.serve_latency --out bench/RESULTS.md
 
 simulate: $(STAMP)
