@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -117,6 +118,26 @@ class MultiTaskRanker(nn.Module):
         # every item's logit equally instead of changing their order. No intercept: the top slot
         # (log1p(0) = 0) adds nothing, so leaving the tower out *is* scoring every item at the top slot.
         self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks), bias=False) if spec.n_bias else None
+
+    def init_heads(self, base_rates: dict[str, float]) -> None:
+        """Start each binary head at its task's base rate (``sigmoid(bias) = rate``) instead of 0.5.
+
+        With rare labels (comments, shares, hides: ~1%) a head starting at 0.5 spends its first steps
+        pushing every logit down through the shared layers; measured over seeds, the ranker ended
+        miscalibrated by a seed-dependent amount (click RCE 9.7–16.6 %) and hide went wrong at the top slot.
+
+        >>> spec = RankerSpec(sparse={"sp_viewer": 3}, n_dense=1, bottom_mlp=(4,), top_mlp=(4,))
+        >>> m = MultiTaskRanker(spec)
+        >>> m.init_heads({"hide": 0.01})
+        >>> round(float(torch.sigmoid(m.heads["hide"].bias)), 4)
+        0.01
+        """
+        with torch.no_grad():
+            for task, rate in base_rates.items():
+                head = self.heads[task] if task in self.heads and task in BINARY_TASKS else None
+                if isinstance(head, nn.Linear) and head.bias is not None:
+                    p = min(max(rate, 1e-6), 1 - 1e-6)
+                    head.bias.fill_(math.log(p / (1 - p)))
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Dense inputs are standardized inside the model, so serving feeds raw feature values."""

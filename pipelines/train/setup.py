@@ -41,6 +41,7 @@ class TrainSetup:
     dense_mean: list[float]
     dense_std: list[float]
     config: dict[str, Any]  # the TrainConfig, as JSON
+    base_rates: dict[str, float] = field(default_factory=dict)  # binary task → weighted train positive rate
 
     @property
     def columns(self) -> list[str]:
@@ -82,7 +83,10 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
     spec = cfg.model.to_spec(encoder.table_rows(), n_dense=layout.n_dense, n_bias=len(layout.bias))
     mean = [stats[c]["mean"] for c in layout.dense] + [0.0] * sum(layout.vectors.values())
     std = [stats[c]["std"] for c in layout.dense] + [1.0] * sum(layout.vectors.values())
-    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, cfg.model_dump(mode="json"))
+    train = manifest["splits"].get("train", {})
+    rates = {t: train["positives"][t] / train["weight"] for t in BINARY_TASKS if train.get("weight")}
+    config = cfg.model_dump(mode="json")
+    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, config, rates)
 
 
 def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding: str) -> Sharded:
@@ -96,6 +100,7 @@ def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding:
 
     optim = TrainConfig.model_validate(setup.config).optim
     model = MultiTaskRanker(setup.spec, device=torch.device("meta"))
+    model.init_heads(setup.base_rates)
     wrapper = RankerTrainWrapper(model, setup.loss)
     sharded = shard(
         wrapper,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -151,3 +152,20 @@ def test_position_bias_is_a_uniform_shift_left_out_at_serving() -> None:
         torch.testing.assert_close(logged[task][0], served[task][0])
     served_cols = {k: v for k, v in cols.items() if k != "pos"}  # serving has no position column
     assert collate(served_cols, layout, ENCODER).bias is None
+
+
+def test_heads_start_at_the_train_split_base_rates(built_world: Path) -> None:
+    from pipelines.common.config import TrainConfig
+    from pipelines.features.manifest import read_split
+    from pipelines.train.setup import build_setup
+
+    setup = build_setup(built_world, TrainConfig())
+    train = read_split(built_world, "train", ["click", "hide", "sample_weight"])
+    w = train["sample_weight"].to_numpy()
+    for task in ("click", "hide"):
+        assert setup.base_rates[task] == pytest.approx(float(np.average(train[task].to_numpy(), weights=w)))
+    model = MultiTaskRanker(setup.spec)
+    model.init_heads(setup.base_rates)
+    assert float(torch.sigmoid(model.heads["click"].bias)) == pytest.approx(
+        setup.base_rates["click"], rel=1e-4
+    )
