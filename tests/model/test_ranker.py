@@ -166,6 +166,6 @@ def test_heads_start_at_the_train_split_base_rates(built_world: Path) -> None:
         assert setup.base_rates[task] == pytest.approx(float(np.average(train[task].to_numpy(), weights=w)))
     model = MultiTaskRanker(setup.spec)
     model.init_heads(setup.base_rates)
-    assert float(torch.sigmoid(model.heads["click"].bias)) == pytest.approx(
-        setup.base_rates["click"], rel=1e-4
-    )
+    head = model.heads["click"]
+    assert isinstance(head, torch.nn.Linear)
+    assert float(torch.sigmoid(head.bias)) == pytest.approx(setup.base_rates["click"], rel=1e-4)
