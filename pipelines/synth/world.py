@@ -88,6 +88,7 @@ class World:
     post_modality: np.ndarray  # (P,) index into schema.MODALITIES
     post_author: np.ndarray  # (P,) user index
     post_by_time: np.ndarray  # (P,) post indices in created order
+    post_created_sorted: np.ndarray  # (P,) post_created[post_by_time], ascending
     post_topics: np.ndarray  # (P, T) normalized multi-hot
     post_quality: np.ndarray  # (P,)
     post_duration: np.ndarray  # (P,) seconds, 0 unless video
@@ -372,7 +373,8 @@ def _make_posts(
         post_visibility=visibility,
         post_modality=modality,
         post_author=author,
-        post_by_time=np.argsort(created, kind="stable"),
+        post_by_time=(by_time := np.argsort(created, kind="stable")),
+        post_created_sorted=created[by_time],
         post_topics=multi_hot,
         post_quality=quality,
         post_duration=duration,
@@ -566,14 +568,13 @@ class _OpenPool:
 
     def __init__(self, w: World, v: int, k: int) -> None:
         self.w, self.v, self.k = w, v, k
-        self.created_sorted = w.post_created[w.post_by_time]  # (P,) ascending
         self.shown: set[int] = set()
 
     def __bool__(self) -> bool:
-        return len(self.created_sorted) > 0
+        return len(self.w.post_by_time) > 0
 
     def candidates(self, t: float, window: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = np.searchsorted(self.created_sorted, [t - window, t])
+        lo, hi = np.searchsorted(self.w.post_created_sorted, [t - window, t])
         if hi <= lo:
             return np.zeros(0, np.int64), np.zeros(0)
         drawn = self.w.post_by_time[lo + rng.choice(hi - lo, size=min(self.k, hi - lo), replace=False)]
