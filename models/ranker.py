@@ -65,6 +65,7 @@ class RankerSpec:
     mean_pooled: tuple[str, ...] = ("sp_topics",)  # multi-valued features averaged, others summed
     tasks: tuple[str, ...] = field(default=TASKS)
     n_bias: int = 0  # bias-only inputs (logged position): a linear "shallow tower", left out at serving
+    wide: bool = False  # a linear path from the standardized dense inputs to every logit (Wide & Deep)
 
     def tables(self) -> list[EmbeddingBagConfig]:
         return [
@@ -114,6 +115,12 @@ class MultiTaskRanker(nn.Module):
             inter_out = (n_f + 1) * d
         self.shared = MLP(inter_out, list(spec.top_mlp))
         self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
+        # Wide & Deep (Cheng et al. 2016): the dense features also reach the logits through one linear
+        # layer, so what a logistic regression learns from them is never lost in the bottom MLP's
+        # D-wide bottleneck; the deep part learns the interactions on top.
+        self.wide = nn.Linear(spec.n_dense, len(spec.tasks), bias=False) if spec.wide else None
+        if self.wide is not None:
+            nn.init.zeros_(self.wide.weight)
         # Position bias: learned next to, not inside, the main network, so that serving without it shifts
         # every item's logit equally instead of changing their order. No intercept: the top slot
         # (log1p(0) = 0) adds nothing, so leaving the tower out *is* scoring every item at the top slot.
@@ -148,10 +155,13 @@ class MultiTaskRanker(nn.Module):
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, bias: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """``bias`` (B, n_bias): training-time bias inputs (log position); None at serving."""
-        x = self.dense_arch((dense - self.dense_mean) / self.dense_std)
+        z = (dense - self.dense_mean) / self.dense_std
+        x = self.dense_arch(z)
         emb = self.sparse_arch(sparse)
         shared = self.shared(self.interaction(x, emb))
         logits = torch.cat([head(shared) for head in self.heads.values()], dim=1)  # (B, tasks)
+        if self.wide is not None:
+            logits = logits + self.wide(z)
         if bias is not None and self.bias_tower is not None:
             logits = logits + self.bias_tower(bias)
         return {t: logits[:, i] for i, t in enumerate(self.heads)}

@@ -16,10 +16,26 @@ import numpy as np
 
 from models.batch import Jagged
 from pipelines.features.formulas import AGE_BUCKETS
-from pipelines.features.pit import ACTIONS, NEVER
+from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, TOPIC_PROFILES, topic_cross
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400
+#: Viewer and author scalars read from the snapshot as they are.
+VIEWER_SCALARS = (
+    "u_friends",
+    "u_actions_7d",
+    "u_impressions_7d",
+    "u_action_rate",
+    *(f"u_{a}_rate" for a in RATE_ACTIONS),
+    "u_dwell_mean",
+)
+AUTHOR_SCALARS = (
+    "a_posts_7d",
+    "a_actions_7d",
+    "a_friends",
+    "a_action_rate",
+    *(f"a_{a}_rate" for a in RATE_ACTIONS),
+)
 #: What ranking reads of a post (not its text or visibility).
 POST_COLUMNS = (
     "author_id",
@@ -52,7 +68,7 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     topics = codes[np.arange(codes.shape[1])[None, :] < counts[:, None]]  # (sum counts,) each row's, in order
     cols: dict[str, Any] = _ids_and_codes(viewer, post_ids, post, user, auth, topics)
     rep = lambda x: np.repeat(np.asarray(x, np.float32), n)  # noqa: E731  # scalar → (N,) float32
-    for k in ("u_friends", "u_actions_7d", "u_impressions_7d", "u_action_rate"):
+    for k in VIEWER_SCALARS:
         cols[k] = rep(user[k][0])
     cols["u_tenure_days"] = rep(np.log1p(max(now_s - float(user["joined_s"][0]), 0) / 86400))
     cols["u_age"] = rep(max(int(user["age"][0]), 0) / 100.0)
@@ -61,7 +77,7 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     for k in counters:
         cols[k] = _log1p(post[k])  # (N,) float32
     cols.update(friend_counters(store, viewer, post_ids, now_s))
-    for k in ("a_posts_7d", "a_actions_7d", "a_friends", "a_action_rate"):
+    for k in AUTHOR_SCALARS:
         cols[k] = np.where(auth["found"], auth[k], 0).astype(np.float32)  # (N,)
     cols.update(_affinity(store.pairs(viewer, authors), now_s - store.as_of_s))
     cols.update(_relations(store, viewer, authors, user, auth, now_s))
@@ -148,7 +164,7 @@ def _content(post: dict[str, np.ndarray], user: dict[str, np.ndarray], topics: n
     multi_hot[np.repeat(np.arange(n), counts), np.clip(topics, 0, len(topic_share) - 1)] = 1.0
     n_topics = multi_hot.sum(1)  # (N,)
     cols: dict[str, Any] = {
-        "x_topic_match": ((multi_hot * topic_share).sum(1) / np.maximum(n_topics, 1)).astype(np.float32)
+        cross: topic_cross(user[profile][0][None, :], multi_hot) for profile, cross in TOPIC_PROFILES.items()
     }
     if "u_modality_share" in user:
         share = user["u_modality_share"][0]  # (M,) float32

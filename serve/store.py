@@ -37,7 +37,7 @@ COUNTER_PREFIX = "p_"
 POSITIVE = ("click", "like", "comment", "share")
 NEGATIVE = ("hide", "report")
 #: User columns ranking reads (the u_* / a_* scalars are found in the snapshot's schema).
-USER_VECTORS = ("u_topic_share", "u_modality_share")
+USER_VECTORS = ("u_topic_share", "u_topic_lift", "u_topic_dwell", "u_modality_share")
 MODALITY_INDEX = {m: i for i, m in enumerate(schema.MODALITIES)}  # the order of u_modality_share
 #: ``visibility_code`` of a post (-1: a value the contract does not know; retrieval shows it to nobody).
 VISIBILITY_CODE = {"public": 0, "friends": 1, "private": 2}

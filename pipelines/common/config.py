@@ -172,6 +172,9 @@ class ModelConfig(StrictConfig):
     interaction: Literal["dot", "dcn"] = "dot"
     dcn_layers: int = Field(2, ge=1)
     dcn_rank: int = Field(16, ge=1)
+    wide: bool = Field(
+        False, description="A linear path from the dense inputs to every logit beside the deep network."
+    )
     min_id_count: int = Field(1, ge=1, description="Ids seen fewer times in train share the OOV row.")
     exclude_sparse: list[str] = Field(
         default_factory=lambda: ["sp_post"],
@@ -199,6 +202,7 @@ class ModelConfig(StrictConfig):
             dcn_layers=self.dcn_layers,
             dcn_rank=self.dcn_rank,
             n_bias=n_bias,
+            wide=self.wide,
         )
 
 
@@ -251,6 +255,15 @@ class OptimConfig(StrictConfig):
         "so the model learns to score new viewers, authors and posts (a number: the same for every id). "
         "Viewers drop more: where most test viewers are new (configs/data-nograph.yaml), 0.1 left the ranker "
         "far below LightGBM on them (bench/RESULTS.md, Ranker quality).",
+    )
+    history_dropout: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="Share of training rows whose viewer-history features (u_* rates and profiles, ua_*, "
+        "x_*) are replaced by a new viewer's (features/manifest.json cold_viewer), so the ranker learns to "
+        "score viewers it has no history for; measured on the cold-start world, 0 left like AUC below "
+        "LightGBM's (bench/RESULTS.md, Ranker quality).",
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap for smoke runs.")
     shuffle_buffer: int = Field(

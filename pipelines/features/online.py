@@ -50,7 +50,7 @@ def online_users(h: pit.History, cat: Catalog, users: pa.Table, as_of_s: int) ->
     n_u = len(h.users)
     uc, tu = np.arange(n_u), np.full(n_u, as_of_s, np.int64)  # (U,) codes, (U,) query times
     user_feats = pit.user_features(h, uc, tu, WEEK)
-    profiles = {k: user_feats.pop(k) for k in ("u_topic_share", "u_modality_share")}  # (U, T), (U, M)
+    profiles = {k: user_feats.pop(k) for k in (*pit.TOPIC_PROFILES, "u_modality_share")}  # (U, T) …, (U, M)
     u = users.take(pa.array(np.argsort(users["user_id"].to_numpy())))
     for k, col in {**user_feats, **pit.author_features(h, uc, tu, WEEK)}.items():
         u = u.append_column(k, pa.array(col.astype(np.float32)))

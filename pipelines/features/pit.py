@@ -121,10 +121,14 @@ class History:
     posts_by_author: EventIndex
     actions_by_post_type: EventIndex  # key post*8+action
     actions_by_viewer: EventIndex  # values: topic multi-hot, then modality one-hot, of the post
+    actions_by_viewer_type: EventIndex  # key viewer*8+action
+    actions_by_author_type: EventIndex  # key author*8+action
+    positives_by_viewer: EventIndex  # click/like/comment/share; values: the post's topic multi-hot
+    views_by_viewer: EventIndex  # values: topics × log dwell, topics, log dwell, 1 (see view_values)
     actions_by_author: EventIndex
     actions_by_pair: EventIndex  # key viewer*U+author
     imps_by_post: EventIndex
-    imps_by_viewer: EventIndex
+    imps_by_viewer: EventIndex  # values: the post's topic multi-hot (exposure per topic)
     imps_by_author: EventIndex
     imps_by_pair: EventIndex
     # Positive actions (click/like/comment/share) sorted by post, for friend counters.
@@ -158,9 +162,11 @@ def build_history(
     actions: pa.Table,
     topic_vocab: dict[str, int],
     city_vocab: dict[str, int],
+    views: pa.Table | None = None,
 ) -> History:
     """Index the clean tables. ``impressions`` needs viewer_id, post_id, served_at; ``actions`` is the
-    engagements without views (viewer_id, post_id, type, at)."""
+    engagements without views (viewer_id, post_id, type, at); ``views`` the view engagements (viewer_id,
+    post_id, at, dwell_ms), none when absent."""
     t0, span = _clock(
         users["joined_at"],
         friendships["created_at"],
@@ -209,6 +215,14 @@ def build_history(
     a_modality = (a_mod[:, None] == np.arange(len(schema.MODALITIES))[None, :]) & (ap >= 0)[:, None]  # (A, M)
     a_values = np.concatenate([topics[np.maximum(ap, 0)] * (ap >= 0)[:, None], a_modality], axis=1)
     positive = np.isin(atype, [ACTION_CODE[a] for a in POSITIVE_ACTIONS]) & (ap >= 0) & (av >= 0)  # (A,)
+    # Views: (W,) viewer and post codes, seconds, dwell; values (W, 2T + 2).
+    if views is None:
+        wv = wp = wt = np.zeros(0, np.int64)
+        dwell = np.zeros(0)
+    else:
+        wv, wp = users_c(views["viewer_id"].to_numpy()), posts_c(views["post_id"].to_numpy())
+        wt, dwell = secs(views["at"]), pc.fill_null(views["dwell_ms"], 0).to_numpy(zero_copy_only=False)
+    w_values = view_values(topics[np.maximum(wp, 0)] * (wp >= 0)[:, None], dwell)
     pos_order = np.lexsort((at[positive], ap[positive]))  # by post, then time
     return History(
         t0=t0,
@@ -230,16 +244,29 @@ def build_history(
         posts_by_author=EventIndex(author, created, span),
         actions_by_post_type=EventIndex(np.where((ap >= 0) & (atype >= 0), ap * 8 + atype, -1), at, span),
         actions_by_viewer=EventIndex(av, at, span, values=a_values),
+        actions_by_viewer_type=EventIndex(np.where((av >= 0) & (atype >= 0), av * 8 + atype, -1), at, span),
+        actions_by_author_type=EventIndex(np.where((aa >= 0) & (atype >= 0), aa * 8 + atype, -1), at, span),
+        positives_by_viewer=EventIndex(
+            np.where(positive, av, -1), at, span, values=topics[np.maximum(ap, 0)] * positive[:, None]
+        ),
+        views_by_viewer=EventIndex(wv, wt, span, values=w_values),
         actions_by_author=EventIndex(aa, at, span),
         actions_by_pair=EventIndex(np.where((av >= 0) & (aa >= 0), av * n_u + aa, -1), at, span),
         imps_by_post=EventIndex(ip, it, span),
-        imps_by_viewer=EventIndex(iv, it, span),
+        imps_by_viewer=EventIndex(iv, it, span, values=topics[np.maximum(ip, 0)] * (ip >= 0)[:, None]),
         imps_by_author=EventIndex(ia, it, span),
         imps_by_pair=EventIndex(np.where((iv >= 0) & (ia >= 0), iv * n_u + ia, -1), it, span),
         pos_post=ap[positive][pos_order],
         pos_user=av[positive][pos_order],
         pos_t=at[positive][pos_order],
     )
+
+
+def view_values(post_topics: np.ndarray, dwell_ms: np.ndarray) -> np.ndarray:
+    """What a view adds to its viewer's running totals: ``[topics × log dwell, topics, log dwell, 1]``,
+    (W, 2T + 2), with log dwell = ``log1p(seconds)``."""
+    ld = np.log1p(np.maximum(np.asarray(dwell_ms, np.float64), 0) / 1000.0)[:, None]  # (W, 1)
+    return np.concatenate([post_topics * ld, post_topics, ld, np.ones_like(ld)], axis=1)
 
 
 def _clock(*event_times: pa.ChunkedArray) -> tuple[int, int]:
@@ -268,8 +295,21 @@ def topic_multi_hot(topics: pa.ChunkedArray | pa.Array, vocab: dict[str, int]) -
 
 
 # ------------------------------------------------------------------------------------------- feature groups
+RATE_PRIOR = (0.25, 5.0)  # rates start at 5% over 5 impressions: (n + 0.25) / (impressions + 5)
+RATE_ACTIONS = ("click", "like", "comment", "share", "hide")
+DWELL_PRIOR = (1.25, 2.0)  # mean log1p(dwell seconds) starts at 1.25 (~2.5 s) over 2 views
+TOPIC_SHRINK = 5.0  # per-topic rates and dwell shrink to the viewer's own over this many events
+
+
+def rate(n: np.ndarray, impressions: np.ndarray) -> np.ndarray:
+    """Smoothed per-impression rate of ``n`` events (the prior keeps new users and authors finite)."""
+    return ((n + RATE_PRIOR[0]) / (impressions + RATE_PRIOR[1])).astype(np.float32)
+
+
 def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[str, np.ndarray]:
-    """Viewer activity as of ``t`` and the topic and modality profiles of what they engaged with."""
+    """Viewer activity as of ``t``, their rate of each action, how long they look, and their interests:
+    topic and modality shares of what they engaged with, and per topic how much more than their own
+    average they engage (``u_topic_lift``, positives per impression) and look (``u_topic_dwell``)."""
     acts = h.actions_by_viewer.count(v, t)
     imps = h.imps_by_viewer.count(v, t)
     totals = h.actions_by_viewer.total(v, t)
@@ -277,7 +317,7 @@ def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[s
     topic_share = (topic_counts + 0.1) / (topic_counts.sum(1, keepdims=True) + 0.1 * h.n_topics)
     mod_share = (mod_counts + 1.0) / (mod_counts.sum(1, keepdims=True) + mod_counts.shape[1])
     joined = h.user_joined[np.maximum(v, 0)]
-    return {
+    out = {
         "u_friends": np.log1p(h.friends_of.count(v, t)),
         "u_actions_7d": np.log1p(h.actions_by_viewer.count(v, t, week)),
         "u_impressions_7d": np.log1p(h.imps_by_viewer.count(v, t, week)),
@@ -286,6 +326,63 @@ def user_features(h: History, v: np.ndarray, t: np.ndarray, week: int) -> dict[s
         "u_topic_share": topic_share.astype(np.float32),
         "u_modality_share": mod_share.astype(np.float32),
     }
+    for a in RATE_ACTIONS:
+        keys = np.where(v >= 0, v * 8 + ACTION_CODE[a], -1)
+        out[f"u_{a}_rate"] = rate(h.actions_by_viewer_type.count(keys, t), imps)
+    # Positives per impression, per topic, against the viewer's own rate (log lift, shrunk to 0).
+    k = TOPIC_SHRINK
+    pos_t = h.positives_by_viewer.total(v, t).astype(np.float64)  # (N, T)
+    imp_t = h.imps_by_viewer.total(v, t).astype(np.float64)  # (N, T)
+    r = (pos_t.sum(1, keepdims=True) + RATE_PRIOR[0]) / (imps[:, None] + RATE_PRIOR[1])  # (N, 1)
+    out["u_topic_lift"] = np.log((pos_t + k * r) / (imp_t + k) / r).astype(np.float32)
+    # Log dwell: the viewer's mean, and per topic its excess over that mean (shrunk to 0).
+    w = h.views_by_viewer.total(v, t).astype(np.float64)  # (N, 2T + 2)
+    n_t = h.n_topics
+    mean = (w[:, -2] + DWELL_PRIOR[0] * DWELL_PRIOR[1]) / (w[:, -1] + DWELL_PRIOR[1])  # (N,)
+    out["u_dwell_mean"] = mean.astype(np.float32)
+    topic_dwell = (w[:, :n_t] + k * mean[:, None]) / (w[:, n_t : 2 * n_t] + k) - mean[:, None]
+    out["u_topic_dwell"] = topic_dwell.astype(np.float32)
+    return out
+
+
+#: Per-topic viewer profiles and the viewer × post cross each one gives (mean over the post's topics).
+TOPIC_PROFILES = {
+    "u_topic_share": "x_topic_match",
+    "u_topic_lift": "x_topic_lift",
+    "u_topic_dwell": "x_topic_dwell",
+}
+
+
+def topic_cross(profile: np.ndarray, post_topics: np.ndarray) -> np.ndarray:
+    """(N, T) viewer profile × (N, T) post topic multi-hot → (N,) mean of the profile over the post's topics
+    (0 for a post without topics)."""
+    return ((profile * post_topics).sum(1) / np.maximum(post_topics.sum(1), 1)).astype(np.float32)
+
+
+def cold_viewer(h: History) -> dict[str, float | list[float]]:
+    """The viewer-history features of a viewer with no history yet (a new user): what training substitutes
+    for a share of rows (``optim.history_dropout``) so the ranker learns to score new viewers, who in
+    training are rare and in a growing network's test day are most. Profile features (age, city, friends)
+    and the post's side are not history and stay as they are.
+
+    The topic and modality crosses are constants here: a viewer without history has flat profiles."""
+    none, zero = np.array([-1]), np.array([0])
+    user = user_features(h, none, zero, 1)
+    cold: dict[str, float | list[float]] = {}
+    for k, col in user.items():
+        if k in ("u_friends",):
+            continue
+        cold[k] = col[0].tolist() if col.ndim > 1 else float(col[0])
+    cold["u_tenure_days"] = 0.0
+    for k, col in pair_features(h, none, none, zero).items():
+        if k.startswith("ua_"):
+            cold[k] = float(col[0])
+    one_topic = np.zeros((1, h.n_topics), np.float32)
+    one_topic[0, -1] = 1.0
+    for profile, cross in TOPIC_PROFILES.items():
+        cold[cross] = float(topic_cross(user[profile], one_topic)[0])
+    cold["x_modality_match"] = float(user["u_modality_share"][0, 0])
+    return cold
 
 
 def post_features(h: History, p: np.ndarray, t: np.ndarray, windows: dict[str, int]) -> dict[str, np.ndarray]:
@@ -304,12 +401,16 @@ def author_features(h: History, a: np.ndarray, t: np.ndarray, week: int) -> dict
     """Author activity (posting) and popularity (engagement received) as of ``t``."""
     acts = h.actions_by_author.count(a, t)
     imps = h.imps_by_author.count(a, t)
-    return {
+    out = {
         "a_posts_7d": np.log1p(h.posts_by_author.count(a, t, week)),
         "a_actions_7d": np.log1p(h.actions_by_author.count(a, t, week)),
         "a_friends": np.log1p(h.friends_of.count(a, t)),
         "a_action_rate": ((acts + 0.5) / (imps + 5.0)).astype(np.float32),
     }
+    for action in RATE_ACTIONS:
+        keys = np.where(a >= 0, a * 8 + ACTION_CODE[action], -1)
+        out[f"a_{action}_rate"] = rate(h.actions_by_author_type.count(keys, t), imps)
+    return out
 
 
 def pair_features(h: History, v: np.ndarray, a: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:

@@ -95,7 +95,7 @@ def _fixed(vectors: list[Any], dim: int) -> np.ndarray:
 
 def load_clean(clean: Path) -> dict[str, pa.Table]:
     """What the features read from ``clean/``: the snapshot tables, posts, impressions (viewer, post,
-    served_at) and ``actions`` (engagements other than views)."""
+    served_at), ``actions`` (engagements other than views) and ``views`` (with their dwell)."""
     return {
         "users": read_clean(clean, "users"),
         "friendships": read_clean(clean, "friendships"),
@@ -104,6 +104,9 @@ def load_clean(clean: Path) -> dict[str, pa.Table]:
         "impressions": read_clean(clean, "impressions", ["viewer_id", "post_id", "served_at"]),
         "actions": read_clean(
             clean, "engagements", ["viewer_id", "post_id", "type", "at"], pc.field("type") != "view"
+        ),
+        "views": read_clean(
+            clean, "engagements", ["viewer_id", "post_id", "at", "dwell_ms"], pc.field("type") == "view"
         ),
     }
 
@@ -216,7 +219,8 @@ def build_rows(
     # Dense features, by group.
     dense: dict[str, np.ndarray] = {"ctx_position": np.log1p(df["position"].to_numpy()).astype(np.float32)}
     user = pit.user_features(h, v, t, WEEK)
-    topic_share = user.pop("u_topic_share")
+    profiles = {k: user.pop(k) for k in pit.TOPIC_PROFILES}  # (N, T) each
+    topic_share = profiles["u_topic_share"]
     modality_share = user.pop("u_modality_share")
     dense.update(user)
     dense["u_age"] = np.where(age > 0, age, 0).astype(np.float32) / 100.0
@@ -225,7 +229,8 @@ def build_rows(
     dense.update(pit.author_features(h, a, t, WEEK))
     dense.update(pit.pair_features(h, v, a, t))
     post_topics = h.post_topics[pp] * (p >= 0)[:, None]
-    dense["x_topic_match"] = (topic_share * post_topics).sum(1) / np.maximum(post_topics.sum(1), 1)
+    for profile, cross in pit.TOPIC_PROFILES.items():
+        dense[cross] = pit.topic_cross(profiles[profile], post_topics)
     post_mod = np.where(p >= 0, h.post_modality[pp], -1)
     dense["x_modality_match"] = np.where(
         post_mod >= 0, modality_share[np.arange(len(pp)), np.maximum(post_mod, 0)], 0.0

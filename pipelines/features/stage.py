@@ -68,6 +68,7 @@ def run(cfg: FeaturesConfig, data_dir: Path) -> dict[str, Any]:
         write_json(tmp / "vocab.json", vocab)
         text.write(tmp)
         manifest = make_manifest(cfg, plan, days_done, text, t_start)
+        manifest["cold_viewer"] = pit.cold_viewer(h)
         write_json(tmp / "manifest.json", manifest)
     manifest["online"] = write_online(h, cat, tables, cfg, data_dir / "online", out_root)
     manifest["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
@@ -86,6 +87,7 @@ def index_history(tables: dict[str, pa.Table], vocab: dict[str, dict[str, int]])
         tables["actions"],
         vocab["topic"],
         vocab["city"],
+        tables["views"],
     )
 
 

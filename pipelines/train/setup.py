@@ -42,6 +42,7 @@ class TrainSetup:
     dense_std: list[float]
     config: dict[str, Any]  # the TrainConfig, as JSON
     base_rates: dict[str, float] = field(default_factory=dict)  # binary task → weighted train positive rate
+    cold_viewer: dict[str, Any] = field(default_factory=dict)  # input column → a new viewer's value
 
     @property
     def columns(self) -> list[str]:
@@ -86,7 +87,34 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
     train = manifest["splits"].get("train", {})
     rates = {t: train["positives"][t] / train["weight"] for t in BINARY_TASKS if train.get("weight")}
     config = cfg.model_dump(mode="json")
-    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, config, rates)
+    inputs = {*layout.dense, *layout.vectors}
+    cold = {k: v for k, v in manifest.get("cold_viewer", {}).items() if k in inputs}
+    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, config, rates, cold)
+
+
+def forget_history(
+    columns: dict[str, np.ndarray], cold: dict[str, Any], rate: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``columns`` with a ``rate`` share of rows given a new viewer's history features (``cold``: column →
+    value, a list for vectors); the input is not modified.
+
+    >>> cols = {"u_click_rate": np.array([0.2, 0.3, 0.4]), "p_age_h": np.array([1.0, 2.0, 3.0])}
+    >>> out = forget_history(cols, {"u_click_rate": 0.05}, 0.99, np.random.default_rng(0))
+    >>> out["u_click_rate"].tolist(), out["p_age_h"].tolist()
+    ([0.05, 0.05, 0.05], [1.0, 2.0, 3.0])
+    """
+    if rate <= 0 or not cold:
+        return columns
+    n = len(next(iter(columns.values())))
+    hit = rng.random(n) < rate  # (n,) rows that forget
+    out = dict(columns)
+    for name, value in cold.items():
+        col = np.array(columns[name], copy=True)
+        if col.dtype == object:  # vectors as lists of arrays
+            col = np.stack([np.asarray(v, np.float32) for v in col])
+        col[hit] = np.asarray(value, dtype=col.dtype)
+        out[name] = col
+    return out
 
 
 def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding: str) -> Sharded:
@@ -134,15 +162,19 @@ class RankerTraining:
 
     setup: TrainSetup
     id_dropout: dict[str, float] = field(init=False)
+    history_dropout: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.id_dropout = TrainConfig.model_validate(self.setup.config).optim.id_dropout
+        optim = TrainConfig.model_validate(self.setup.config).optim
+        self.id_dropout, self.history_dropout = optim.id_dropout, optim.history_dropout
 
     def shard(self, world: int, device: torch.device, sharding: str) -> Sharded:
         return sharded_model(self.setup, world, device, sharding)
 
     def train_batch(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> Batch:
-        """With id dropout: that share of ids goes to the out-of-vocabulary row (cold start)."""
+        """With id and history dropout: that share of ids goes to the out-of-vocabulary row, and of rows to
+        a viewer without history (cold start)."""
+        columns = forget_history(columns, self.setup.cold_viewer, self.history_dropout, rng)
         return collate(columns, self.setup.layout, self.setup.encoder, id_dropout=self.id_dropout, rng=rng)
 
     def eval_batch(self, columns: dict[str, np.ndarray]) -> Batch:

@@ -36,9 +36,10 @@ def _clean(d: Path, name: str) -> pa.Table:
 def _features(tables: dict[str, pa.Table], imps: pa.Table) -> pd.DataFrame:
     vocab = make_vocab(tables["users"], tables["posts"])
     actions = tables["engagements"].filter(pc.not_equal(tables["engagements"]["type"], "view"))
+    views = tables["engagements"].filter(pc.equal(tables["engagements"]["type"], "view"))
     h = pit.build_history(
         tables["users"], tables["friendships"], tables["posts"], tables["impressions"], actions,
-        vocab["topic"], vocab["city"],
+        vocab["topic"], vocab["city"], views,
     )
     text_emb = np.zeros((tables["posts"].num_rows, 4), np.float32)
     cat = make_catalog(tables["users"], tables["posts"], vocab, text_emb)
@@ -70,9 +71,9 @@ def test_future_events_do_not_leak(built_world: Path) -> None:
     users = set(tables["users"]["user_id"].to_pylist())
     stranger = next(u for u in sorted(users) if u not in friends and u != viewer)
 
-    def eng(event_id: str, user: int, p: int, kind: str, at: float) -> dict[str, object]:
+    def eng(event_id: str, user: int, p: int, kind: str, at: float, dwell: int | None = None) -> dict[str, object]:
         return {"event_id": event_id, "viewer_id": user, "post_id": p, "impression_id": None, "type": kind,
-                "at": _ts(at).as_py(), "dwell_ms": None}
+                "at": _ts(at).as_py(), "dwell_ms": dwell}
 
     planted = dict(tables)
     planted["engagements"] = pa.concat_tables([
@@ -83,6 +84,8 @@ def test_future_events_do_not_leak(built_world: Path) -> None:
                 eng("future-2", friend, post, "comment", t + 2),
                 eng("future-3", viewer, int(other_post.iloc[0]) if len(other_post) else post, "share", t + 3),
                 eng("future-4", stranger, post, "click", t + 4),
+                eng("future-5", viewer, post, "view", t + 4, dwell=600_000),
+                eng("future-6", viewer, post, "like", t + 4),
             ],
             schema=schema.ENGAGEMENTS,
         ),
@@ -125,3 +128,6 @@ def test_future_events_do_not_leak(built_world: Path) -> None:
     assert b["p_impressions_1h"] > a["p_impressions_1h"]
     assert b["a_posts_7d"] > a["a_posts_7d"]
     assert b["u_friends"] > a["u_friends"]
+    assert b["u_dwell_mean"] > a["u_dwell_mean"]  # the planted 10-minute view
+    assert b["x_topic_dwell"] > a["x_topic_dwell"]
+    assert b["u_like_rate"] > a["u_like_rate"]

@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.common import schema
+from pipelines.features.pit import TOPIC_PROFILES
+from serve.features import AUTHOR_SCALARS, VIEWER_SCALARS
 from serve.retrieval import RetrievalConfig, retrieve
 from serve.store import ONLINE_TABLES, EmbeddedStore
 
@@ -35,17 +37,7 @@ VOCAB: dict[str, dict[str, int]] = {
     "gender": {},
 }
 TEXT_DIM, MEDIA_DIM, TOPIC_SHARE_DIM, MODALITY_SHARE_DIM = 4, 2, 4, 3
-USER_SCALARS = (
-    "u_friends",
-    "u_actions_7d",
-    "u_impressions_7d",
-    "u_action_rate",
-    "u_tenure_days",
-    "a_posts_7d",
-    "a_actions_7d",
-    "a_friends",
-    "a_action_rate",
-)
+USER_SCALARS = (*VIEWER_SCALARS, "u_tenure_days", *AUTHOR_SCALARS)
 POST_COUNTERS = tuple(
     f"p_{c}_1d" for c in ("impressions", "click", "like", "comment", "share", "hide", "report")
 )
@@ -118,7 +110,7 @@ def _world_tables(
             "work": pa.array([None] * n_u, pa.string()),
             "joined_at": _ts([NOW_MS - 400 * DAY_MS] * n_u),
             **{name: _zeros(n_u) for name in USER_SCALARS},
-            "u_topic_share": _fixed(n_u, TOPIC_SHARE_DIM),
+            **{name: _fixed(n_u, TOPIC_SHARE_DIM) for name in TOPIC_PROFILES},
             "u_modality_share": _fixed(n_u, MODALITY_SHARE_DIM),
             "city_code": pa.array([0] * n_u, pa.int64()),
             "gender_code": pa.array([0] * n_u, pa.int64()),
