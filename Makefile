@@ -71,11 +71,16 @@ test: lint typecheck
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
+ifeq ($(GPU),1)
+	# On a GPU machine (under 5 min): TorchRec row-wise over nccl on every GPU vs the plain twin on them.
+	$(PY) -m bench.train_speed --gpu --out bench/RESULTS.md
+else
 	$(PY) -m bench.data_pipeline --out bench/RESULTS.md
 	$(PY) -m bench.train_speed --out bench/RESULTS.md
 	$(PY) -m bench.quality --world demo --out bench/RESULTS.md
 	$(PY) -m bench.quality --world nograph --out bench/RESULTS.md
 	$(PY) -m bench.serve_latency --out bench/RESULTS.md
+endif
 
 simulate: $(STAMP)
 	FEED_JWT_SECRET=$${FEED_JWT_SECRET:-$$(cat .cluster/jwt_secret)} \

@@ -1,8 +1,9 @@
 """The ranker written with plain PyTorch (``nn.EmbeddingBag``, no TorchRec), for the speed comparison.
 
-Same shapes as :class:`models.ranker.MultiTaskRanker` with ``interaction="dot"``: one bag per sparse
-feature (sum, or mean for multi-valued ones), bottom MLP to D, pairwise dot products of the F+1 vectors,
-shared top MLP, one linear head per task, a linear position-bias tower. It trains with the same
+Same shapes as :class:`models.ranker.MultiTaskRanker`: one bag per sparse feature (sum, or mean for
+multi-valued ones), bottom MLP to D, the interaction (``dot``: pairwise dot products of the F+1 vectors;
+``dcn``: DCNv2's low-rank cross layers over their concatenation, ``x_{l+1} = x_0 * (U_l V_l x_l + b_l) +
+x_l``), shared top MLP, one linear head per task, a linear position-bias tower. It trains with the same
 :class:`models.train_wrapper.RankerTrainWrapper` losses; replicated tables (DDP) instead of sharded ones.
 """
 
@@ -49,7 +50,11 @@ class PlainRanker(nn.Module):
         self.bottom = _mlp([spec.n_dense, *spec.bottom_mlp, d])
         n = len(spec.sparse) + 1
         self.register_buffer("pairs", torch.triu_indices(n, n, offset=1), persistent=False)
-        self.top = _mlp([d + n * (n - 1) // 2, *spec.top_mlp])
+        width = n * d
+        layers, rank = range(spec.dcn_layers), spec.dcn_rank
+        self.cross_v = nn.ModuleList(nn.Linear(width, rank, bias=False) for _ in layers)
+        self.cross_u = nn.ModuleList(nn.Linear(rank, width) for _ in layers)
+        self.top = _mlp([width if spec.interaction == "dcn" else d + n * (n - 1) // 2, *spec.top_mlp])
         self.heads = nn.ModuleDict({t: nn.Linear(spec.top_mlp[-1], 1) for t in spec.tasks})
         self.bias_tower = nn.Linear(spec.n_bias, len(spec.tasks)) if spec.n_bias else None
 
@@ -62,9 +67,15 @@ class PlainRanker(nn.Module):
         x = self.bottom((dense - self.dense_mean) / self.dense_std)
         jagged = sparse.to_dict()
         embs = [bag(jagged[name].values(), jagged[name].offsets()) for name, bag in self.bags.items()]
-        stacked = torch.stack([x, *embs], dim=1)  # (B, F+1, D)
-        dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
-        shared = self.top(torch.cat([x, dots], dim=1))
+        if self.spec.interaction == "dcn":
+            x0 = xl = torch.cat([x, *embs], dim=1)  # (B, (F+1)·D)
+            for v, u in zip(self.cross_v, self.cross_u, strict=True):
+                xl = x0 * u(v(xl)) + xl
+            shared = self.top(xl)
+        else:
+            stacked = torch.stack([x, *embs], dim=1)  # (B, F+1, D)
+            dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
+            shared = self.top(torch.cat([x, dots], dim=1))
         out = {t: head(shared).squeeze(-1) for t, head in self.heads.items()}
         if bias is not None and self.bias_tower is not None:
             shift = self.bias_tower(bias)

@@ -35,6 +35,8 @@ from pipelines.common.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SPEED_EPOCHS = 2
+#: The training step's phases, as :class:`pipelines.train.loop.StepTimer` names them.
+PHASES = ("data", "collate", "input_dist", "forward", "backward", "optimizer", "report")
 
 
 def _median_rate(history: list[tuple[int, float, int]]) -> float:
@@ -73,11 +75,23 @@ def ray_torchrec(cfg: TrainConfig, data_dir: Path, publish: bool) -> dict[str, A
     rates = {m.step: m.value for m in client.get_metric_history(run_id, "samples_per_s")}
     epochs = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
     history = [(s, r, int(epochs.get(s, 0))) for s, r in rates.items()]
-    return {"samples_per_s": _median_rate(history), "wall_s": wall, "evaluation": evaluation}
+    breakdown = {}
+    for phase in PHASES:
+        values = {m.step: m.value for m in client.get_metric_history(run_id, f"time/{phase}_ms")}
+        if values:
+            breakdown[phase] = _median_rate([(s, v, int(epochs.get(s, 0))) for s, v in values.items()])
+    return {
+        "samples_per_s": _median_rate(history),
+        "wall_s": wall,
+        "evaluation": evaluation,
+        "breakdown": breakdown,
+    }
 
 
 # ------------------------------------------------------------------------------------- plain PyTorch
-def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int, out: str) -> None:
+def _plain_worker(
+    rank: int, world: int, port: int, data_dir: str, threads: int, out: str, config: dict[str, Any], gpu: bool
+) -> None:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -86,19 +100,21 @@ def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int,
     from models.batch import collate
     from models.train_wrapper import RankerTrainWrapper
     from pipelines.features.manifest import read_columns
-    from pipelines.train.setup import build_setup
+    from pipelines.train.loop import StepTimer
+    from pipelines.train.setup import build_setup, forget_history
 
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig)
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+    cfg = TrainConfig.model_validate(config)
     setup = build_setup(Path(data_dir), cfg)
     torch.manual_seed(cfg.optim.seed)
     model = PlainRanker(setup.spec)
     model.dense_mean.copy_(torch.tensor(setup.dense_mean))
     model.dense_std.copy_(torch.tensor(setup.dense_std).clamp_min(1e-6))
-    wrapper = RankerTrainWrapper(model, setup.loss)  # type: ignore[arg-type]
-    ddp = DistributedDataParallel(wrapper) if world > 1 else wrapper
+    wrapper = RankerTrainWrapper(model, setup.loss).to(device)  # type: ignore[arg-type]
+    ddp = DistributedDataParallel(wrapper, device_ids=[rank] if gpu else None) if world > 1 else wrapper
     tables = list(model.bags.parameters())
     table_ids = {id(p) for p in tables}
     rest = [p for p in wrapper.parameters() if id(p) not in table_ids]
@@ -110,32 +126,51 @@ def _plain_worker(rank: int, world: int, port: int, data_dir: str, threads: int,
     rng = np.random.default_rng(cfg.optim.seed + rank)
     bs, every = cfg.optim.batch_size, cfg.optim.report_every
     history: list[tuple[int, float, int]] = []
+    phases: dict[str, list[tuple[int, float, int]]] = {}
+    timer, clock = StepTimer(), time.perf_counter
     step = 0
     for epoch in range(SPEED_EPOCHS):
         order = rng.permutation(mine)
-        t0, seen = time.perf_counter(), 0
+        t0, seen = clock(), 0
         for lo in range(0, len(order) - bs + 1, bs):
+            t = clock()
             idx = order[lo : lo + bs]
-            b = collate(
-                {k: v[idx] for k, v in cols.items()}, setup.layout, setup.encoder, cfg.optim.id_dropout, rng
-            )
+            batch_cols = {k: v[idx] for k, v in cols.items()}
+            timer.record("data", clock() - t)
+            t = clock()
+            batch_cols = forget_history(batch_cols, setup.cold_viewer, cfg.optim.history_dropout, rng)
+            b = collate(batch_cols, setup.layout, setup.encoder, cfg.optim.id_dropout, rng).to(device)
+            timer.record("collate", clock() - t)
+            t = clock()
             loss, _ = ddp(b)
+            timer.record("forward", clock() - t)
+            t = clock()
             opt_tables.zero_grad()
             opt_rest.zero_grad()
             loss.backward()
+            timer.record("backward", clock() - t)
+            t = clock()
             opt_tables.step()
             opt_rest.step()
+            timer.record("optimizer", clock() - t)
             step += 1
+            timer.steps += 1
             seen += len(idx)
             if step % every == 0:
-                history.append((step, seen * world / (time.perf_counter() - t0), epoch))
-                t0, seen = time.perf_counter(), 0
+                history.append((step, seen * world / (clock() - t0), epoch))
+                for key, ms in timer.take().items():
+                    phases.setdefault(key.removeprefix("time/").removesuffix("_ms"), []).append(
+                        (step, ms, epoch)
+                    )
+                t0, seen = clock(), 0
     if rank == 0:
-        Path(out).write_text(json.dumps(history))
+        Path(out).write_text(json.dumps({"history": history, "phases": phases}))
     dist.destroy_process_group()
 
 
-def plain_pytorch(data_dir: Path, world: int, threads: int) -> dict[str, Any]:
+def plain_pytorch(
+    data_dir: Path, world: int, threads: int, cfg: TrainConfig, gpu: bool = False
+) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -144,10 +179,16 @@ def plain_pytorch(data_dir: Path, world: int, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "history"
         start = time.perf_counter()
-        mp.spawn(_plain_worker, args=(world, port, str(data_dir), threads, str(out)), nprocs=world, join=True)
+        config = cfg.model_dump(mode="json")
+        args = (world, port, str(data_dir), threads, str(out), config, gpu)
+        mp.spawn(_plain_worker, args=args, nprocs=world, join=True)
         wall = time.perf_counter() - start
-        history = eval(out.read_text())
-    return {"samples_per_s": _median_rate(history), "wall_s": wall}
+        result = json.loads(out.read_text())
+    return {
+        "samples_per_s": _median_rate([tuple(h) for h in result["history"]]),
+        "wall_s": wall,
+        "breakdown": {k: _median_rate([tuple(h) for h in v]) for k, v in result["phases"].items()},
+    }
 
 
 def _build_demo_data(work: Path) -> None:
@@ -178,13 +219,22 @@ def _ray_threads() -> int:
     return int(ray.get(threads.remote()))
 
 
-def render(rows: list[dict[str, Any]], evaluation: Any, threads: int, rows_train: int) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    evaluation: Any,
+    threads: int,
+    rows_train: int,
+    title: str = "Training (issue 3)",
+    overrides: dict[str, Any] | None = None,
+) -> str:
     by = {(r["impl"], r["workers"]): r for r in rows}
+    changed = "".join(f" `{k}={v}`" for k, v in (overrides or {}).items())
     lines = [
-        "## Training (issue 3)",
+        f"## {title}",
         "",
         f"Command: `make bench` (`python -m bench.train_speed`) — {dt.date.today().isoformat()},",
-        f"{machine()}. Demo-scale features (`make demo`: {rows_train:,} train rows), configs/train.yaml.",
+        f"{machine()}. Demo-scale features (`make demo`: {rows_train:,} train rows), configs/train.yaml"
+        + (f" with{changed}." if changed else "."),
         f"Samples/s: median over {SPEED_EPOCHS}+ epochs of per-interval rates, each epoch's first interval",
         f"left out. Ray Train workers reserve 0.5 CPU each and run {threads} torch thread(s); the",
         f"plain-PyTorch processes were given the same ({threads}).",
@@ -205,6 +255,7 @@ def render(rows: list[dict[str, Any]], evaluation: Any, threads: int, rows_train
     if a1 and a2:
         ratio = a2["samples_per_s"] / a1["samples_per_s"]
         lines.append(f"- Ray Train + TorchRec, 2 workers / 1 worker = {ratio:.2f}×.")
+    lines += ["", *breakdown_table(rows)]
     if evaluation is not None:
         lines += [
             "",
@@ -219,6 +270,36 @@ def render(rows: list[dict[str, Any]], evaluation: Any, threads: int, rows_train
             gap_summary(evaluation),
         ]
     return "\n".join(lines) + "\n"
+
+
+def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Milliseconds per training step by phase (medians over report intervals), one column per run."""
+    named = [r for r in rows if r.get("breakdown")]
+    if not named:
+        return []
+    head = " | ".join(f"{'TorchRec' if 'TorchRec' in r['impl'] else 'plain'} ×{r['workers']}" for r in named)
+    lines = [
+        "### Where a step's time goes (ms per step, per worker)",
+        "",
+        "Wall-clock timers around each phase of every step (`pipelines.train.loop.StepTimer`), medians over",
+        "report intervals. *data*: waiting for the batch (Ray Data iterator; plain: slicing in-memory",
+        "columns); *collate*: numpy → dense tensor + KeyedJaggedTensor (history and id dropout included);",
+        "*input dist*: TorchRec's all-to-all of the sparse features; *forward*: the rest of the forward and",
+        "the losses; *backward*: with TorchRec the fused table optimizer steps inside it; *optimizer*: the",
+        "dense Adam (plain: Adagrad on the tables too); *report*: progress to Ray Train and MLflow.",
+        "",
+        f"| phase | {head} |",
+        "|---|" + "---:|" * len(named),
+    ]
+    for phase in PHASES:
+        if any(phase in r["breakdown"] for r in named):
+            cells = " | ".join(
+                f"{r['breakdown'][phase]:.2f}" if phase in r["breakdown"] else "–" for r in named
+            )
+            lines.append(f"| {phase.replace('_', ' ')} | {cells} |")
+    totals = " | ".join(f"**{sum(r['breakdown'].values()):.2f}**" for r in named)
+    lines.append(f"| total | {totals} |")
+    return lines
 
 
 def gap_summary(evaluation: Any) -> str:
@@ -247,20 +328,37 @@ def main(
     out: Annotated[Path, typer.Option(help="Markdown file to write the section into.")] = Path(
         "bench/RESULTS.md"
     ),
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            help="On a GPU machine: every GPU as a worker, row-wise sharding over nccl, and the plain twin "
+            "on the same GPUs (train only, no evaluation; its own section)."
+        ),
+    ] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A configs/train.yaml override, KEY=YAML (both sides).")
+    ] = None,
 ) -> None:
     """Measure training throughput (TorchRec vs plain PyTorch, 1 and 2 workers) and offline quality."""
     import shutil
 
     import ray
+    import yaml
 
     from pipelines.common.runtime import ray_session, setup_logging
     from pipelines.features.manifest import load_manifest
 
     setup_logging()
-    cfg = load_config(REPO / "configs" / "train.yaml", TrainConfig, {"experiment": "bench"})
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in set_ or [])}
+    cfg = load_config(
+        REPO / "configs" / "train.yaml",
+        TrainConfig,
+        {"experiment": "bench", "optim.time_input_dist": True, **overrides},
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # this run's own store, inside `work`
     rows: list[dict[str, Any]] = []
+    full: dict[str, Any] = {"evaluation": None}
     try:
         if data_dir is not None:
             shutil.copytree(data_dir / "features", work / "features")
@@ -270,23 +368,39 @@ def main(
             if data_dir is None:
                 _build_demo_data(work)
             threads = _ray_threads()
-            full = ray_torchrec(cfg, work, publish=True)
-            rows.append({"impl": "Ray Train + TorchRec", "workers": 2, **full})
-            one = cfg.model_copy(deep=True)
-            one.distributed.num_workers = 1
-            one.optim.epochs, one.optim.patience = SPEED_EPOCHS, None
-            rows.append(
-                {"impl": "Ray Train + TorchRec", "workers": 1, **ray_torchrec(one, work, publish=False)}
-            )
+            if gpu:
+                import torch
+
+                n_gpu = torch.cuda.device_count()
+                if n_gpu == 0:
+                    raise typer.BadParameter("--gpu: this machine has no CUDA device", param_hint="--gpu")
+                on_gpu = cfg.model_copy(deep=True)
+                on_gpu.distributed.use_gpu, on_gpu.distributed.num_workers = True, n_gpu
+                on_gpu.distributed.sharding = "row_wise"
+                on_gpu.optim.epochs, on_gpu.optim.patience = SPEED_EPOCHS, None
+                rows.append(
+                    {"impl": "Ray Train + TorchRec", "workers": n_gpu, **ray_torchrec(on_gpu, work, False)}
+                )
+                worker_counts = [n_gpu]
+            else:
+                full = ray_torchrec(cfg, work, publish=True)
+                rows.append({"impl": "Ray Train + TorchRec", "workers": 2, **full})
+                one = cfg.model_copy(deep=True)
+                one.distributed.num_workers = 1
+                one.optim.epochs, one.optim.patience = SPEED_EPOCHS, None
+                rows.append(
+                    {"impl": "Ray Train + TorchRec", "workers": 1, **ray_torchrec(one, work, publish=False)}
+                )
+                worker_counts = [1, 2]
             ray.shutdown()
-        for w in (1, 2):
-            rows.append(
-                {"impl": "plain PyTorch nn.EmbeddingBag", "workers": w, **plain_pytorch(work, w, threads)}
-            )
+        for w in worker_counts:
+            plain = plain_pytorch(work, w, threads, cfg, gpu)
+            rows.append({"impl": "plain PyTorch nn.EmbeddingBag", "workers": w, **plain})
         rows_train = int(load_manifest(work)["splits"]["train"]["rows"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    section = render(rows, full["evaluation"], threads, rows_train)
+    title = "Training on GPU (issue 14)" if gpu else "Training (issue 3)"
+    section = render(rows, full["evaluation"], threads, rows_train, title, overrides)
     write_section(out, section)
     print(section)
 

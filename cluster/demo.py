@@ -77,8 +77,19 @@ class PeakRSS:
         self._thread.join()
 
 
-def submit(dashboard: str, entrypoint: list[str], name: str, console: Console, env: dict[str, str]) -> float:
-    """``ray job submit`` one stage, its logs streamed here; returns its wall time, raises on failure."""
+def submit(
+    dashboard: str,
+    entrypoint: list[str],
+    name: str,
+    console: Console,
+    env: dict[str, str],
+    job_env: dict[str, str] | None = None,
+) -> float:
+    """``ray job submit`` one stage, its logs streamed here; returns its wall time, raises on failure.
+    ``job_env``: environment variables of the job itself (its runtime environment)."""
+    runtime_env: dict[str, object] = {"excludes": EXCLUDES}
+    if job_env:
+        runtime_env["env_vars"] = job_env
     cmd = [
         venv_bin("ray"),
         "job",
@@ -86,7 +97,7 @@ def submit(dashboard: str, entrypoint: list[str], name: str, console: Console, e
         f"--address={dashboard}",
         f"--submission-id={name}-{int(time.time())}",
         "--working-dir=.",
-        f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}",
+        f"--runtime-env-json={json.dumps(runtime_env)}",
         "--",
         *entrypoint,
     ]

@@ -28,6 +28,11 @@ from rich.console import Console
 
 from cluster.demo import deploy, submit, wait_ready
 from cluster.local import ClusterSpec, LocalCluster
+from pipelines.common.runtime import TASK_CPUS_ENV
+
+#: CPUs per batch-stage task while the feed holds fractions of every node's CPUs (whole-CPU tasks waited
+#: for them: ingest took 728 s beside the feed, 21 s alone).
+BESIDE_SERVING_TASK_CPUS = 0.25
 
 
 def wait_for_version(base: str, arm: str, version: str, timeout_s: float = 300) -> None:
@@ -61,8 +66,10 @@ class Retrain:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def submit(self, stage: str, *args: str) -> None:
+        """One stage as a Ray job, its tasks sized to run beside the feed (:func:`task_cpus`)."""
         entrypoint = ["python", "-m", f"pipelines.{stage}", "--data-dir", str(self.data_dir), *args]
-        self.seconds[stage] = submit(self.dashboard, entrypoint, stage, self.console, self.env)
+        job_env = {TASK_CPUS_ENV: str(BESIDE_SERVING_TASK_CPUS)}
+        self.seconds[stage] = submit(self.dashboard, entrypoint, stage, self.console, self.env, job_env)
 
     def train_challenger(self, config: Path, train_config: Path, model_name: str) -> Any:
         """ingest → features → train as Ray jobs over the raw logs (served traffic included); the version

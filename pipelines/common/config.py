@@ -273,6 +273,11 @@ class OptimConfig(StrictConfig):
         1, ge=1, description="Stop after this many epochs without a better validation loss (None: never)."
     )
     report_every: int = Field(20, ge=1, description="Steps between progress reports.")
+    time_input_dist: bool = Field(
+        False,
+        description="Time TorchRec's input all-to-all apart from the forward (bench.train_speed's "
+        "breakdown; replaces the sharded modules' forward with an instrumented copy of it).",
+    )
     seed: int = 0
 
 

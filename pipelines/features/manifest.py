@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from models.batch import Jagged
 from pipelines.common.cli import DataError
 from pipelines.common.io import parquet_files, read_table
 
@@ -48,15 +49,20 @@ def eval_set_id(data_dir: Path, split: str = "test") -> str:
     return h.hexdigest()[:16]
 
 
-def arrow_columns(table: pa.Table) -> dict[str, np.ndarray]:
+def arrow_columns(table: pa.Table, jagged: bool = False) -> dict[str, Any]:
     """Arrow columns → numpy without per-row Python objects where possible: fixed-size lists become 2-D
-    arrays; variable lists stay object arrays (what :func:`models.batch.collate` takes)."""
-    out: dict[str, np.ndarray] = {}
+    arrays; variable lists become object arrays of arrays, or with ``jagged`` a
+    :class:`models.batch.Jagged` (values and lengths, no per-row objects; what a training batch needs,
+    not what row indexing needs). :func:`models.batch.collate` takes either."""
+    out: dict[str, Any] = {}
     for name in table.column_names:
         col = table[name].combine_chunks() if table[name].num_chunks != 1 else table[name].chunk(0)
         if pa.types.is_fixed_size_list(col.type):
             flat = col.flatten().to_numpy(zero_copy_only=False)
             out[name] = flat.reshape(len(col), col.type.list_size)
+        elif jagged and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            lengths = np.diff(col.offsets.to_numpy()).astype(np.int64)
+            out[name] = Jagged(col.flatten().to_numpy(zero_copy_only=False), lengths)
         elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
             arr = np.empty(len(col), dtype=object)
             offsets = col.offsets.to_numpy()

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pipelines.common import columns, schema
 from pipelines.common.config import FeaturesConfig
 from pipelines.common.io import atomic_dir, write_json
+from pipelines.common.runtime import task_cpus
 from pipelines.features import pit
 from pipelines.features.formulas import AGE_BUCKETS
 from pipelines.features.online import build_online
@@ -186,7 +187,7 @@ def featurize_days(
     import ray
 
     h_ref, cat_ref = ray.put(h), ray.put(cat)
-    task = ray.remote(num_cpus=1)(featurize_day)
+    task = ray.remote(num_cpus=task_cpus())(featurize_day)
     pending = [
         task.remote(d, splits, str(clean), str(out), h_ref, cat_ref, cfg, scalar_columns) for d in days
     ]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pipelines.common import schema
 from pipelines.common.cli import DataError
 from pipelines.common.io import read_table, write_by_date, write_table
+from pipelines.common.runtime import task_cpus
 from pipelines.common.schema import Table
 from pipelines.ingest.rules import (
     References,
@@ -134,9 +135,10 @@ def _read(files: dict[str, list[str]], table: Table) -> list[tuple[str, Any]]:
     import ray.data
 
     out = []
+    sized = {"num_cpus": task_cpus()}
     for fmt, paths in files.items():
         if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, include_paths=True, partitioning=None)
+            ds = ray.data.read_parquet(paths, include_paths=True, partitioning=None, ray_remote_args=sized)
         elif fmt == "csv":
             string_types = {f.name: pa.string() for f in table.schema}
             ds = ray.data.read_csv(
@@ -144,9 +146,10 @@ def _read(files: dict[str, list[str]], table: Table) -> list[tuple[str, Any]]:
                 include_paths=True,
                 partitioning=None,  # type: ignore[arg-type]  # None disables hive parsing of paths
                 convert_options=pacsv.ConvertOptions(column_types=string_types, strings_can_be_null=True),
+                ray_remote_args=sized,
             )
         else:
-            ds = ray.data.read_text(paths, include_paths=True)
+            ds = ray.data.read_text(paths, include_paths=True, ray_remote_args=sized)
         out.append((fmt, ds))
     return out
 
@@ -207,12 +210,15 @@ def ingest_table(
             batch_format="pyarrow",
             batch_size=batch_size,
             fn_kwargs={"table": table, "fmt": fmt, "refs": refs, "rules": rules},
-        ).write_parquet(str(staging / fmt), partition_cols=["_bucket"])
+            num_cpus=task_cpus(),
+        ).write_parquet(
+            str(staging / fmt), partition_cols=["_bucket"], ray_remote_args={"num_cpus": task_cpus()}
+        )
     t1 = time.perf_counter()
     buckets: dict[str, list[str]] = {}
     for d in sorted(staging.glob("*/_bucket=*")):
         buckets.setdefault(d.name.split("=", 1)[1], []).append(str(d))
-    task: Any = ray.remote(num_cpus=1)(finalize_bucket)
+    task: Any = ray.remote(num_cpus=task_cpus())(finalize_bucket)
     results = ray.get(
         [
             task.remote(

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipelines.common.config import SynthConfig
 from pipelines.common.io import atomic_dir, replace_dir, write_by_date, write_json, write_table
+from pipelines.common.runtime import task_cpus
 from pipelines.synth.world import build_world, generate_chunk
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def run(cfg: SynthConfig, data_dir: Path, progress: bool = True) -> dict[str, An
             write_table(tables[name], tmp / "raw" / name)
         write_by_date(tables["posts"], tmp / "raw" / "posts", "created_at", "00000")
         world_ref = ray.put(world)
-        task = ray.remote(num_cpus=1)(generate_chunk)
+        task = ray.remote(num_cpus=task_cpus())(generate_chunk)
         bounds = [*list(range(0, cfg.users, cfg.users_per_task)), cfg.users]
         pending = [
             task.remote(world_ref, cfg, i, lo, hi, str(tmp))

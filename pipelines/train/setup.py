@@ -93,8 +93,8 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
 
 
 def forget_history(
-    columns: dict[str, np.ndarray], cold: dict[str, Any], rate: float, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+    columns: dict[str, Any], cold: dict[str, Any], rate: float, rng: np.random.Generator
+) -> dict[str, Any]:
     """``columns`` with a ``rate`` share of rows given a new viewer's history features (``cold``: column →
     value, a list for vectors); the input is not modified.
 
@@ -171,13 +171,13 @@ class RankerTraining:
     def shard(self, world: int, device: torch.device, sharding: str) -> Sharded:
         return sharded_model(self.setup, world, device, sharding)
 
-    def train_batch(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> Batch:
+    def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> Batch:
         """With id and history dropout: that share of ids goes to the out-of-vocabulary row, and of rows to
         a viewer without history (cold start)."""
         columns = forget_history(columns, self.setup.cold_viewer, self.history_dropout, rng)
         return collate(columns, self.setup.layout, self.setup.encoder, id_dropout=self.id_dropout, rng=rng)
 
-    def eval_batch(self, columns: dict[str, np.ndarray]) -> Batch:
+    def eval_batch(self, columns: dict[str, Any]) -> Batch:
         return collate(columns, self.setup.layout, self.setup.encoder)
 
     def export(self, state_dict: dict[str, Any]) -> ServableRanker:

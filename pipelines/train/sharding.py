@@ -61,6 +61,32 @@ def shard(
     return Sharded(dmp, dense, CombinedOptimizer([dmp.fused_optimizer, dense]))
 
 
+def time_input_dist(dmp: Any, record: Any) -> int:
+    """Make every sharded module of ``dmp`` time its input distribution (the all-to-all of the sparse
+    features to the ranks owning their tables) apart from the rest of its forward: ``record("input_dist",
+    seconds)`` per call. Returns how many modules were instrumented. The forward is TorchRec's own
+    (``ShardedModule.forward``), split where it waits for the distributed input."""
+    import time
+
+    from torchrec.distributed.types import ShardedModule
+
+    count = 0
+    for module in dmp.modules():
+        if not isinstance(module, ShardedModule):
+            continue
+
+        def forward(*args: Any, _m: Any = module, **kwargs: Any) -> Any:
+            ctx = _m.create_context()
+            start = time.perf_counter()
+            dist_input = _m.input_dist(ctx, *args, **kwargs).wait().wait()
+            record("input_dist", time.perf_counter() - start)
+            return _m.compute_and_output_dist(ctx, dist_input)
+
+        module.forward = forward
+        count += 1
+    return count
+
+
 def gather_full_state(dmp: Any, rank: int, prefix: str = "model.") -> dict[str, Any] | None:
     """Every rank takes part; rank 0 gets the unsharded state dict of the wrapped module's ``prefix``
     submodule (the servable model inside the train wrapper), the others None."""

@@ -34,11 +34,14 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         from pipelines.common.config import TrainConfig
         from pipelines.features.manifest import read_split
         from pipelines.train.setup import build_setup, sharded_model
-        from pipelines.train.sharding import gather_full_state
+        from pipelines.train.sharding import gather_full_state, time_input_dist
 
         d = Path(data_dir)
         setup = build_setup(d, TrainConfig())
         dmp, _, optimizer = sharded_model(setup, world, torch.device("cpu"), sharding)
+        # The bench's instrumented forward (input all-to-all timed apart) must compute the same thing.
+        timed: list[float] = []
+        assert time_input_dist(dmp, lambda phase, s: timed.append(s)) >= 1
         train = read_split(d, "train").to_pandas()
         for i in range(5):
             chunk = train.iloc[(i * world + rank) * 64 : (i * world + rank + 1) * 64]
@@ -60,7 +63,7 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
             with torch.no_grad():
                 plain = model.eval()(tb.dense, tb.sparse)
             diff = max(float((sharded[t] - plain[t]).abs().max()) for t in plain)
-            Path(out).write_text(str(diff))
+            Path(out).write_text(f"{diff} {len(timed)}")
     finally:
         dist.destroy_process_group()
 
@@ -69,4 +72,6 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
 def test_gathered_model_equals_sharded_model(built_world: Path, tmp_path: Path, sharding: str) -> None:
     out = tmp_path / "diff.txt"
     mp.spawn(_run, args=(2, str(built_world), _free_port(), sharding, str(out)), nprocs=2, join=True)
-    assert float(out.read_text()) < 1e-4
+    diff, timed = out.read_text().split()
+    assert float(diff) < 1e-4
+    assert int(timed) >= 6  # 5 training steps and the test batch went through the timed input dist

@@ -52,6 +52,9 @@ def test_rank_zero_reports_progress_to_mlflow(published: Runs) -> None:
     tracking.configure(published.data_dir)
     run = MlflowClient().get_run(published.first.run_id)
     assert run.data.metrics["samples_per_s"] > 0
+    # Where each step's time went (bench.train_speed's breakdown reads these).
+    phases = {"data", "collate", "forward", "backward", "optimizer"}
+    assert all(run.data.metrics[f"time/{p}_ms"] > 0 for p in phases), run.data.metrics
     assert len(_history(published, "train/loss/click")) >= 2
     assert run.data.params["optim.batch_size"] == "32"
     assert run.data.tags["eval_set"] == published.resumed.evaluation.eval_set
