@@ -54,7 +54,7 @@ def main(
     for i in range(repeats):
         viewer = int(rng.choice(users))
         ids = np.sort(rng.choice(all_posts, size=min(candidates, len(all_posts)), replace=False))
-        for name in (("today", "before issue 13") if i % 2 else ("before issue 13", "today")):
+        for name in ("today", "before issue 13") if i % 2 else ("before issue 13", "today"):
             with old_inputs() if name != "today" else contextlib.nullcontext():
                 start = time.perf_counter()
                 assemble(store, viewer, ids, now)

@@ -289,6 +289,13 @@ class DistributedConfig(StrictConfig):
     sharding: Literal["table_wise", "column_wise", "row_wise", "data_parallel"] | None = Field(
         None, description="None: table_wise on CPU, row_wise on GPU. row_wise needs GPUs."
     )
+    replicate_rows: int = Field(
+        0,
+        ge=0,
+        description="Tables with at most this many rows are replicated on every worker (TorchRec "
+        "data_parallel: no all-to-all, gradients all-reduced with the dense ones and stepped by the dense "
+        "optimizer) whatever `sharding` says; 0: none.",
+    )
     cpus_per_worker: float = Field(
         0.5, gt=0, description="CPUs each worker reserves; leave some for Ray Data's read tasks."
     )

@@ -126,7 +126,8 @@ def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding:
     from models.ranker import MultiTaskRanker
     from models.train_wrapper import RankerTrainWrapper
 
-    optim = TrainConfig.model_validate(setup.config).optim
+    cfg = TrainConfig.model_validate(setup.config)
+    optim = cfg.optim
     model = MultiTaskRanker(setup.spec, device=torch.device("meta"))
     model.init_heads(setup.base_rates)
     wrapper = RankerTrainWrapper(model, setup.loss)
@@ -139,6 +140,7 @@ def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding:
         sharding,
         embedding_lr=optim.embedding_lr,
         dense_lr=optim.dense_lr,
+        replicate_rows=cfg.distributed.replicate_rows,
     )
     sharded.dmp.module.model.set_standardization(
         torch.tensor(setup.dense_mean, dtype=torch.float32, device=device),

@@ -33,10 +33,12 @@ def shard(
     sharding: str,
     embedding_lr: float,
     dense_lr: float,
+    replicate_rows: int = 0,
 ) -> Sharded:
     """``module`` (its tables created on the meta device) sharded over ``world`` ranks, every table
-    ``sharding``-wise; ``table_params`` get fused row-wise Adagrad (stepped inside backward), the rest
-    Adam."""
+    ``sharding``-wise but those of at most ``replicate_rows`` rows, which are replicated
+    (``data_parallel``); sharded tables get fused row-wise Adagrad (stepped inside backward), the rest
+    (replicated tables included) Adam."""
     import torch
     import torch.distributed as dist
     from torchrec.distributed import DistributedModelParallel
@@ -49,7 +51,12 @@ def shard(
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     apply_optimizer_in_backward(RowWiseAdagrad, table_params, {"lr": embedding_lr})
-    constraints = {t.name: ParameterConstraints(sharding_types=[sharding]) for t in tables}
+    constraints = {
+        t.name: ParameterConstraints(
+            sharding_types=["data_parallel" if t.num_embeddings <= replicate_rows else sharding]
+        )
+        for t in tables
+    }
     topology = Topology(world_size=world, compute_device=device.type, local_world_size=world)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)

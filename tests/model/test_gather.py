@@ -37,8 +37,17 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         from pipelines.train.sharding import gather_full_state, time_input_dist
 
         d = Path(data_dir)
-        setup = build_setup(d, TrainConfig())
-        dmp, _, optimizer = sharded_model(setup, world, torch.device("cpu"), sharding)
+        # "mixed": the small vocabulary tables replicated (data_parallel), the id tables table-wise.
+        mixed = sharding == "mixed"
+        setup = build_setup(
+            d, TrainConfig.model_validate({"distributed": {"replicate_rows": 50 if mixed else 0}})
+        )
+        dmp, _, optimizer = sharded_model(
+            setup, world, torch.device("cpu"), "table_wise" if mixed else sharding
+        )
+        if mixed:
+            types = {s.sharding_type for p in dmp.plan.plan.values() for s in p.values()}
+            assert types == {"data_parallel", "table_wise"}, types
         # The bench's instrumented forward (input all-to-all timed apart) must compute the same thing.
         timed: list[float] = []
         assert time_input_dist(dmp, lambda phase, s: timed.append(s)) >= 1
@@ -68,7 +77,7 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise", "mixed"])
 def test_gathered_model_equals_sharded_model(built_world: Path, tmp_path: Path, sharding: str) -> None:
     out = tmp_path / "diff.txt"
     mp.spawn(_run, args=(2, str(built_world), _free_port(), sharding, str(out)), nprocs=2, join=True)
