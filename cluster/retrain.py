@@ -66,7 +66,8 @@ class Retrain:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def submit(self, stage: str, *args: str) -> None:
-        """One stage as a Ray job, its tasks sized to run beside the feed (:func:`pipelines.common.runtime.task_cpus`)."""
+        """One stage as a Ray job, its tasks sized to run beside the feed
+        (:func:`pipelines.common.runtime.task_cpus`)."""
         entrypoint = ["python", "-m", f"pipelines.{stage}", "--data-dir", str(self.data_dir), *args]
         job_env = {TASK_CPUS_ENV: str(BESIDE_SERVING_TASK_CPUS)}
         self.seconds[stage] = submit(self.dashboard, entrypoint, stage, self.console, self.env, job_env)

@@ -90,8 +90,11 @@ def evaluate(
     out_dir: Path | None = None,
     baselines: bool = True,
     split: str = "test",
+    peers: dict[str, Any] | None = None,
 ) -> Evaluation:
-    """Evaluate ``scorers`` (name → ServableRanker) and, with ``baselines``, the reference scorers."""
+    """Evaluate ``scorers`` (name → ServableRanker) and, with ``baselines``, the reference scorers; the
+    peers are fitted here unless ``peers`` brings them fitted
+    (:func:`pipelines.evaluate.scorers.fit_peers`)."""
     manifest = load_manifest(data_dir)
     cols = read_columns(data_dir, split)
     n = len(cols["impression_id"])
@@ -104,7 +107,7 @@ def evaluate(
         preds[name], probabilistic[name] = score_ranker(ranker, cols), True
         logged[name] = score_ranker(ranker, cols, at_logged_position=True)
     if baselines:
-        for name, peer in fit_peers(data_dir, cfg).items():
+        for name, peer in (peers if peers is not None else fit_peers(data_dir, cfg)).items():
             preds[name], probabilistic[name] = peer.predict(cols), True
         pop = popularity(cols, manifest["config"]["windows"])
         preds["popularity"] = {t: pop for t in BINARY_TASKS}
