@@ -64,12 +64,11 @@ class TrainableModel(Protocol):
 class StepTimer:
     """Wall-clock seconds per phase of the training step, summed since the last :meth:`take`.
 
-    Phases: ``data`` (waiting for the next batch from Ray Data), ``collate`` (numpy → model batch),
+    Phases: ``data`` (waiting for the next batch from Ray Data), ``collate`` (columns → model batch),
     ``forward`` (loss included; with TorchRec, the output all-to-all too), ``input_dist`` (TorchRec's
     input all-to-all, split out of forward when :func:`pipelines.train.sharding.time_input_dist` is on:
-    ``forward`` is then what remains),
-    ``backward`` (TorchRec steps the tables' fused optimizer inside it), ``optimizer`` (the dense
-    optimizer) and ``report``.
+    ``forward`` is then what remains), ``backward`` (TorchRec steps the tables' fused optimizer inside
+    it), ``optimizer`` (the dense optimizer) and ``report``.
 
     >>> t = StepTimer()
     >>> t.record("data", 0.002); t.record("data", 0.004); t.steps += 2
@@ -216,6 +215,8 @@ class TrainLoop:
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over this rank's shard (locally shuffled), reporting every ``report_every`` steps."""
+        import torch
+
         self.dmp.train()
         batches = self.train_shard.iter_batches(
             batch_size=self.optim.batch_size,
@@ -224,8 +225,6 @@ class TrainLoop:
             local_shuffle_buffer_size=self.optim.shuffle_buffer,
             local_shuffle_seed=self.optim.seed + epoch,
         )
-        import torch
-
         record = self.timer.record
         # On a GPU the phases are asynchronous launches: the breakdown waits for each to finish.
         sync = torch.cuda.synchronize if self.device.type == "cuda" and self.optim.time_input_dist else None
