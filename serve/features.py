@@ -16,7 +16,7 @@ import numpy as np
 
 from models.batch import Jagged
 from pipelines.features.formulas import AGE_BUCKETS
-from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, TOPIC_PROFILES, topic_cross
+from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, RATE_PRIOR, TOPIC_PROFILES, topic_cross
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400
@@ -29,6 +29,11 @@ VIEWER_SCALARS = (
     *(f"u_{a}_rate" for a in RATE_ACTIONS),
     "u_dwell_mean",
 )
+#: Author scalars of an author without events (``pit.author_features``'s priors); the rest are 0.
+UNKNOWN_AUTHOR = {
+    "a_action_rate": 0.1,
+    **{f"a_{a}_rate": RATE_PRIOR[0] / RATE_PRIOR[1] for a in RATE_ACTIONS},
+}
 AUTHOR_SCALARS = (
     "a_posts_7d",
     "a_actions_7d",
@@ -77,8 +82,8 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     for k in counters:
         cols[k] = _log1p(post[k])  # (N,) float32
     cols.update(friend_counters(store, viewer, post_ids, now_s))
-    for k in AUTHOR_SCALARS:
-        cols[k] = np.where(auth["found"], auth[k], 0).astype(np.float32)  # (N,)
+    for k in AUTHOR_SCALARS:  # an author missing from the snapshot: what training gives one without events
+        cols[k] = np.where(auth["found"], auth[k], UNKNOWN_AUTHOR.get(k, 0.0)).astype(np.float32)  # (N,)
     cols.update(_affinity(store.pairs(viewer, authors), now_s - store.as_of_s))
     cols.update(_relations(store, viewer, authors, user, auth, now_s))
     cols.update(_content(post, user, topics))

@@ -83,13 +83,18 @@ class StepTimer:
     def record(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
+    def reset(self) -> None:
+        """Forget what was recorded (in place: instrumented modules hold :meth:`record`)."""
+        self.seconds.clear()
+        self.steps = 0
+
     def take(self) -> dict[str, float]:
         """Milliseconds per step of each phase since the last call (``time/<phase>_ms``); resets."""
         steps = max(self.steps, 1)
         if "input_dist" in self.seconds and "forward" in self.seconds:  # timed inside the forward
             self.seconds["forward"] -= self.seconds["input_dist"]
         out = {f"time/{k}_ms": round(1000 * v / steps, 4) for k, v in self.seconds.items()}
-        self.seconds, self.steps = {}, 0
+        self.reset()
         return out
 
 
@@ -225,6 +230,7 @@ class TrainLoop:
             local_shuffle_buffer_size=self.optim.shuffle_buffer,
             local_shuffle_seed=self.optim.seed + epoch,
         )
+        self.timer.reset()  # validation's forwards (timed input dist included) are not training steps
         record = self.timer.record
         # On a GPU the phases are asynchronous launches: the breakdown waits for each to finish.
         sync = torch.cuda.synchronize if self.device.type == "cuda" and self.optim.time_input_dist else None

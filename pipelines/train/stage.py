@@ -45,7 +45,13 @@ def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
         if previous is None:
             _log_inputs(cfg, data_dir, name)
         peers = _fit_peers_beside_training(cfg, data_dir)
-        result = train(cfg, data_dir, resume=resume, name=name, tracking={"uri": uri, "run_id": run_id})
+        try:
+            result = train(cfg, data_dir, resume=resume, name=name, tracking={"uri": uri, "run_id": run_id})
+        except BaseException:
+            import ray
+
+            ray.cancel(peers)
+            raise
         checkpoint = best_checkpoint(result)
         mlflow.set_tag("checkpoint", str(checkpoint))
         ranker = load_trained(checkpoint)
