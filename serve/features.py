@@ -16,7 +16,7 @@ import numpy as np
 
 from models.batch import Jagged
 from pipelines.features.formulas import AGE_BUCKETS
-from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, RATE_PRIOR, TOPIC_PROFILES, topic_cross
+from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, TOPIC_PROFILES, rate, topic_cross
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400
@@ -32,7 +32,7 @@ VIEWER_SCALARS = (
 #: Author scalars of an author without events (``pit.author_features``'s priors); the rest are 0.
 UNKNOWN_AUTHOR = {
     "a_action_rate": 0.1,
-    **{f"a_{a}_rate": RATE_PRIOR[0] / RATE_PRIOR[1] for a in RATE_ACTIONS},
+    **{f"a_{a}_rate": float(rate(np.zeros(1), np.zeros(1))[0]) for a in RATE_ACTIONS},
 }
 AUTHOR_SCALARS = (
     "a_posts_7d",

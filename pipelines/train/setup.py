@@ -96,7 +96,7 @@ def forget_history(
     columns: dict[str, Any], cold: dict[str, Any], rate: float, rng: np.random.Generator
 ) -> dict[str, Any]:
     """``columns`` with a ``rate`` share of rows given a new viewer's history features (``cold``: column →
-    value, a list for vectors); the input is not modified.
+    value, a list for vectors, whose columns are 2-D arrays); the input is not modified.
 
     >>> cols = {"u_click_rate": np.array([0.2, 0.3, 0.4]), "p_age_h": np.array([1.0, 2.0, 3.0])}
     >>> out = forget_history(cols, {"u_click_rate": 0.05}, 0.99, np.random.default_rng(0))
@@ -109,9 +109,7 @@ def forget_history(
     hit = rng.random(n) < rate  # (n,) rows that forget
     out = dict(columns)
     for name, value in cold.items():
-        col = np.array(columns[name], copy=True)
-        if col.dtype == object:  # vectors as lists of arrays
-            col = np.stack([np.asarray(v, np.float32) for v in col])
+        col = np.array(columns[name], copy=True)  # vectors are 2-D (arrow_columns)
         col[hit] = np.asarray(value, dtype=col.dtype)
         out[name] = col
     return out
