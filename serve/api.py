@@ -3,31 +3,63 @@
 
 - ``GET /feed/{user_id}?limit=&cursor=`` (token of ``user_id``): 200 ranked items; 400 limit over the cap
   or a bad cursor; 401; 403; 404 unknown user; 410 expired cursor; 422 bad parameter.
-- ``POST /events`` (token of the viewer): 202 all stored; 401; 404; 413 too many; 422 listing every
-  problem, nothing stored.
-- ``POST /posts`` (token of the author): 201; 401; 404; 422.
+- ``POST /events`` (token of the viewer): 202 stored (a re-sent ``event_id`` is acknowledged in
+  ``duplicates`` and stored once); 401; 404; 413 too many or too large; 422 listing every problem, nothing
+  stored.
+- ``POST /posts`` (token of the author): 201; 401; 404; 413; 422.
 - ``GET /healthz``: 200 with the served model versions; 503 while no model is loaded.
+
+Client input never gets a 5xx. A request to a user route is authenticated from its headers before its body
+is read (:class:`AuthFirst`); a body over ``feed.max_body_bytes`` is 413 from its ``Content-Length`` or as
+soon as the streamed bytes pass it (FastAPI's ``max_body_size``); a body that does not parse or fit the
+models is 422 with each problem's location and message and never the input itself (:func:`problems`).
+Strings must be valid Unicode (no lone surrogates), numbers finite and ids int64. What the body means
+(posts that exist, impressions of this viewer, times) is checked by :mod:`serve.feed` with the ingest
+contract's own rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import BackgroundTasks, FastAPI, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.common import schema
 from serve.auth import AuthError, TokenAuth
 from serve.feed import FeedError, FeedService
 from serve.records import ClientEvent, PostDraft
 
+INT64_MAX = 2**63 - 1
+#: At most this many problems, each string at most this long, in a 422 body.
+MAX_PROBLEMS, MAX_PROBLEM_CHARS = 20, 200
+
+
+def _unicode(value: str) -> str:
+    """Valid Unicode only: JSON's ``\\ud800`` escapes decode to lone surrogates no log can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+#: A string that can be stored: valid Unicode.
+Text = Annotated[str, AfterValidator(_unicode)]
+#: An entity id (users, posts): an int64 that is not negative.
+EntityId = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields are errors, floats must be finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Item(BaseModel):
@@ -66,13 +98,35 @@ class FeedResponse(BaseModel):
 
 class EventIn(Strict):
     type: Literal["impression", "view", "click", "like", "comment", "share", "hide", "report"]
-    post_id: int
-    at: dt.datetime | None = Field(None, description="When it happened (UTC); default now.")
-    impression_id: str | None = Field(None, max_length=128)
-    request_id: str | None = Field(None, max_length=128)
+    post_id: EntityId
+    at: dt.datetime | None = Field(
+        None, description="When it happened (a time without a zone is UTC); default now."
+    )
+    impression_id: Text | None = Field(
+        None,
+        max_length=128,
+        description="The feed item's impression_id: it must be an impression of this viewer and post.",
+    )
+    request_id: Text | None = Field(None, max_length=128)
     position: int | None = Field(None, ge=0, le=10_000)
     dwell_ms: int | None = Field(None, ge=0, le=schema.MAX_DWELL_MS)
-    event_id: str | None = Field(None, min_length=1, max_length=128, description="Idempotency key.")
+    event_id: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: an event re-sent with the same id is acknowledged and stored once.",
+    )
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
+        """A zone-less time is UTC; one outside years 1970–9998 is an error, not an overflow."""
+        if v is None:
+            return v
+        v = v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v
+        if not 1970 <= v.year <= 9998:
+            raise ValueError("out of range (years 1970 to 9998)")
+        return v.astimezone(dt.UTC)
 
 
 class EventsIn(Strict):
@@ -80,19 +134,24 @@ class EventsIn(Strict):
 
 
 class EventsOut(BaseModel):
-    accepted: int
-    event_ids: list[str]
+    accepted: int = Field(description="Events stored by this request.")
+    event_ids: list[str] = Field(description="Every event's id, in request order (stored or duplicate).")
+    duplicates: list[str] = Field(description="Ids already stored before: acknowledged, not stored again.")
 
 
 class PostIn(Strict):
-    text: str = Field(max_length=schema.MAX_TEXT_CHARS)
+    text: Text = Field(max_length=schema.MAX_TEXT_CHARS)
     modality: Literal["text", "image", "video"] = "text"
-    topics: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+    topics: list[Annotated[Text, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=schema.MAX_TOPICS_PER_POST
     )
     visibility: Literal["public", "friends", "private"] = "friends"
-    media_duration_s: float | None = Field(None, ge=0, le=24 * 3600)
-    media_vector: list[float] | None = Field(None, max_length=1024)
+    media_duration_s: float | None = Field(
+        None, ge=0, le=24 * 3600, description="Required for a video (the contract's rule)."
+    )
+    media_vector: list[Annotated[float, Field(ge=-schema.FLOAT32_MAX, le=schema.FLOAT32_MAX)]] | None = Field(
+        None, max_length=1024
+    )
 
 
 class PostOut(BaseModel):
@@ -100,20 +159,73 @@ class PostOut(BaseModel):
     created_at: str
 
 
+def _printable(value: Any) -> str:
+    """A short, encodable rendering of a location part or message (input is never echoed whole)."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…"
+
+
+def problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """The 422 body's ``detail``: each problem's location, message and type, without the input."""
+    out = []
+    for e in list(errors)[:MAX_PROBLEMS]:
+        loc = [part if isinstance(part, int) else _printable(part) for part in e.get("loc", ())]
+        out.append({"loc": loc, "msg": _printable(e.get("msg", "")), "type": _printable(e.get("type", ""))})
+    if len(errors) > MAX_PROBLEMS:
+        out.append({"loc": [], "msg": f"and {len(errors) - MAX_PROBLEMS} more problem(s)", "type": "more"})
+    return out
+
+
+class AuthFirst:
+    """ASGI middleware: a request to a user route (``/feed/…``, ``/events``, ``/posts``) needs a valid
+    bearer token before anything else happens — a missing, forged or expired one is 401 without its
+    body being read or its parameters parsed. Which user the token may act for is the route's business."""
+
+    ROUTES = ("/feed/", "/events", "/posts")
+
+    def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"].removeprefix(scope.get("root_path", "").rstrip("/"))
+            if path.startswith(self.ROUTES):
+                header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+                try:
+                    self.auth.viewer(header.decode("latin-1") if header is not None else None)
+                except AuthError as e:
+                    await _auth_response(e)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _auth_response(e: AuthError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
+
+
 def create_api(
-    service: FeedService, auth: TokenAuth, health: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    service: FeedService,
+    auth: TokenAuth,
+    health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The FastAPI app over ``service``; ``health`` reports the served model versions."""
     api = FastAPI(
         title="ray-feed",
         summary="A personalized home feed: friends' recent posts ranked by a multitask model.",
         version="1",
+        max_body_size=service.cfg.feed.max_body_bytes,
     )
+    api.add_middleware(AuthFirst, auth=auth)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": problems(e.errors())}, status_code=422)
 
     @api.exception_handler(AuthError)
     async def _auth_error(_: Request, e: AuthError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
+        return _auth_response(e)
 
     @api.exception_handler(FeedError)
     async def _feed_error(_: Request, e: FeedError) -> JSONResponse:
@@ -123,9 +235,9 @@ def create_api(
     async def feed(
         background: BackgroundTasks,
         response: Response,
-        user_id: Annotated[int, Path(ge=0, description="The viewer; must match the token.")],
+        user_id: Annotated[int, Path(ge=0, le=INT64_MAX, description="The viewer; must match the token.")],
         limit: Annotated[
-            int | None, Query(ge=1, description="Items per page (capped by feed.max_limit).")
+            int | None, Query(ge=1, le=INT64_MAX, description="Items per page (capped by feed.max_limit).")
         ] = None,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
         authorization: Annotated[str | None, Header()] = None,

@@ -82,6 +82,9 @@ class FeedConfig(StrictConfig, frozen=True):
     snippet_chars: int = Field(160, ge=10)
     value_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_VALUE_WEIGHTS))
     max_events_per_request: int = Field(500, ge=1)
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="A larger request body is 413 before it is parsed (500 events fit)."
+    )
     max_event_age_s: float = Field(7 * 86400, gt=0, description="Older events are rejected.")
     max_clock_skew_s: float = Field(300, ge=0, description="Events this far in the future are accepted.")
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -38,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from models.tasks import TASKS, value_score
-from serve.config import FeedConfig, ServeConfig
+from pipelines.ingest.rules import Rules
+from serve.config import ServeConfig
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
 from serve.ranking import CHRONOLOGICAL, arm_of
@@ -61,10 +64,13 @@ from serve.records import (
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
 from serve.retrieval import Candidates, retrieve, visible
 from serve.store import OnlineStore
+from serve.validation import ImpressionSigner, contract_problems, references
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[ScoreRequest], Awaitable[Scores]]
+#: At most this many problems are listed in a 422.
+MAX_PROBLEMS = 50
 #: One problem of a rejected event batch: ``{"index": i, "field": name, "error": message}`` (the 422 body).
 Problem = dict[str, int | str]
 
@@ -131,16 +137,10 @@ def _why(signals: dict[str, np.ndarray], j: int, tags: tuple[str, ...], fallback
     return "From your friend"
 
 
-def _event_problems(e: ClientEvent, now: float, cfg: FeedConfig) -> list[tuple[str, str]]:
-    """(field, message) for what is wrong with one event apart from its post and its id."""
+def _event_problems(e: ClientEvent) -> list[tuple[str, str]]:
+    """(field, message) for what the API asks of one event beyond the contract (which checks times,
+    references and ranges: :mod:`serve.validation`)."""
     out = []
-    at_s = e.at_s(now)
-    if at_s > now + cfg.max_clock_skew_s:
-        out.append(("at", "in the future"))
-    elif at_s < now - cfg.max_event_age_s:
-        out.append(("at", f"older than {cfg.max_event_age_s:.0f} s"))
-    if e.type == "view" and e.dwell_ms is None:
-        out.append(("dwell_ms", "a view needs dwell_ms"))
     if e.type not in ("view",) and e.dwell_ms is not None:
         out.append(("dwell_ms", "only a view carries dwell_ms"))
     if e.type == "impression" and (e.impression_id is None or e.request_id is None or e.position is None):
@@ -149,12 +149,12 @@ def _event_problems(e: ClientEvent, now: float, cfg: FeedConfig) -> list[tuple[s
 
 
 def _event_record(viewer: int, e: ClientEvent, event_id: str, now: float) -> Engagement | ReportedImpression:
-    """The log record of a validated event."""
+    """The log record of an event (a reported impression's id is its impression id)."""
     ms = int(e.at_s(now) * 1000)
     if e.type == "impression":
-        assert e.request_id is not None  # validated by _event_problems
-        assert e.position is not None
-        return ReportedImpression(event_id, e.request_id, viewer, e.post_id, ms, e.position)
+        return ReportedImpression(
+            e.impression_id or event_id, e.request_id or "", viewer, e.post_id, ms, e.position or 0
+        )
     return Engagement(event_id, viewer, e.post_id, e.impression_id, e.type, ms, e.dwell_ms)
 
 
@@ -171,8 +171,10 @@ class FeedService:
     failure or timeout reverse-chronological with ``fallback``; the chronological holdout arm skips it) →
     re-ranking (:func:`serve.reranking.rerank`) → the page and a signed cursor to the next → the served
     impressions, which the caller hands to :meth:`log_impressions` once the response is sent. A cursor's
-    page resumes the kept list and ranks nothing. :meth:`events` validates a whole batch and stores all of it
-    or none; :meth:`create_post` embeds the text and stores the post. Both write through :meth:`publish`:
+    page resumes the kept list and ranks nothing. Impression ids are signed with their viewer and post.
+    :meth:`events` validates a whole batch (the ingest contract's rules, :mod:`serve.validation`) and
+    stores all of it or none, each event id once; :meth:`create_post` checks the post by the same rules,
+    embeds the text and stores it. Both write through :meth:`publish`:
     durably to the serving log, then to this replica's store (other replicas learn it from the log, or at
     once through Redis).
 
@@ -207,9 +209,11 @@ class FeedService:
         self.metrics = metrics
         self._encode_text = encode_text
         self._pages: OrderedDict[str, Ranked] = OrderedDict()
-        self._cursor_key = hashlib.sha256(
-            b"cursor:" + (cfg.auth.secret or os.environ.get(cfg.auth.secret_env, "")).encode()
-        ).digest()
+        secret = (cfg.auth.secret or os.environ.get(cfg.auth.secret_env, "")).encode()
+        self._cursor_key = hashlib.sha256(b"cursor:" + secret).digest()
+        self._signer = ImpressionSigner(secret)  # every replica signs alike
+        self._claims = threading.Lock()
+        self._pending: set[str] = set()  # record ids being written by a request of this replica
 
     # ------------------------------------------------------------------------------------------- reads
     async def feed(self, viewer: int, limit: int | None, cursor: str | None) -> FeedResult:
@@ -260,7 +264,7 @@ class FeedService:
                     why=_why(ranked.signals, k, ranked.tags[k], newest_first),
                     tags=list(ranked.tags[k]),
                     position=k,
-                    impression_id=f"{ranked.request_id}:{k}",
+                    impression_id=self._signer.sign(ranked.request_id, k, ranked.viewer, int(pid)),
                 )
             )
         return items
@@ -362,20 +366,27 @@ class FeedService:
         return f"{body}.{sig}"
 
     def _resume(self, viewer: int, cursor: str) -> tuple[Ranked, int]:
+        """The kept list and the offset a cursor points at: 400 unless it is one this feed signed, of
+        the shape it signs (``[viewer, request id, offset]``, offset ≥ 0); 403 another user's; 410 gone."""
         try:
             body, sig = cursor.rsplit(".", 1)
             good = hmac.new(self._cursor_key, body.encode(), hashlib.sha256).hexdigest()[:32]
-            if not hmac.compare_digest(sig, good):
+            if not hmac.compare_digest(sig.encode(), good.encode()):
                 raise ValueError("bad signature")
-            owner, request_id, offset = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except (ValueError, TypeError) as e:
+            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            owner, request_id, offset = payload
+            if not (type(owner) is int and type(request_id) is str and type(offset) is int and offset >= 0):
+                raise ValueError("bad fields")
+        except (ValueError, TypeError, UnicodeError) as e:
             raise FeedError(400, f"invalid cursor ({e})") from None
         if owner != viewer:
             raise FeedError(403, "this cursor belongs to another user")
         ranked = self._pages.get(request_id)
         if ranked is None or time.time() - ranked.created > self.cfg.feed.cursor_ttl_s:
             raise FeedError(410, "this cursor has expired; request the feed again without a cursor")
-        return ranked, int(offset)
+        if offset > len(ranked.post_ids):
+            raise FeedError(400, "invalid cursor (offset past the end)")
+        return ranked, offset
 
     def _remember(self, ranked: Ranked) -> None:
         self._pages[ranked.request_id] = ranked
@@ -408,55 +419,100 @@ class FeedService:
             self.store.apply(rows)
 
     def events(self, viewer: int, events: Sequence[ClientEvent]) -> EventsAccepted:
-        """Validate a whole batch; store all of it or none (422 with every problem)."""
+        """Validate a whole batch (422 with every problem, nothing stored); store what is new, once.
+
+        An event whose id this feed has stored before (``event_id``, or a reported impression's
+        ``impression_id``) is acknowledged in ``duplicates`` and not stored again: ids are claimed under a
+        lock against this replica's concurrent requests and checked against the online store, which
+        holds every record since the snapshot, this replica's and (through the log or Redis) the others'.
+        """
         if not self.store.has_user(viewer):
             raise FeedError(404, f"unknown user {viewer}")
         if len(events) > self.cfg.feed.max_events_per_request:
             raise FeedError(413, f"at most {self.cfg.feed.max_events_per_request} events per request")
         now = self.clock.now()
-        problems, event_ids = self._check_events(viewer, events, now)
+        event_ids = [
+            e.event_id or (e.impression_id if e.type == "impression" else None) or uuid.uuid4().hex
+            for e in events
+        ]
+        records = [_event_record(viewer, e, i, now) for e, i in zip(events, event_ids, strict=True)]
+        problems = self._check_events(viewer, events, event_ids, records, now)
         if problems:
             self.metrics.event("rejected", len(events))
             raise FeedError(
-                422, {"message": f"{len(problems)} problem(s); nothing was stored", "errors": problems}
+                422,
+                {
+                    "message": f"{len(problems)} problem(s); nothing was stored",
+                    "errors": problems[:MAX_PROBLEMS],  # the first ones: a short answer to a huge batch
+                },
             )
-        records = [_event_record(viewer, e, i, now) for e, i in zip(events, event_ids, strict=True)]
-        self.publish(records)
-        self.metrics.event("accepted", len(records))
-        return EventsAccepted(accepted=len(records), event_ids=event_ids)
+        rows = [r.log_record() for r in records]
+        with self._claims:
+            ids = [row["id"] for row in rows]
+            stored = self.store.applied(ids)
+            taken = [bool(old) or i in self._pending for i, old in zip(ids, stored, strict=True)]
+            fresh = [r for r, t in zip(records, taken, strict=True) if not t]
+            claimed = {i for i, t in zip(ids, taken, strict=True) if not t}
+            self._pending |= claimed
+        try:
+            self.publish(fresh)
+        finally:
+            with self._claims:
+                self._pending -= claimed
+        duplicates = [i for i, t in zip(event_ids, taken, strict=True) if t]
+        self.metrics.event("accepted", len(fresh))
+        if duplicates:
+            self.metrics.event("duplicate", len(duplicates))
+        return EventsAccepted(accepted=len(fresh), event_ids=event_ids, duplicates=duplicates)
 
     def _check_events(
-        self, viewer: int, events: Sequence[ClientEvent], now: float
-    ) -> tuple[list[Problem], list[str]]:
-        """Every problem of the batch, in event order, and each event's id (its own, or a new one)."""
-        post_problems = self._post_problems(viewer, events, now)
-        problems: list[Problem] = []
-        event_ids: list[str] = []
-        taken: set[str] = set()
-        for i, e in enumerate(events):
-            found = [*post_problems[i], *_event_problems(e, now, self.cfg.feed)]
-            event_id = e.event_id or (e.impression_id if e.type == "impression" else None) or uuid.uuid4().hex
-            if event_id in taken:
-                found.append(("event_id", f"duplicate id {event_id!r} in this request"))
-            taken.add(event_id)
-            event_ids.append(event_id)
-            problems += [{"index": i, "field": field, "error": msg} for field, msg in found]
-        return problems, event_ids
-
-    def _post_problems(
-        self, viewer: int, events: Sequence[ClientEvent], now: float
-    ) -> list[list[tuple[str, str]]]:
-        """Per event: the problem with its post (unknown, or not visible to the viewer), if any."""
+        self,
+        viewer: int,
+        events: Sequence[ClientEvent],
+        event_ids: Sequence[str],
+        records: Sequence[Engagement | ReportedImpression],
+        now: float,
+    ) -> list[Problem]:
+        """Every problem of the batch, in event order: the contract's rules on the records it would store
+        (:mod:`serve.validation`), the post's visibility, the API's own rules and repeated ids."""
         post_ids = np.array([e.post_id for e in events], np.int64)
-        post = self.store.posts(post_ids, ("author_id", "visibility", "deleted_s"))
+        post = self.store.posts(post_ids, ("author_id", "visibility", "deleted_s", "created_s"))
+        found = np.asarray(post["found"], bool)
+        owned = [  # impressions this feed served to this viewer for this post (signed ids)
+            (e.impression_id, viewer, e.post_id)
+            for e in events
+            if e.impression_id is not None and self._signer.verify(e.impression_id, viewer, e.post_id)
+        ]
+        refs = references([viewer], post_ids[found], post["created_s"][found], owned)
+        rules = Rules(
+            min_ts_ms=int((now - self.cfg.feed.max_event_age_s) * 1000),
+            max_ts_ms=int((now + self.cfg.feed.max_clock_skew_s) * 1000),
+        )
+        contract = contract_problems([r.log_record() for r in records], refs, rules)
+        visibility = self._visibility(viewer, events, post, now)
+        owned_ids = {i for i, _, _ in owned}
+        problems: list[Problem] = []
+        taken: set[str] = set()
+        for i, (e, event_id) in enumerate(zip(events, event_ids, strict=True)):
+            found_i = [*contract[i], *visibility[i], *_event_problems(e)]
+            if e.type == "impression" and e.impression_id is not None and e.impression_id not in owned_ids:
+                found_i.append(("impression_id", "not an impression this feed served to this viewer"))
+            if event_id in taken:
+                found_i.append(("event_id", f"duplicate id {event_id[:64]!r} in this request"))
+            taken.add(event_id)
+            problems += [{"index": i, "field": field, "error": msg} for field, msg in dict.fromkeys(found_i)]
+        return problems
+
+    def _visibility(
+        self, viewer: int, events: Sequence[ClientEvent], post: dict[str, np.ndarray], now: float
+    ) -> list[list[tuple[str, str]]]:
+        """Per event: whether its (known) post is visible to the viewer; unknown posts are the contract's."""
         friends, since = self.store.friends(viewer)
         friend_set = set(friends[since < now].tolist())
         blocked = set(self.store.blocked_with(viewer).tolist())
         out: list[list[tuple[str, str]]] = []
         for i, e in enumerate(events):
-            if not post["found"][i]:
-                out.append([("post_id", f"unknown post {e.post_id}")])
-            elif not visible(
+            if post["found"][i] and not visible(
                 viewer,
                 int(post["author_id"][i]),
                 str(post["visibility"][i]),
@@ -476,8 +532,7 @@ class FeedService:
             raise FeedError(503, "this replica does not accept posts (no text encoder)")
         now = self.clock.now()
         post_id = (int(time.time() * 1000) << 20) | int.from_bytes(os.urandom(3), "little") & 0xFFFFF
-        emb = self._encode_text([post.text or ""])[0]
-        record = NewPost(
+        draft = NewPost(  # checked by the contract before the text is embedded
             post_id=post_id,
             author_id=author,
             created_at_ms=int(now * 1000),
@@ -487,8 +542,22 @@ class FeedService:
             visibility=post.visibility,
             media_duration_s=post.media_duration_s,
             media_vector=post.media_vector,
-            text_emb=[float(x) for x in emb],
+            text_emb=[],
         )
+        rules = Rules(int((now - 60) * 1000), int((now + 60) * 1000))
+        (problems,) = contract_problems(
+            [draft.log_record()], references([author], np.zeros(0), np.zeros(0)), rules
+        )
+        if problems:
+            raise FeedError(
+                422,
+                {
+                    "message": f"{len(problems)} problem(s); nothing was stored",
+                    "errors": [{"field": f, "error": m} for f, m in dict.fromkeys(problems)],
+                },
+            )
+        emb = self._encode_text([post.text or ""])[0]
+        record = dataclasses.replace(draft, text_emb=[float(x) for x in emb])
         self.publish([record])
         return PostCreated(post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat())
 

@@ -242,8 +242,9 @@ class ClientEvent:
 class EventsAccepted:
     """The answer to an accepted ``POST /events``: every event stored, with its id."""
 
-    accepted: int
-    event_ids: list[str]
+    accepted: int  # stored by this request
+    event_ids: list[str]  # every event's, in request order
+    duplicates: list[str]  # ids stored before: acknowledged, not stored again
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,13 @@ class RedisStore:
         pipe.execute()
         return len(fresh)
 
+    def applied(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each record id has been claimed (``rec:<id>``, by any replica on any node)."""
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.exists(f"{self.k}rec:{i}")
+        return [bool(n) for n in pipe.execute()]
+
     def _add_posts(self, records: list[LogRecord]) -> None:
         like = {
             name: np.zeros((0, *shape), object if dtype == "str" else np.dtype(dtype))

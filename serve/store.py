@@ -102,6 +102,10 @@ class OnlineStore(Protocol):
 
     def apply(self, records: list[LogRecord]) -> int: ...
 
+    def applied(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each record id has been applied (idempotent writes: stored once)."""
+        ...
+
     def sample(self, n: int) -> tuple[int, np.ndarray]: ...
 
 
@@ -388,6 +392,12 @@ class EmbeddedStore:
                             (r["viewer_id"], r["at_ms"] / 1000.0)
                         )
         return n
+
+    def applied(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each record id has been applied here (live records since the snapshot: this replica's
+        and, through the log, every other's)."""
+        with self._lock:
+            return [i in self._live.applied for i in ids]
 
     def _author_of(self, post_ids: np.ndarray) -> np.ndarray:
         """Author of each post; -1 for posts the store does not know."""

@@ -37,6 +37,8 @@ MAX_AGE: Final = 120
 MAX_DWELL_MS: Final = 30 * 60 * 1000
 MAX_TOPICS_PER_POST: Final = 8
 MAX_TEXT_CHARS: Final = 20_000
+#: The largest finite float32: a float column's value beyond it would be stored as infinity.
+FLOAT32_MAX: Final = 3.4028234663852886e38
 
 USERS: Final = pa.schema(
     [

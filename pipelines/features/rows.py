@@ -126,8 +126,9 @@ def read_clean(clean: Path, name: str, columns: list[str] | None = None, where: 
 def attach_labels(imps: pa.Table, eng: pa.Table, cfg: FeaturesConfig) -> pd.DataFrame:
     """Per impression: binary labels, dwell_ms and skip, from the engagements attributed to it.
 
-    An engagement names its impression when the client logged it; otherwise it is credited to the latest
-    earlier impression of the same (viewer, post) within ``attribution_window_s``.
+    An engagement names its impression when the client logged it (and counts only if that impression is
+    of the same viewer and post); otherwise it is credited to the latest earlier impression of the same
+    (viewer, post) within ``attribution_window_s``.
     """
     df = pd.DataFrame(
         {
@@ -161,7 +162,9 @@ def attach_labels(imps: pa.Table, eng: pa.Table, cfg: FeaturesConfig) -> pd.Data
         )
         matched = matched.drop(columns=["impression_id_evt"])
         e = pd.concat([e[known], matched[e.columns]], ignore_index=True)
-    e = e[e["impression_id"].isin(df["impression_id"])]
+    # Labels join on (impression, viewer, post): an event citing another viewer's impression, or one of
+    # another post, writes no label (ingest quarantines those as impression_mismatch already).
+    e = e.merge(df[["impression_id", "viewer_id", "post_id"]], on=["impression_id", "viewer_id", "post_id"])
     for label in ("click", "like", "comment", "share", "report"):
         hit = set(e.loc[e["type"] == label, "impression_id"])
         df[label] = df["impression_id"].isin(hit).astype(np.int8)

@@ -35,6 +35,15 @@ def hash_strings(values: Any) -> np.ndarray:
     return np.asarray(pd.util.hash_array(arr, categorize=False), dtype=np.uint64)
 
 
+def impression_keys(impression_ids: Any, viewer_ids: Any, post_ids: Any) -> np.ndarray:
+    """Stable 64-bit hashes of (impression, viewer, post): what an engagement citing an impression must
+    match (one user cannot label another user's impression, nor an impression of another post)."""
+    ids = np.asarray(impression_ids, dtype=object)
+    viewers = np.asarray(viewer_ids, dtype=np.int64)
+    posts = np.asarray(post_ids, dtype=np.int64)
+    return hash_strings([f"{i}\x00{v}\x00{p}" for i, v, p in zip(ids, viewers, posts, strict=True)])
+
+
 def _sorted_member(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     if len(sorted_ids) == 0:
         return np.zeros(len(values), dtype=bool)
@@ -50,6 +59,8 @@ class References:
     post_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     post_created_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     impression_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    #: :func:`impression_keys` of the same impressions (sorted).
+    impression_owners: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     def post_created(self, post_ids: np.ndarray) -> np.ndarray:
         """created_at (ms) of known posts; meaningless where the post is unknown."""
@@ -136,7 +147,7 @@ def _to_int(s: pd.Series, dtype: pa.DataType) -> tuple[pd.Series, np.ndarray]:
 
 def _to_float(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     num = s if pd.api.types.is_float_dtype(s) else pd.to_numeric(s.where(_present(s), None), errors="coerce")
-    ok = num.notna() & np.isfinite(num.fillna(0))
+    ok = num.notna() & (np.abs(num.fillna(0)) <= schema.FLOAT32_MAX)  # finite, and finite as float32
     return num.where(ok).astype("Float64"), ok.to_numpy()
 
 
@@ -199,7 +210,7 @@ def _to_list(s: pd.Series, item: pa.DataType) -> tuple[pd.Series, np.ndarray]:
             assert items is not None
             if numeric:
                 vals = [float(x) for x in items]
-                if not all(math.isfinite(x) for x in vals):
+                if not all(abs(x) <= schema.FLOAT32_MAX for x in vals):  # NaN fails this too
                     raise ValueError(v)
                 out.append(vals)
             else:
@@ -261,8 +272,11 @@ class _Columns:
             (nn & (v > self.rules.max_ts_ms), f"in_future:{col}"),
         ]
 
+    def is_known(self, col: str, ids: np.ndarray) -> np.ndarray:
+        return self.notnull(col) & _sorted_member(ids, self.arr(col))
+
     def known(self, col: str, ids: np.ndarray, what: str) -> Failure:
-        return (self.notnull(col) & ~_sorted_member(ids, self.arr(col)), f"unknown_{what}:{col}")
+        return (self.notnull(col) & ~self.is_known(col, ids), f"unknown_{what}:{col}")
 
     def before_post(self, col: str) -> Failure:
         """Rows whose known post was created after ``col``."""
@@ -335,8 +349,13 @@ def _engagement_rules(k: _Columns) -> list[Failure]:
     imp = c["impression_id"]
     has_imp = imp.notna().to_numpy()
     imp_known = np.ones(len(imp), dtype=bool)
+    imp_owned = np.ones(len(imp), dtype=bool)
     if has_imp.any():
         imp_known[has_imp] = _sorted_member(k.refs.impression_hashes, hash_strings(imp[has_imp].to_numpy()))
+        owners = impression_keys(
+            imp[has_imp].to_numpy(), k.arr("viewer_id")[has_imp], k.arr("post_id")[has_imp]
+        )
+        imp_owned[has_imp] = _sorted_member(k.refs.impression_owners, owners)
     return [
         k.known("viewer_id", k.refs.user_ids, "user"),
         k.known("post_id", k.refs.post_ids, "post"),
@@ -346,6 +365,16 @@ def _engagement_rules(k: _Columns) -> list[Failure]:
         (is_view & ~k.notnull("dwell_ms"), "missing:dwell_ms"),
         (k.notnull("dwell_ms") & ((dwell < 0) | (dwell > schema.MAX_DWELL_MS)), "out_of_range:dwell_ms"),
         (has_imp & ~imp_known, "unknown_impression:impression_id"),
+        # a known impression of another viewer or another post: its labels are not this event's to write
+        # (rows whose viewer or post is unknown already say so)
+        (
+            has_imp
+            & imp_known
+            & ~imp_owned
+            & k.is_known("viewer_id", k.refs.user_ids)
+            & k.is_known("post_id", k.refs.post_ids),
+            "impression_mismatch",
+        ),
     ]
 
 

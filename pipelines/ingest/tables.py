@@ -28,6 +28,7 @@ from pipelines.ingest.rules import (
     Rules,
     dedup_group,
     hash_strings,
+    impression_keys,
     select_status,
     to_clean,
     validate_batch,
@@ -261,6 +262,10 @@ def next_references(refs: References, table: Table, clean_dir: Path) -> Referenc
         order = np.argsort(ids)
         return References(refs.user_ids, ids[order], created[order])
     if table.name == "impressions":
-        ids = read_table(clean_dir, table.schema, ["impression_id"]).column("impression_id").to_pylist()
-        return References(refs.user_ids, refs.post_ids, refs.post_created_ms, np.sort(hash_strings(ids)))
+        t = read_table(clean_dir, table.schema, ["impression_id", "viewer_id", "post_id"])
+        ids = t.column("impression_id").to_pylist()
+        owners = impression_keys(ids, t.column("viewer_id").to_numpy(), t.column("post_id").to_numpy())
+        return References(
+            refs.user_ids, refs.post_ids, refs.post_created_ms, np.sort(hash_strings(ids)), np.sort(owners)
+        )
     return refs

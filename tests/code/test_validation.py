@@ -8,7 +8,15 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.common import schema
-from pipelines.ingest.rules import References, Rules, dedup_group, hash_strings, select_status, validate_batch
+from pipelines.ingest.rules import (
+    References,
+    Rules,
+    dedup_group,
+    hash_strings,
+    impression_keys,
+    select_status,
+    validate_batch,
+)
 
 RULES = Rules(min_ts_ms=946684800000, max_ts_ms=1_900_000_000_000)
 REFS = References(
@@ -16,6 +24,7 @@ REFS = References(
     post_ids=np.array([10, 11], dtype=np.int64),
     post_created_ms=np.array([1_700_000_000_000, 1_700_000_000_000], dtype=np.int64),
     impression_hashes=np.sort(hash_strings(["i1"])),
+    impression_owners=np.sort(impression_keys(["i1"], [1], [10])),  # i1: viewer 1 was shown post 10
 )
 
 
@@ -101,6 +110,40 @@ def test_engagement_rules() -> None:
     assert r[6] is not None
     assert "before_post_created" in r[6]
     assert "missing:dwell_ms" in r[6]
+
+
+def test_an_engagement_must_cite_an_impression_of_its_own_viewer_and_post() -> None:
+    t = "2024-01-01T00:00:00Z"
+    batch = pa.table(
+        {
+            "event_id": ["own", "other-viewer", "other-post"],
+            "viewer_id": [1, 2, 1],
+            "post_id": [10, 10, 11],
+            "impression_id": ["i1", "i1", "i1"],
+            "type": ["like", "like", "like"],
+            "at": [t, t, t],
+            "dwell_ms": [None, None, None],
+        }
+    )
+    out = validate_batch(batch, schema.TABLES["engagements"], "parquet", REFS, RULES)
+    assert _reasons(out) == [None, "impression_mismatch", "impression_mismatch"]
+
+
+def test_floats_must_be_finite_as_float32() -> None:
+    batch = pa.table(
+        {
+            "post_id": [1, 2],
+            "author_id": [1, 1],
+            "created_at": ["2024-01-01T00:00:00Z"] * 2,
+            "modality": ["image", "video"],
+            "text": ["a", "b"],
+            "visibility": ["public", "public"],
+            "media_vector": [[1.0, 1e39], [1.0, 2.0]],
+            "media_duration_s": [None, 1e39],
+        }
+    )
+    out = validate_batch(batch, schema.TABLES["posts"], "parquet", REFS, RULES)
+    assert _reasons(out) == ["bad_type:media_vector", "bad_type:media_duration_s; missing:media_duration_s"]
 
 
 def test_posts_lists_parse_from_text_and_video_needs_duration() -> None:
