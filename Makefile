@@ -3,7 +3,8 @@
 #   make demo         the main job: local cluster + MLflow server, stages as Ray jobs, the feed deployed
 #   make demo-local   the same in one process (local Ray, embedded MLflow store)
 #   make test         lint + type check + the whole test suite
-#   make bench        figures for bench/RESULTS.md (bench-online: the simulated A/B, after make demo)
+#   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/B;
+#                     bench-chaos, a replica killed under load)
 #   make simulate     simulated users against the deployed feed (after make demo)
 #   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
 #   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
@@ -26,7 +27,7 @@ UV_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-byteco
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate retrain bench-online test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-chaos test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,12 @@ $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	# torchrec's metadata asks for the CUDA fbgemm-gpu: install it without deps (its pure-Python
 	# requirements are in requirements/base.txt).
 	$(UV_INSTALL) --no-deps torchrec==1.8.0
+	# HAProxy in front of the feed's replicas (serve/runtime.py): retries what a dying replica dropped.
+	# A system package: installed with apt where this runs as root, else say how.
+	@command -v haproxy >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null 2>&1; }; }; } || \
+		echo "NOTE: haproxy is not installed (apt install haproxy): the feed runs behind Ray's Python proxy, and a replica crash fails its in-flight requests"
 	@rm -f $(VENV)/.installed-cpu $(VENV)/.installed-gpu
 	@touch $@
 
@@ -92,6 +99,9 @@ retrain: $(STAMP)
 
 bench-online: $(STAMP)
 	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --out bench/RESULTS.md
+
+bench-chaos: $(STAMP)
+	$(PY) -m bench.replica_kill --data-dir $(DATA_DIR) --out bench/RESULTS.md
 
 up: $(STAMP)
 	$(PY) -m cluster.local up --workers $(WORKERS) --data-dir $(DATA_DIR) $(if $(filter 1,$(REDIS)),--redis,)

@@ -98,14 +98,17 @@ def venv_bin(name: str) -> str:
     return found
 
 
-def node_env(spec: ClusterSpec, client_env: dict[str, str], jwt_secret: str) -> dict[str, str]:
-    """The environment every Ray node (and so every job and replica) starts with."""
+def node_env(
+    spec: ClusterSpec, client_env: dict[str, str], jwt_secret: str, state_dir: Path | None = None
+) -> dict[str, str]:
+    """The environment every Ray node (and so every job and replica) starts with (HAProxy's files in
+    ``state_dir/haproxy``)."""
     from serve.runtime import ray_serve_env
 
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {
         **client_env,
-        **ray_serve_env(),
+        **ray_serve_env(state_dir=state_dir / "haproxy" if state_dir else None),
         "PYTHONPATH": path,
         "MLFLOW_TRACKING_URI": spec.mlflow_url,
         "FEED_JWT_SECRET": jwt_secret,
@@ -313,7 +316,7 @@ class LocalCluster:
         _wait_port(spec.redis_port, "redis-server", 30, proc)
 
     def _ray(self, spec: ClusterSpec) -> None:
-        env = node_env(spec, self.client_env(), self.jwt_secret())
+        env = node_env(spec, self.client_env(), self.jwt_secret(), self.state_dir)
         ray = venv_bin("ray")
         if not _port_open(spec.gcs_port):
             head = [

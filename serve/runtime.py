@@ -9,30 +9,71 @@ Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime
   Serve proxy, which on a 2-core machine cost ~14 ms and a third of the throughput per feed (see
   bench/RESULTS.md); it also runs user code on the replica's event loop and uses gRPC between
   deployments.
-- With an ``haproxy`` binary (``apt install haproxy``; or ``RAY_SERVE_HAPROXY_BINARY_PATH``), HAProxy takes
-  the Serve HTTP port and balances over the replicas' direct ports (``RAY_SERVE_ENABLE_HA_PROXY=1``).
-  Without it the Python proxy still answers on the Serve HTTP port (slower), and each replica's own port
-  is the fast path.
+- With an ``haproxy`` binary (``apt install haproxy``, which ``make setup`` does where it can; or
+  ``RAY_SERVE_HAPROXY_BINARY_PATH``), HAProxy takes the Serve HTTP port and balances over the replicas'
+  direct ports (``RAY_SERVE_ENABLE_HA_PROXY=1``). It is also what keeps the feed up when a replica dies:
+  a request whose replica refused the connection or closed it without an answer is sent to another one
+  (``retry-on conn-failure empty-response``, 3 retries, ``option redispatch``), and live traffic marks a
+  dead replica down at once. Without it the Python proxy still answers on the Serve HTTP port (slower, and
+  a dying replica's in-flight requests fail), and each replica's own port is the fast path.
+- HAProxy's files (config, admin socket, server state) go to a directory of their own and its stats and
+  metrics to free ports, so two Ray instances on one machine (a test session and a local cluster) do not
+  share them.
 
-``RAY_SERVE_*`` variables already in the environment win, so any of this can be switched off.
+``RAY_SERVE_*`` policy variables already in the environment win, so any of this can be switched off.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+#: HAProxy's ``retry-on``: a connection refused, or closed with no answer (the replica died mid-request).
+RETRY_ON = "conn-failure empty-response"
+RETRIES = 3
 
 
-def ray_serve_env(drain_s: float | None = None) -> dict[str, str]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_serve_env(drain_s: float | None = None, state_dir: Path | None = None) -> dict[str, str]:
     """The environment variables to start Ray with for serving the feed.
 
     ``drain_s``: how long a stopping ingress replica keeps answering (Ray's default 30 s lets a load
-    balancer notice; tests use less).
+    balancer notice; tests use less). ``state_dir``: where HAProxy keeps its files (default: a new
+    temporary directory).
     """
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    instance: dict[str, str] = {}  # this Ray instance's own files and ports: never inherited
     haproxy = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy")
     if haproxy:
-        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy}
+        env |= {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy,
+            "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
+            "RAY_SERVE_HAPROXY_RETRIES": str(RETRIES),
+        }
+        files = state_dir or Path(tempfile.mkdtemp(prefix="haproxy-serve-"))
+        files.mkdir(parents=True, exist_ok=True)
+        instance = {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        }
     if drain_s is not None:
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    return {k: os.environ.get(k, v) for k, v in env.items()} | instance
+
+
+def haproxy_available() -> bool:
+    """Whether Serve will run behind HAProxy (what survives a replica's death without failed requests)."""
+    return bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy"))

@@ -1,0 +1,63 @@
+"""Chaos: one of two FeedIngress replicas is killed while 8 clients read the feed. Behind HAProxy (as
+deployed: :mod:`serve.runtime`) not one request fails, no second passes without a completed response, and
+Serve brings the replica count back (:mod:`cluster.chaos`, the same code ``python -m cluster.chaos`` runs
+against ``make demo``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.chaos import kill_under_load, running_replicas
+from serve.runtime import haproxy_available
+from serve.store import EmbeddedStore
+from tests.serving.conftest import SECRET, Feed, users_with_feeds
+
+pytestmark = pytest.mark.ray
+
+APP = "chaos"
+
+
+@pytest.fixture
+def two_replicas(feed: Feed, serve_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """The feed as configs/serve.yaml deploys it (ranker in the ingress) with two replicas, at /chaos, over
+    its own copy of the data dir (its serving log is not the other tests' business)."""
+    from ray import serve
+
+    from serve.app import compose
+
+    data = tmp_path / "serving"
+    for sub in ("features", "online"):
+        shutil.copytree(serve_dir / sub, data / sub)
+    shutil.copy(serve_dir / "mlflow.db", data / "mlflow.db")
+    args = {"data_dir": str(data), "auth": {"secret": SECRET}, "ranking": {"placement": "ingress"}}
+    options = [{"name": "FeedIngress", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}}]
+    serve.run(compose(args, options), name=APP, route_prefix=f"/{APP}")
+    deadline = time.time() + 120
+    while running_replicas(APP) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert running_replicas(APP) == 2
+    try:
+        yield f"{feed.base}/{APP}"
+    finally:
+        serve.delete(APP)
+
+
+@pytest.mark.skipif(
+    not haproxy_available(),
+    reason="LOUD SKIP: no haproxy binary (make setup installs it with apt where it can): without HAProxy "
+    "the Python proxy fails a killed replica's in-flight requests",
+)
+def test_killing_a_replica_under_load_fails_no_request(
+    feed: Feed, store: EmbeddedStore, two_replicas: str
+) -> None:
+    users = users_with_feeds(store, 8)
+    report = kill_under_load(two_replicas, users, feed.headers, APP, clients=8, before_s=2.0, after_s=6.0)
+    assert report.requests > 40, report
+    assert report.failed == 0, report
+    assert report.longest_gap_s < 1.0, report
+    assert report.recovery_s is not None, report
