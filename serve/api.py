@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -37,8 +38,12 @@ from serve.feed import FeedError, FeedService
 from serve.records import ClientEvent, PostDraft
 
 INT64_MAX = 2**63 - 1
-#: At most this many problems, each string at most this long, in a 422 body.
-MAX_PROBLEMS, MAX_PROBLEM_CHARS = 20, 200
+#: A 422 body lists problems until this many bytes, each string at most this long.
+MAX_PROBLEM_BYTES, MAX_PROBLEM_CHARS = 1024, 100
+IDEMPOTENCY = (
+    "A key of your choosing per request: sent again (as a load balancer does after a replica died), the "
+    "request stores nothing new. Events without event_id get <key>:<index>; a post's id derives from it."
+)
 
 
 def _unicode(value: str) -> str:
@@ -166,13 +171,18 @@ def _printable(value: Any) -> str:
 
 
 def problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """The 422 body's ``detail``: each problem's location, message and type, without the input."""
-    out = []
-    for e in list(errors)[:MAX_PROBLEMS]:
+    """The 422 body's ``detail``: each problem's location, message and type, without the input, within
+    ``MAX_PROBLEM_BYTES`` (a location can be a key the client made up)."""
+    out: list[dict[str, Any]] = []
+    size = 0
+    for e in errors:
         loc = [part if isinstance(part, int) else _printable(part) for part in e.get("loc", ())]
-        out.append({"loc": loc, "msg": _printable(e.get("msg", "")), "type": _printable(e.get("type", ""))})
-    if len(errors) > MAX_PROBLEMS:
-        out.append({"loc": [], "msg": f"and {len(errors) - MAX_PROBLEMS} more problem(s)", "type": "more"})
+        item = {"loc": loc, "msg": _printable(e.get("msg", "")), "type": _printable(e.get("type", ""))}
+        size += len(json.dumps(item).encode())
+        if out and size > MAX_PROBLEM_BYTES:
+            out.append({"loc": [], "msg": f"and {len(errors) - len(out)} more problem(s)", "type": "more"})
+            break
+        out.append(item)
     return out
 
 
@@ -249,15 +259,25 @@ def create_api(
         return page.response()
 
     @api.post("/events", status_code=202, response_model=EventsOut)
-    def events(body: EventsIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    def events(
+        body: EventsIn,
+        authorization: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[Text | None, Header(max_length=128, description=IDEMPOTENCY)] = None,
+    ) -> dict[str, Any]:
         viewer = auth.viewer(authorization)
-        accepted = service.events(viewer, [ClientEvent(**e.model_dump()) for e in body.events])
-        return dataclasses.asdict(accepted)
+        events = [ClientEvent(**e.model_dump()) for e in body.events]
+        return dataclasses.asdict(service.events(viewer, events, idempotency_key))
 
     @api.post("/posts", status_code=201, response_model=PostOut)
-    def posts(body: PostIn, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    def posts(
+        body: PostIn,
+        authorization: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[Text | None, Header(max_length=128, description=IDEMPOTENCY)] = None,
+    ) -> dict[str, Any]:
         author = auth.viewer(authorization)
-        return dataclasses.asdict(service.create_post(author, PostDraft(**body.model_dump())))
+        return dataclasses.asdict(
+            service.create_post(author, PostDraft(**body.model_dump()), idempotency_key)
+        )
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:

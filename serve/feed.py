@@ -418,13 +418,18 @@ class FeedService:
             self.log.submit(rows).add_done_callback(written)
             self.store.apply(rows)
 
-    def events(self, viewer: int, events: Sequence[ClientEvent]) -> EventsAccepted:
+    def events(
+        self, viewer: int, events: Sequence[ClientEvent], idempotency_key: str | None = None
+    ) -> EventsAccepted:
         """Validate a whole batch (422 with every problem, nothing stored); store what is new, once.
 
-        An event whose id this feed has stored before (``event_id``, or a reported impression's
-        ``impression_id``) is acknowledged in ``duplicates`` and not stored again: ids are claimed under a
-        lock against this replica's concurrent requests and checked against the online store, which
-        holds every record since the snapshot, this replica's and (through the log or Redis) the others'.
+        An event whose id this feed has stored before for this viewer is acknowledged in ``duplicates``
+        and not stored again: ids are claimed under a lock against this replica's concurrent requests and
+        checked against the online store, which holds every record since the snapshot, this replica's and
+        (through the log or Redis) the others'. An event without ``event_id`` gets
+        ``<idempotency_key>:<index>`` when the request has an ``Idempotency-Key`` (a replayed request, e.g.
+        retried by the load balancer after a replica died, is then a duplicate), else a random id. A
+        reported impression of an item the feed served is always a duplicate: the feed logged it already.
         """
         if not self.store.has_user(viewer):
             raise FeedError(404, f"unknown user {viewer}")
@@ -432,8 +437,10 @@ class FeedService:
             raise FeedError(413, f"at most {self.cfg.feed.max_events_per_request} events per request")
         now = self.clock.now()
         event_ids = [
-            e.event_id or (e.impression_id if e.type == "impression" else None) or uuid.uuid4().hex
-            for e in events
+            e.event_id
+            or (e.impression_id if e.type == "impression" else None)
+            or (f"{idempotency_key}:{i}" if idempotency_key else uuid.uuid4().hex)
+            for i, e in enumerate(events)
         ]
         records = [_event_record(viewer, e, i, now) for e, i in zip(events, event_ids, strict=True)]
         problems = self._check_events(viewer, events, event_ids, records, now)
@@ -450,7 +457,10 @@ class FeedService:
         with self._claims:
             ids = [row["id"] for row in rows]
             stored = self.store.applied(ids)
-            taken = [bool(old) or i in self._pending for i, old in zip(ids, stored, strict=True)]
+            taken = [
+                bool(old) or i in self._pending or e.type == "impression"  # served impressions are logged
+                for i, old, e in zip(ids, stored, events, strict=True)
+            ]
             fresh = [r for r, t in zip(records, taken, strict=True) if not t]
             claimed = {i for i, t in zip(ids, taken, strict=True) if not t}
             self._pending |= claimed
@@ -498,7 +508,7 @@ class FeedService:
             if e.type == "impression" and e.impression_id is not None and e.impression_id not in owned_ids:
                 found_i.append(("impression_id", "not an impression this feed served to this viewer"))
             if event_id in taken:
-                found_i.append(("event_id", f"duplicate id {event_id[:64]!r} in this request"))
+                found_i.append(("event_id", "the same id as an earlier event of this request"))
             taken.add(event_id)
             problems += [{"index": i, "field": field, "error": msg} for field, msg in dict.fromkeys(found_i)]
         return problems
@@ -525,13 +535,23 @@ class FeedService:
                 out.append([])
         return out
 
-    def create_post(self, author: int, post: PostDraft) -> PostCreated:
+    def create_post(self, author: int, post: PostDraft, idempotency_key: str | None = None) -> PostCreated:
+        """Check the post by the contract's rules, embed its text, store it. With an ``Idempotency-Key`` the
+        post id is derived from it and the author, so a replayed request stores nothing new."""
         if not self.store.has_user(author):
             raise FeedError(404, f"unknown user {author}")
         if self._encode_text is None:
             raise FeedError(503, "this replica does not accept posts (no text encoder)")
         now = self.clock.now()
-        post_id = (int(time.time() * 1000) << 20) | int.from_bytes(os.urandom(3), "little") & 0xFFFFF
+        if idempotency_key:
+            digest = hmac.new(self._cursor_key, f"post:{author}:{idempotency_key}".encode(), hashlib.sha256)
+            post_id = int.from_bytes(digest.digest()[:8], "little") & ((1 << 62) - 1)
+            if self.store.applied([f"post:{post_id}"])[0]:
+                return PostCreated(
+                    post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
+                )
+        else:
+            post_id = (int(time.time() * 1000) << 20) | int.from_bytes(os.urandom(3), "little") & 0xFFFFF
         draft = NewPost(  # checked by the contract before the text is embedded
             post_id=post_id,
             author_id=author,

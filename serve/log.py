@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serve.records import LogRecord
+from serve.records import LogRecord, engagement_id
 
 if TYPE_CHECKING:
     from serve.store import OnlineStore
@@ -66,7 +66,7 @@ def from_line(kind: str, row: dict[str, Any]) -> LogRecord:
     rec["kind"] = kind
     rec["id"] = {
         "impression": lambda r: r["impression_id"],
-        "engagement": lambda r: r["event_id"],
+        "engagement": lambda r: engagement_id(r["viewer_id"], r["event_id"]),
         "post": lambda r: f"post:{r['post_id']}",
     }[kind](rec)
     return rec

@@ -128,6 +128,12 @@ class ReportedImpression(Impression):
         return {**self._common(), "source": "client"}
 
 
+def engagement_id(viewer_id: int, event_id: str) -> str:
+    """An engagement's record id: event ids are the client's, so they are unique per viewer only (one
+    viewer's id never shadows another's)."""
+    return f"evt:{viewer_id}:{event_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Engagement:
     """A client event other than an impression (log kind ``engagement``)."""
@@ -143,7 +149,7 @@ class Engagement:
     def log_record(self) -> LogRecord:
         return {
             "kind": "engagement",
-            "id": self.event_id,
+            "id": engagement_id(self.viewer_id, self.event_id),
             "event_id": self.event_id,
             "viewer_id": self.viewer_id,
             "post_id": self.post_id,

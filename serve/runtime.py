@@ -14,8 +14,11 @@ Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime
   direct ports (``RAY_SERVE_ENABLE_HA_PROXY=1``). It is also what keeps the feed up when a replica dies:
   a request whose replica refused the connection or closed it without an answer is sent to another one
   (``retry-on conn-failure empty-response``, 3 retries, ``option redispatch``), and live traffic marks a
-  dead replica down at once. Without it the Python proxy still answers on the Serve HTTP port (slower, and
-  a dying replica's in-flight requests fail), and each replica's own port is the fast path.
+  dead replica down at once. Requests are balanced by their path (``balance uri``), so a user's pages
+  come from the replica that keeps their ranked list; a replayed write is stored once when it carries
+  event ids or an ``Idempotency-Key``. Without HAProxy the Python proxy still answers on the Serve HTTP
+  port (slower; a dying replica's in-flight requests fail; with several replicas a next page may land
+  on one that lacks the list: 410), and each replica's own port is the fast path.
 - HAProxy's files (config, admin socket, server state) go to a directory of their own and its stats and
   metrics to free ports, so two Ray instances on one machine (a test session and a local cluster) do not
   share them.
@@ -32,8 +35,14 @@ import tempfile
 from pathlib import Path
 
 #: HAProxy's ``retry-on``: a connection refused, or closed with no answer (the replica died mid-request).
+#: A replayed write is stored once when it carries event ids or an ``Idempotency-Key`` (serve.api).
 RETRY_ON = "conn-failure empty-response"
 RETRIES = 3
+#: A user's requests go to one replica (the path ``/feed/{user}`` hashed): the ranked list behind a
+#: cursor lives in the replica that ranked it, so the next page must find it there.
+BALANCE = "uri"
+#: Longest directory for HAProxy's admin socket (Ray puts it in ``<dir>/<56 hex>/admin.sock``).
+MAX_SOCKET_DIR = 40
 
 
 def _free_port() -> int:
@@ -58,12 +67,15 @@ def ray_serve_env(drain_s: float | None = None, state_dir: Path | None = None) -
             "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy,
             "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
             "RAY_SERVE_HAPROXY_RETRIES": str(RETRIES),
+            "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": BALANCE,
         }
         files = state_dir or Path(tempfile.mkdtemp(prefix="haproxy-serve-"))
         files.mkdir(parents=True, exist_ok=True)
+        # Ray adds a 56-character node directory under the socket's; a Unix socket path has 107 bytes
+        sockets = files if len(str(files)) <= MAX_SOCKET_DIR else Path(tempfile.mkdtemp(prefix="hap-"))
         instance = {
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(sockets / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),

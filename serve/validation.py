@@ -4,9 +4,12 @@ One rule set: a write (client events, a new post) becomes the raw-log lines the 
 it (:func:`serve.log.to_line`), and those lines are validated as ``pipelines.ingest`` will validate them
 later (:func:`pipelines.ingest.rules.validate_batch`), with the references — the users, the posts and
 their creation times, the impressions — drawn from the online store instead of the clean tables, and
-times bounded by the feed's accepted event age and clock skew. A request the feed accepts is therefore
-never quarantined by the next ingest for a contract rule, and its problems carry the quarantine's reasons
-(``unknown_post:post_id``, ``before_post_created``, ``missing:media_duration_s``, …) in words.
+times bounded by the feed's accepted event age and clock skew. A request the feed accepts therefore
+passes the next ingest's row rules, and its problems carry the quarantine's reasons
+(``unknown_post:post_id``, ``before_post_created``, ``missing:media_duration_s``, …) in words. (What
+the next ingest can still quarantine is what no single request can know: a copy of an event stored by two
+replicas at once is a duplicate there, and a served impression whose log write failed leaves its events
+``unknown_impression``.)
 
 Impressions: the feed signs each impression id it serves with the viewer and the post
 (:class:`ImpressionSigner`), so any replica — after a restart too — can tell that an event citing it comes
@@ -77,8 +80,15 @@ class ImpressionSigner:
         return f"{base}:{self._mac(base, viewer, post)}"
 
     def verify(self, impression_id: str, viewer: int, post: int) -> bool:
-        base, _, mac = impression_id.rpartition(":")
-        return bool(base) and hmac.compare_digest(mac, self._mac(base, viewer, post))
+        base, _, mac = impression_id.rpartition(":")  # any text: compared as bytes (str needs ASCII)
+        return bool(base) and hmac.compare_digest(mac.encode(), self._mac(base, viewer, post).encode())
+
+    @staticmethod
+    def base(impression_id: str) -> tuple[str, int] | None:
+        """(request id, position) of a signed id (verify it first)."""
+        base, _, _ = impression_id.rpartition(":")
+        request_id, _, position = base.rpartition(":")
+        return (request_id, int(position)) if request_id and position.isdigit() else None
 
 
 def _field(reason: str, time_column: str | None) -> Problem:

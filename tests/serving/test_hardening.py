@@ -155,6 +155,7 @@ def test_bodies_over_the_cap_are_413_from_length_and_from_the_streamed_bytes(api
         ("/events", b'{"events":[{"type":"\\ud800","post_id":1,"\\udfff":1}]}'),
         ("/events", b'{"events":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
         ("/events", b"not json"),
+        ("/events", '{"events":[{"type":"click","post_id":1,"impression_id":"a:\u00e9:\u00e9"}]}'.encode()),
         ("/posts", b'{"text":"\\ud800"}'),
         ("/posts", b'{"text":"x","media_duration_s":NaN}'),
         ("/posts", b'{"text":"x","media_vector":[Infinity]}'),
@@ -176,6 +177,13 @@ def test_every_422_names_the_field_without_echoing_the_input(api: Api) -> None:
     assert {tuple(p["loc"]) for p in r.json()["detail"]} == {("body", "text"), ("body", "extra")}
     assert "yyyy" not in r.text
     assert "zzzz" not in r.text
+
+
+def test_a_422_stays_short_however_many_made_up_keys(api: Api) -> None:
+    keys = {f"{i}" + "\U0001f600" * 300: 1 for i in range(25)}
+    r = api.raw("/posts", json.dumps({"text": "x", **keys}).encode(), api.headers(api.viewer))
+    _short_client_error(r, 422)
+    assert r.json()["detail"][-1]["type"] == "more"
 
 
 def test_ids_past_int64_in_the_path_or_query_are_422(api: Api) -> None:
@@ -323,6 +331,45 @@ def test_a_resent_event_id_is_acknowledged_and_stored_once_across_restarts(api: 
     out = again.events(api.viewer, [_client_event(event)])
     assert (out.accepted, out.duplicates) == (0, ["e-1"])
     assert _engagement_lines(api.data_dir, "e-1") == 1
+
+
+def test_event_ids_are_per_viewer_one_cannot_shadow_anothers(api: Api) -> None:
+    mine, theirs = _served(api, api.viewer)[0], _served(api, api.other)[0]
+    for user, it in ((api.viewer, mine), (api.other, theirs)):
+        event = {
+            "type": "like",
+            "post_id": it["post_id"],
+            "impression_id": it["impression_id"],
+            "event_id": "x",
+        }
+        r = api.post("/events", user, {"events": [event]})
+        assert (r.status_code, r.json()["accepted"], r.json()["duplicates"]) == (202, 1, [])
+    assert _engagement_lines(api.data_dir, "x") == 2
+
+
+def test_an_idempotency_key_makes_a_replayed_write_store_nothing_new(api: Api) -> None:
+    it = _served(api, api.viewer)[0]
+    body = {"events": [{"type": "click", "post_id": it["post_id"], "impression_id": it["impression_id"]}]}
+    headers = api.headers(api.viewer, **{"Idempotency-Key": "req-1"})
+    answers = [api.client.post("/events", json=body, headers=headers).json() for _ in range(2)]
+    assert [a["accepted"] for a in answers] == [1, 0]
+    assert answers[0]["event_ids"] == answers[1]["event_ids"] == ["req-1:0"]
+    post = {"text": "once", "modality": "text"}
+    created = [api.client.post("/posts", json=post, headers=headers) for _ in range(2)]
+    assert [r.status_code for r in created] == [201, 201]
+    assert created[0].json()["post_id"] == created[1].json()["post_id"]
+    api.service.log.flush()
+    lines = [p for p in (api.data_dir / "raw" / "posts").rglob("*.jsonl") for _ in p.read_text().splitlines()]
+    assert len(lines) == 1
+
+
+def test_a_reported_impression_of_a_served_item_is_a_duplicate(api: Api) -> None:
+    it = _served(api, api.viewer)[0]
+    before = api.stored()
+    report = {"type": "impression", "post_id": it["post_id"], "impression_id": it["impression_id"]}
+    r = api.post("/events", api.viewer, {"events": [{**report, "request_id": "r", "position": 0}]})
+    assert (r.status_code, r.json()["accepted"]) == (202, 0)
+    assert api.stored() == before
 
 
 def test_concurrent_resends_store_once(api: Api) -> None:
