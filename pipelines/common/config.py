@@ -118,6 +118,16 @@ class IngestConfig(StrictConfig):
     )
     max_future_s: int = Field(300, ge=0, description="Timestamps this far past ingest time are rejected.")
     batch_size: int = Field(65536, ge=1, description="Rows per Ray Data validation batch.")
+    max_quarantine_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Ingest fails (exit 2, naming each table's top reasons) when more of a table's rows than "
+        "this are quarantined: a mapping or config problem, not bad rows.",
+    )
+    rows_per_file: int = Field(
+        250_000, ge=1000, description="Target rows per clean file: bounds the files per table and date."
+    )
 
 
 class FeaturesConfig(StrictConfig):

@@ -126,9 +126,13 @@ TABLES: Final = {
         Table("blocks", BLOCKS, ("blocker_id", "blocked_id"), None),
         Table("posts", POSTS, ("post_id",), "created_at"),
         Table("impressions", IMPRESSIONS, ("impression_id",), "served_at"),
-        Table("engagements", ENGAGEMENTS, ("event_id",), "at"),
+        # event ids are the client's: unique per viewer, not across viewers (no one can shadow another's)
+        Table("engagements", ENGAGEMENTS, ("viewer_id", "event_id"), "at"),
     )
 }
+
+#: Tables a network's logs may lack (no friend graph, no blocks): absent or empty folders are empty tables.
+OPTIONAL_TABLES: Final = ("friendships", "blocks")
 
 #: The order ingestion must follow: a table's references point only at tables before it.
 INGEST_ORDER: Final = ("users", "friendships", "blocks", "posts", "impressions", "engagements")

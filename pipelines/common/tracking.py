@@ -33,10 +33,25 @@ MODEL_FILE = "model.pt"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+#: Embedded-store URIs this process pointed MLflow at: ``mlflow.set_tracking_uri`` copies them into
+#: ``MLFLOW_TRACKING_URI``, where they must not pass for a tracking server the user chose.
+_EMBEDDED: set[str] = set()
+
+
+def embedded_uri(data_dir: Path) -> str:
+    """The data directory's own store: ``sqlite:///D/mlflow.db``."""
+    return f"sqlite:///{(data_dir / DB_FILE).resolve()}"
+
+
 def tracking_uri(data_dir: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///D/mlflow.db``."""
+    """``MLFLOW_TRACKING_URI`` if the user set it (a tracking server), else ``sqlite:///D/mlflow.db``."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env or f"sqlite:///{(data_dir / DB_FILE).resolve()}"
+    return env if env and env not in _EMBEDDED else embedded_uri(data_dir)
+
+
+def is_embedded(data_dir: Path) -> bool:
+    """Whether this data directory's runs go to its own store (artifacts then go to ``D/mlartifacts``)."""
+    return tracking_uri(data_dir) == embedded_uri(data_dir)
 
 
 def configure(data_dir: Path) -> str:
@@ -44,6 +59,8 @@ def configure(data_dir: Path) -> str:
     import mlflow
 
     uri = tracking_uri(data_dir)
+    if uri == embedded_uri(data_dir):
+        _EMBEDDED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -86,7 +103,7 @@ def experiment_id(name: str, data_dir: Path) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if is_embedded(data_dir):  # a tracking server keeps artifacts where it was told to
         location = (data_dir / ARTIFACT_DIR / name).resolve().as_uri()
     return str(mlflow.create_experiment(name, artifact_location=location))
 

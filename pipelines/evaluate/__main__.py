@@ -21,7 +21,8 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 def main(
     data_dir: Annotated[Path, typer.Option(help="Data directory holding features/ (and truth/).")],
     model_uri: Annotated[
-        str | None, typer.Option(help="MLflow model URI (default models:/feed-ranker@champion).")
+        str | None,
+        typer.Option(help="MLflow model URI (default: models:/feed-ranker@champion, else @challenger)."),
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A training checkpoint folder instead.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/train.yaml).")] = Path(
@@ -35,7 +36,7 @@ def main(
     setup_logging()
     with exit_on_error():
         cfg = load_config(config, TrainConfig)
-        name, result = run(cfg.evaluate, data_dir, model_uri, checkpoint, out)
+        name, result = run(cfg.evaluate, data_dir, model_uri, checkpoint, out, cfg.registry.model_name)
         typer.echo(
             f"{name} on test split {result.eval_set}: {result.rows} impressions, {result.requests} requests"
         )

@@ -87,6 +87,33 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)  # NaN → null; ±inf → "inf" / "-inf"
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | np.ndarray):
+        return [_finite(x) for x in v]
+    if v is pd.NaT or v is pd.NA:
+        return None
+    return v
+
+
+def strict_json(obj: Any) -> str:
+    """``obj`` as standard JSON: non-finite numbers become null (NaN) or strings (±inf), so a quarantined
+    row's ``raw`` parses anywhere (Python's ``json`` would write ``NaN``)."""
+    return json.dumps(_finite(obj), default=_json_default, allow_nan=False)
+
+
+def _raw_line(line: Any) -> str:
+    """A quarantined JSONL line as standard JSON: the object re-encoded, else the text as a JSON string."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, TypeError):
+        return json.dumps(str(line))
+    return strict_json(obj)
+
+
 def _frame(batch: pa.Table, fmt: str, table: Table) -> tuple[pd.DataFrame, pd.Series, pd.Series, np.ndarray]:
     """Canonical-column frame of raw values, the raw text of each row, its source file, and parse failures."""
     sources = pd.Series(
@@ -215,7 +242,7 @@ def _to_list(s: pd.Series, item: pa.DataType) -> tuple[pd.Series, np.ndarray]:
                 out.append(vals)
             else:
                 out.append([str(x) for x in items])
-        except (ValueError, TypeError, AssertionError, json.JSONDecodeError):
+        except (ValueError, TypeError, OverflowError, AssertionError, json.JSONDecodeError):
             ok[i] = False
             out.append(None)
     return pd.Series(out, index=s.index, dtype=object), ok
@@ -439,7 +466,9 @@ def validate_batch(batch: pa.Table, table: Table, fmt: str, refs: References, ru
     bad = np.array([r is not None for r in reason], dtype=bool)
     if fmt != "jsonl" and bad.any():
         raw_rows = df[bad].to_dict(orient="records")
-        raw.iloc[np.flatnonzero(bad)] = [json.dumps(r, default=_json_default) for r in raw_rows]
+        raw.iloc[np.flatnonzero(bad)] = [strict_json(r) for r in raw_rows]
+    elif bad.any():
+        raw.iloc[np.flatnonzero(bad)] = [_raw_line(raw.iloc[i]) for i in np.flatnonzero(bad)]
     raw[~bad] = None
     relaxed = pa.schema([f.with_nullable(True) for f in table.schema])
     arrays = [_arrow_column(cols[f.name], f) for f in relaxed]

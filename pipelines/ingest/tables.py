@@ -30,6 +30,7 @@ from pipelines.ingest.rules import (
     hash_strings,
     impression_keys,
     select_status,
+    strict_json,
     to_clean,
     validate_batch,
 )
@@ -70,8 +71,11 @@ def discover(raw_dir: Path, table: Table) -> dict[str, list[str]]:
     """Files of ``table`` under ``raw_dir/<table>`` grouped by format; unknown files are an error."""
     root = raw_dir / table.name
     if not root.is_dir():
+        if table.name in schema.OPTIONAL_TABLES:
+            return {}
+        optional = ", ".join(schema.OPTIONAL_TABLES)
         raise DataError(
-            f"{root}: missing; every table of the contract needs a folder (it may be empty of rows)"
+            f"{root}: missing; the {table.name} table is required (only {optional} may be absent)"
         )
     found: dict[str, list[str]] = {}
     for p in sorted(root.rglob("*")):
@@ -160,7 +164,7 @@ def _quarantine_rows(batch: pa.Table, table_name: str) -> pa.Table:
     raw = batch.column("_raw").to_pylist()
     if any(r is None for r in raw):  # conflicting duplicates were valid rows: keep their canonical form
         canon = batch.drop_columns([c for c in batch.column_names if c.startswith("_")]).to_pylist()
-        raw = [r if r is not None else json.dumps(c, default=str) for r, c in zip(raw, canon, strict=True)]
+        raw = [r if r is not None else strict_json(c) for r, c in zip(raw, canon, strict=True)]
     return pa.table(
         {
             "table": pa.array([table_name] * batch.num_rows, pa.string()),
@@ -195,8 +199,26 @@ def finalize_bucket(table: Table, files: list[str], out_dir: str, part: str) -> 
     }
 
 
+def bucket_groups(buckets: dict[int, list[str]], rows_per_file: int) -> list[list[str]]:
+    """The staged files of the key buckets, merged into as few groups as ``rows_per_file`` allows (a key's
+    rows all share one bucket, so a group of buckets de-duplicates as well as one): each group writes one
+    file per date, so a small table is not spread over 16 files a day."""
+    rows = {b: sum(pq.read_metadata(f).num_rows for f in files) for b, files in buckets.items()}
+    n = max(1, min(len(buckets), -(-sum(rows.values()) // rows_per_file)))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    for i, b in enumerate(sorted(buckets)):
+        groups[i % n].extend(buckets[b])
+    return [g for g in groups if g]
+
+
 def ingest_table(
-    table: Table, raw_dir: Path, out_dir: Path, refs: References, rules: Rules, batch_size: int
+    table: Table,
+    raw_dir: Path,
+    out_dir: Path,
+    refs: References,
+    rules: Rules,
+    batch_size: int,
+    rows_per_file: int = 250_000,
 ) -> TableCounts:
     """Validate (Ray Data), then de-duplicate per key bucket (Ray tasks) and write one table."""
     import ray
@@ -216,19 +238,15 @@ def ingest_table(
             str(staging / fmt), partition_cols=["_bucket"], ray_remote_args={"num_cpus": task_cpus()}
         )
     t1 = time.perf_counter()
-    buckets: dict[str, list[str]] = {}
+    buckets: dict[int, list[str]] = {}
     for d in sorted(staging.glob("*/_bucket=*")):
-        buckets.setdefault(d.name.split("=", 1)[1], []).append(str(d))
+        files_b = [str(f) for f in sorted(d.glob("*.parquet"))]
+        buckets.setdefault(int(d.name.split("=", 1)[1]), []).extend(files_b)
     task: Any = ray.remote(num_cpus=task_cpus())(finalize_bucket)
     results = ray.get(
         [
-            task.remote(
-                table,
-                [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))],
-                str(out_dir),
-                f"{int(b):05d}",
-            )
-            for b, dirs in sorted(buckets.items())
+            task.remote(table, group_files, str(out_dir), f"{k:05d}")
+            for k, group_files in enumerate(bucket_groups(buckets, rows_per_file))
         ]
     )
     log.debug("%s: validate %.1fs, dedup %.1fs", table.name, t1 - t0, time.perf_counter() - t1)
@@ -246,7 +264,7 @@ def ingest_table(
     clean_dir = out_dir / "clean" / table.name
     if not clean_dir.exists():
         write_table(table.schema.empty_table(), clean_dir, "empty")
-    shutil.rmtree(staging)
+    shutil.rmtree(staging, ignore_errors=True)  # none when the table had no files
     return counts
 
 
