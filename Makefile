@@ -8,6 +8,7 @@
 #   make simulate     simulated users against the deployed feed (after make demo)
 #   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
 #   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
+#   make ui           the MLflow UI on DATA_DIR's store and artifacts (port 5001), cluster up or not
 #   make image        the container image the cluster/ manifests run (GPU=1 for the CUDA one)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -27,7 +28,7 @@ UV_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-byteco
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-chaos test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-chaos ui test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -108,6 +109,9 @@ up: $(STAMP)
 
 status: $(STAMP)
 	$(PY) -m cluster.local status
+
+ui: $(STAMP)
+	$(PY) -m cluster.local ui --data-dir $(DATA_DIR)
 
 stop: $(STAMP)
 	$(PY) -m cluster.local down

@@ -115,6 +115,29 @@ def node_env(
     }
 
 
+def mlflow_server(data_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of an MLflow server over a data dir's store (``D/mlflow.db``) that
+    serves its artifacts (``D/mlartifacts``): runs logged through a server (``mlflow-artifacts:/`` URIs)
+    and runs logged to the embedded store (``file://`` URIs) alike."""
+    data_dir = data_dir.resolve()
+    cmd = [
+        venv_bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{data_dir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(data_dir / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # No server-side job runner (GenAI evaluation jobs; not used here): it forks 7 consumer processes.
+    return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def ray_pids(gcs_port: int) -> list[int]:
     """Processes of the Ray cluster whose GCS listens on ``gcs_port`` (gcs_server, raylets, workers…)."""
     import psutil
@@ -261,22 +284,7 @@ class LocalCluster:
         if _port_open(spec.mlflow_port):
             return
         db = spec.data_dir / "mlflow.db"
-        cmd = [
-            venv_bin("mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--artifacts-destination",
-            str(spec.data_dir / "mlartifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(spec.mlflow_port),
-            "--workers",
-            "1",
-        ]
-        # No server-side job runner (GenAI evaluation jobs; not used here): it forks 7 consumer processes.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        cmd, env = mlflow_server(spec.data_dir, spec.mlflow_port)
         proc = subprocess.Popen(
             cmd, stdout=self._log("mlflow"), stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
@@ -450,6 +458,23 @@ def up(
 def status() -> None:
     """What `up` started and whether it is up."""
     typer.echo(json.dumps(LocalCluster().status(), indent=2))
+
+
+@app.command()
+def ui(
+    data_dir: Annotated[Path, typer.Option(help="The data dir whose runs and models to browse.")] = Path(
+        "data/demo"
+    ),
+    port: Annotated[int, typer.Option(help="Port (the cluster's own MLflow server uses 5000).")] = 5001,
+) -> None:
+    """The MLflow UI over a data dir's store with its artifacts, in the foreground, cluster up or not."""
+    if not (data_dir / "mlflow.db").exists():
+        raise typer.BadParameter(
+            f"{data_dir / 'mlflow.db'}: no MLflow store (run make demo or a train stage)"
+        )
+    cmd, env = mlflow_server(data_dir, port)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    os.execvpe(cmd[0], cmd, env)
 
 
 @app.command()

@@ -168,3 +168,45 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def assert_ui_serves_artifacts(data_dir: Path, run_id: str) -> None:
+    """``make ui``'s server over ``data_dir`` answers and serves one of ``run_id``'s artifacts."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import requests
+
+    from cluster.local import mlflow_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    cmd, env = mlflow_server(data_dir, port)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        ui = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                requests.get(f"{ui}/health", timeout=5).raise_for_status()
+                break
+            except requests.RequestException:
+                assert time.time() < deadline, "the MLflow UI did not start"
+                time.sleep(1)
+        listed = f"{ui}/api/2.0/mlflow/artifacts/list"
+        files = requests.get(listed, params={"run_id": run_id}, timeout=30).json()["files"]
+        for d in [f for f in files if f["is_dir"]]:
+            inner = requests.get(listed, params={"run_id": run_id, "path": d["path"]}, timeout=30).json()
+            files += inner.get("files", [])
+        path = next(f["path"] for f in files if not f["is_dir"])
+        got = requests.get(f"{ui}/get-artifact", params={"path": path, "run_uuid": run_id}, timeout=30)
+        assert got.status_code == 200, (path, got.status_code, got.text[:200])
+        assert got.content
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -141,8 +141,21 @@ class FeaturesConfig(StrictConfig):
     attribution_window_s: int = Field(
         86400, ge=1, description="An engagement without impression_id credits the latest earlier impression."
     )
+    split_by: Literal["days", "time"] = Field(
+        "days",
+        description="days: whole UTC days of served_at (valid_days, test_days); time: cut timestamps "
+        "(valid_from, test_from) or, without them, served_at quantiles (valid_fraction, test_fraction).",
+    )
     valid_days: int = Field(1, ge=0, description="Days before the test days that form the validation split.")
     test_days: int = Field(1, ge=0, description="Last days of served_at that form the test split.")
+    valid_from: dt.datetime | None = Field(None, description="split_by time: valid from here (to test_from).")
+    test_from: dt.datetime | None = Field(None, description="split_by time: test from here on.")
+    valid_fraction: float = Field(
+        0.1, ge=0, lt=1, description="split_by time, no cuts: the share of impressions before the test ones."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="split_by time, no cuts: the last share of impressions by served_at."
+    )
     negative_keep_rate: float = Field(
         0.5, gt=0, le=1, description="Train split: share of all-negative impressions kept (weight 1/rate)."
     )

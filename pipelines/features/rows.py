@@ -263,15 +263,16 @@ def _to_arrow(df: pd.DataFrame, vectors: dict[str, np.ndarray], columns: list[st
 
 def featurize_day(
     day: str,
-    splits: dict[str, str],
+    splits: Splits,
     clean: str,
     out: str,
     h: pit.History,
     cat: Catalog,
     cfg: FeaturesConfig,
     scalar_columns: list[str],
-) -> dict[str, Any]:
-    """Build and write one served_at day's examples; returns row/label counts and train-split moments."""
+) -> list[dict[str, Any]]:
+    """Build and write one served_at day's examples, per split its rows fall in (a time cut can divide a
+    day); returns each split's row/label counts and train-split moments."""
     clean_dir = Path(clean)
     imps = read_table(clean_dir / "impressions" / f"date={day}", schema.IMPRESSIONS)
     start = dt.date.fromisoformat(day)
@@ -281,13 +282,30 @@ def featurize_day(
         for k in range(horizon + 1)
     ]
     eng = pa.concat_tables(eng_parts)
-    df, vectors = build_rows(h, cat, imps, eng, cfg)
-    split = splits[day]
-    df["_row"] = np.arange(len(df))
-    if split == "train":
-        df = _sample(df, cfg)
-    else:
-        df["sample_weight"] = np.float32(1.0)
+    rows, vectors = build_rows(h, cat, imps, eng, cfg)
+    rows["_row"] = np.arange(len(rows))
+    split_of = splits.of(day, rows["t_ms"].to_numpy())
+    done = []
+    for split in ("train", "valid", "test"):
+        df = rows[split_of == split]
+        if not len(df):
+            continue
+        done.append(_write_split(df, vectors, split, day, out, cfg, scalar_columns))
+    return done
+
+
+def _write_split(
+    df: pd.DataFrame,
+    vectors: dict[str, np.ndarray],
+    split: str,
+    day: str,
+    out: str,
+    cfg: FeaturesConfig,
+    scalar_columns: list[str],
+) -> dict[str, Any]:
+    """One day's rows of one split to ``out/<split>/date=<day>/part-0.parquet`` (train rows sampled)."""
+    impressions = len(df)
+    df = _sample(df, cfg) if split == "train" else df.assign(sample_weight=np.float32(1.0))
     vectors = {k: m[df["_row"].to_numpy()] for k, m in vectors.items()}
     df["split"] = split
     table = _to_arrow(df, vectors, scalar_columns)
@@ -308,7 +326,7 @@ def featurize_day(
         "day": day,
         "split": split,
         "rows": len(df),
-        "impressions": imps.num_rows,
+        "impressions": impressions,
         "positives": {k: int(df[k].sum()) for k in BINARY_LABELS},
         "weighted_positives": {k: float((df[k] * df[WEIGHT]).sum()) for k in BINARY_LABELS},
         "weight": float(df["sample_weight"].sum()),
@@ -317,15 +335,56 @@ def featurize_day(
 
 
 # -------------------------------------------------------------------------------------------------- stage
-def assign_splits(days: list[str], cfg: FeaturesConfig) -> dict[str, str]:
-    """Last ``test_days`` days → test, the ``valid_days`` before → valid, the rest → train."""
+@dataclass(frozen=True)
+class Splits:
+    """Which split each impression falls in: by whole UTC days of ``served_at`` (``days``: day → split),
+    or by time: ``served_at`` ≥ ``test_from_ms`` → test, ≥ ``valid_from_ms`` → valid, earlier → train."""
+
+    days: dict[str, str] | None = None
+    valid_from_ms: int = 0
+    test_from_ms: int = 0
+
+    def of(self, day: str, t_ms: np.ndarray) -> np.ndarray:
+        if self.days is not None:
+            return np.full(len(t_ms), self.days[day], dtype=object)
+        t = np.asarray(t_ms, np.int64)
+        return np.where(t >= self.test_from_ms, "test", np.where(t >= self.valid_from_ms, "valid", "train"))
+
+    def describe(self) -> dict[str, Any]:
+        if self.days is not None:
+            return {"by": "days"}
+        iso = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()  # noqa: E731
+        return {"by": "time", "valid_from": iso(self.valid_from_ms), "test_from": iso(self.test_from_ms)}
+
+
+def assign_splits(days: list[str], cfg: FeaturesConfig, served_ms: np.ndarray | None = None) -> Splits:
+    """``split_by: days``: the last ``test_days`` days → test, the ``valid_days`` before → valid, the rest
+    → train. ``split_by: time``: the cuts ``valid_from`` / ``test_from``, or the ``served_ms`` quantiles
+    that leave ``test_fraction`` of impressions for test and ``valid_fraction`` before them for valid."""
+    if cfg.split_by == "time":
+        t = np.sort(np.asarray(served_ms if served_ms is not None else [], np.int64))
+        if len(t) == 0:
+            raise DataError("no impressions to split")
+        if cfg.test_from is not None:
+            test_from = int(cfg.test_from.timestamp() * 1000)
+            valid_from = int(cfg.valid_from.timestamp() * 1000) if cfg.valid_from is not None else test_from
+        else:
+            test_from = int(t[int((1 - cfg.test_fraction) * (len(t) - 1))])
+            valid_from = int(t[int((1 - cfg.test_fraction - cfg.valid_fraction) * (len(t) - 1))])
+        if valid_from > test_from or not (t < valid_from).any() or not (t >= test_from).any():
+            when = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()  # noqa: E731
+            raise DataError(
+                f"split_by time: valid from {when(valid_from)}, test from {when(test_from)} leaves an empty "
+                f"train or test split (impressions from {when(int(t[0]))} to {when(int(t[-1]))})"
+            )
+        return Splits(valid_from_ms=valid_from, test_from_ms=test_from)
     days = sorted(days)
     if len(days) <= cfg.test_days + cfg.valid_days:
         raise DataError(
             f"only {len(days)} days of impressions: need more than test_days + valid_days "
-            f"({cfg.test_days} + {cfg.valid_days}) to leave a train split"
+            f"({cfg.test_days} + {cfg.valid_days}) to leave a train split (or features.split_by: time)"
         )
     out = {}
     for i, d in enumerate(reversed(days)):
         out[d] = "test" if i < cfg.test_days else "valid" if i < cfg.test_days + cfg.valid_days else "train"
-    return out
+    return Splits(days=out)

@@ -27,6 +27,7 @@ from pipelines.features.formulas import AGE_BUCKETS
 from pipelines.features.online import build_online
 from pipelines.features.rows import (
     Catalog,
+    Splits,
     assign_splits,
     build_rows,
     featurize_day,
@@ -48,7 +49,8 @@ def run(cfg: FeaturesConfig, data_dir: Path) -> dict[str, Any]:
     clean = data_dir / "clean"
     tables = load_clean(clean)
     days = sorted(p.name.split("=", 1)[1] for p in (clean / "impressions").glob("date=*"))
-    splits = assign_splits(days, cfg)
+    served_ms = pc.cast(tables["impressions"]["served_at"], pa.int64()).to_numpy()
+    splits = assign_splits(days, cfg, served_ms)
     vocab = make_vocab(tables["users"], tables["posts"])
     h = index_history(tables, vocab)
     log.info(
@@ -69,6 +71,7 @@ def run(cfg: FeaturesConfig, data_dir: Path) -> dict[str, Any]:
         write_json(tmp / "vocab.json", vocab)
         text.write(tmp)
         manifest = make_manifest(cfg, plan, days_done, text, t_start)
+        manifest["split_by"] = splits.describe()
         manifest["cold_viewer"] = pit.cold_viewer(h)
         write_json(tmp / "manifest.json", manifest)
     manifest["online"] = write_online(h, cat, tables, cfg, data_dir / "online", out_root)
@@ -175,7 +178,7 @@ def plan_columns(
 
 def featurize_days(
     days: list[str],
-    splits: dict[str, str],
+    splits: Splits,
     clean: Path,
     out: Path,
     h: pit.History,
@@ -195,10 +198,11 @@ def featurize_days(
     done_days = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        for r in ray.get(done):
-            done_days.append(r)
-            log.info("features: day %s (%s): %d rows", r["day"], r["split"], r["rows"])
-    return sorted(done_days, key=lambda r: r["day"])
+        for per_split in ray.get(done):
+            for r in per_split:
+                done_days.append(r)
+                log.info("features: day %s (%s): %d rows", r["day"], r["split"], r["rows"])
+    return sorted(done_days, key=lambda r: (r["day"], r["split"]))
 
 
 def dense_stats(days_done: list[dict[str, Any]], dense: list[str]) -> dict[str, dict[str, float]]:

@@ -24,7 +24,7 @@ from cluster.demo import run_main_job
 from cluster.local import ClusterSpec, LocalCluster, process_group_pids, ray_pids
 from cluster.retrain import run_retrain
 from pipelines.common.config import dump_config
-from tests.conftest import REPO, tiny_config, train_config
+from tests.conftest import REPO, assert_ui_serves_artifacts, tiny_config, train_config
 
 
 def free_port() -> int:
@@ -108,6 +108,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
             timeout=10,
         ).json()["runs"]
         tags = {t["key"]: t["value"] for t in found[0]["data"]["tags"]}
+        retrain_run = found[0]["info"]["run_id"]
         assert tags["decision"] == decision["decision"]
         assert tags["simulation_run"] == decision["simulation_run"]
         # The feed is back to its configured arms after the online test.
@@ -130,3 +131,5 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
 
     current = Path(get_ray_address_file(None))  # `ray.init()` must not try to join the stopped cluster
     assert not current.exists() or not current.read_text().strip().endswith(f":{spec.gcs_port}")
+    # `make ui` with the cluster down: the runs and their artifacts (logged through the cluster's server).
+    assert_ui_serves_artifacts(spec.data_dir, retrain_run)

@@ -16,7 +16,7 @@ from pipelines.common import tracking
 from pipelines.common.tracking import load_trained
 from pipelines.features.manifest import read_columns
 from pipelines.promote.stage import run as promote
-from tests.conftest import Runs, train_config
+from tests.conftest import Runs, assert_ui_serves_artifacts, train_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 NAME = "feed-ranker"
@@ -98,3 +98,7 @@ def test_alias_moved_by_hand_is_what_loads(published: Runs) -> None:
     eager = load_trained(published.resumed.checkpoint)
     for key, value in eager.model.state_dict().items():
         assert torch.equal(served.model.state_dict()[key], value), key
+
+
+def test_make_ui_serves_the_embedded_stores_runs_with_their_artifacts(published: Runs) -> None:
+    assert_ui_serves_artifacts(published.data_dir, published.first.run_id)
