@@ -47,6 +47,9 @@ class LossSpec:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     pos_weight: dict[str, float] = field(default_factory=dict)  # task → BCE pos_weight
     learned_weights: bool = False  # uncertainty weighting instead of task_weights
+    #: Tasks the data cannot teach (no positive in train; dwell and skip when no dwell was logged): their
+    #: heads are kept, their losses count for nothing.
+    skipped: tuple[str, ...] = ()
     huber_delta: float = 1.0
 
 
@@ -64,6 +67,7 @@ class RankerTrainWrapper(nn.Module):
     """
 
     fixed_weights: torch.Tensor
+    active: torch.Tensor  # 1 per task, 0 for the skipped ones
 
     def __init__(self, model: MultiTaskRanker, spec: LossSpec) -> None:
         super().__init__()
@@ -74,6 +78,11 @@ class RankerTrainWrapper(nn.Module):
         self.register_buffer(
             "fixed_weights",
             torch.tensor([spec.task_weights.get(t, 1.0) for t in tasks], dtype=torch.float32),
+        )
+        self.register_buffer(  # not in the state dict: a checkpoint resumes whatever the data now allows
+            "active",
+            torch.tensor([0.0 if t in spec.skipped else 1.0 for t in tasks], dtype=torch.float32),
+            persistent=False,
         )
 
     def forward(
@@ -101,9 +110,9 @@ class RankerTrainWrapper(nn.Module):
             loss_t = (raw * weights).sum() / norm
             losses[f"loss/{task}"] = loss_t.detach()
             per_task.append(loss_t)
-        stacked = torch.stack(per_task)
+        stacked = torch.stack(per_task) * self.active
         if self.log_vars is not None:
-            total = (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
+            total = ((torch.exp(-self.log_vars) * stacked + self.log_vars) * self.active).sum()
         else:
             total = (self.fixed_weights * stacked).sum()
         losses["loss/total"] = total.detach()

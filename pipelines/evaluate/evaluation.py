@@ -35,6 +35,7 @@ class Evaluation:
     requests: int
     ndcg_k: int
     models: dict[str, dict[str, Any]]
+    dwell_logged: bool = True  # False: the logs carry no dwell; skip and dwell are not evaluated
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,9 +74,19 @@ class Evaluation:
             for n in calibrated:
                 rce = [_fmt(self.models[n]["tasks"][t].get("rce"), ".2f") for t in BINARY_TASKS]
                 lines.append("| " + " | ".join([n, *rce]) + " |")
-        skipped = [t for t in BINARY_TASKS if self.models[names[0]]["tasks"][t].get("positives", 1) == 0]
+        skipped = [
+            t
+            for t in BINARY_TASKS
+            if self.models[names[0]]["tasks"][t].get("positives", 1) == 0
+            and (t != "skip" or self.dwell_logged)
+        ]
         if skipped:
             lines += ["", f"No positive label in this split for: {', '.join(skipped)} (not evaluated)."]
+        if not self.dwell_logged:
+            lines += [
+                "",
+                "No dwell in these logs (no view events): skip and dwell are neither learned nor evaluated.",
+            ]
         return "\n".join(lines)
 
 
@@ -117,6 +128,13 @@ def evaluate(
         truth = oracle(data_dir, cols["impression_id"])
         if truth is not None:
             preds["oracle"], probabilistic["oracle"] = truth, True
+    dwell_logged = bool(manifest.get("dwell_logged", True))
+    if not dwell_logged:  # dwell_ms 0 and skip 1 everywhere are not observations
+        preds = {k: {t: v for t, v in p.items() if t != "dwell"} for k, p in preds.items()}
+        logged = {k: {t: v for t, v in p.items() if t != "dwell"} for k, p in logged.items()}
+    weights = cfg.value_weights  # the value model; without dwell in the logs, without skip and dwell
+    if not dwell_logged:
+        weights = {t: w for t, w in weights.items() if t not in ("skip", "dwell")}
     gain = sum(w * cols[t].astype(np.int64) for t, w in cfg.relevance.items())
     gain = np.asarray(gain, np.int64) if not np.isscalar(gain) else np.zeros(n, np.int64)
     models: dict[str, dict[str, Any]] = {}
@@ -128,11 +146,14 @@ def evaluate(
                     cols[t].astype(np.int64), pred[t], probabilistic[name], cfg.calibration_bins, calib[t]
                 )
                 for t in BINARY_TASKS
+                if t != "skip" or dwell_logged
             }
         }
+        if not dwell_logged:
+            m["tasks"]["skip"] = {"auc": float("nan"), "pr_auc": float("nan"), "positives": 0}
         if "dwell" in calib:
             m["dwell_mae_s"] = float(np.mean(np.abs(calib["dwell"] - cols["dwell_ms"]))) / 1000.0
-        order = value_score(pred, cfg.value_weights) if "dwell" in pred else pred["click"]
+        order = value_score(pred, weights) if all(t in pred for t in weights) else pred["click"]
         m.update(ranking_metrics(cols["request_id"], order, gain, cfg.ndcg_k))
         m["mean_auc"] = float(np.nanmean([m["tasks"][t]["auc"] for t in BINARY_TASKS]))
         models[name] = m
@@ -142,6 +163,7 @@ def evaluate(
         requests=len(np.unique(cols["request_id"])),
         ndcg_k=cfg.ndcg_k,
         models={k: models[k] for k in [*scorers, *(s for s in SCORERS if s in models and s not in scorers)]},
+        dwell_logged=dwell_logged,
     )
     if out_dir is not None:
         write_report(result, cols, preds, {**preds, **logged}, probabilistic, cfg, out_dir)

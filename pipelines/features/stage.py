@@ -72,6 +72,8 @@ def run(cfg: FeaturesConfig, data_dir: Path) -> dict[str, Any]:
         text.write(tmp)
         manifest = make_manifest(cfg, plan, days_done, text, t_start)
         manifest["split_by"] = splits.describe()
+        # a log with no views at all (ratings) has no dwell: skip and dwell are then not learned
+        manifest["dwell_logged"] = bool(tables["views"].num_rows)
         manifest["cold_viewer"] = pit.cold_viewer(h)
         write_json(tmp / "manifest.json", manifest)
     manifest["online"] = write_online(h, cat, tables, cfg, data_dir / "online", out_root)

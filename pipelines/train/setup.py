@@ -5,6 +5,7 @@ exports the servable ranker at each checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 from models.batch import Batch, FeatureLayout, SparseEncoder, collate
 from models.ranker import RankerSpec
 from models.servable import ServableRanker
-from models.tasks import BINARY_TASKS
+from models.tasks import BINARY_TASKS, TASKS
 from models.train_wrapper import LossSpec
 from pipelines.common.cli import DataError
 from pipelines.common.columns import DWELL, SPARSE_IDS, WEIGHT
@@ -89,7 +90,20 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
     config = cfg.model_dump(mode="json")
     inputs = {*layout.dense, *layout.vectors}
     cold = {k: v for k, v in manifest.get("cold_viewer", {}).items() if k in inputs}
-    return TrainSetup(spec, layout, encoder, cfg.loss.to_spec(), mean, std, config, rates, cold)
+    loss = dataclasses.replace(cfg.loss.to_spec(), skipped=unlearnable_tasks(manifest))
+    if loss.skipped:
+        log.warning("tasks the data cannot teach, trained with no weight: %s", ", ".join(loss.skipped))
+    return TrainSetup(spec, layout, encoder, loss, mean, std, config, rates, cold)
+
+
+def unlearnable_tasks(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """Tasks with no positive example in the train split, and dwell and skip when the logs carry no dwell
+    at all (``dwell_logged``: a ratings log has no views; zeros would teach "everything is skipped")."""
+    train = manifest["splits"].get("train", {})
+    skipped = [t for t in BINARY_TASKS if t != "skip" and not train.get("positives", {}).get(t)]
+    if not manifest.get("dwell_logged", True):
+        skipped += ["skip", "dwell"]
+    return tuple(t for t in TASKS if t in skipped)
 
 
 def forget_history(

@@ -128,6 +128,31 @@ def test_sample_weights_change_the_loss() -> None:
     assert not torch.isclose(base, weighted)
 
 
+@pytest.mark.parametrize("learned", [False, True])
+def test_skipped_tasks_teach_nothing(learned: bool) -> None:
+    """A task the data cannot teach (no positives; skip and dwell without logged dwell) gets no gradient."""
+    torch.manual_seed(0)
+    model = MultiTaskRanker(_spec())
+    wrapper = RankerTrainWrapper(model, LossSpec(learned_weights=learned, skipped=("share", "dwell")))
+    b = collate(_columns(64, np.random.default_rng(5)), LAYOUT, ENCODER)
+    loss, (losses, _) = wrapper(b)
+    loss.backward()
+    for task in ("share", "dwell"):
+        assert all(p.grad is None or not p.grad.any() for p in model.heads[task].parameters()), task
+        assert losses[f"loss/{task}"] > 0  # still measured, just not learned from
+    assert any(p.grad is not None and p.grad.any() for p in model.heads["click"].parameters())
+    assert "active" not in wrapper.state_dict()  # checkpoints are the same with or without skipped tasks
+
+
+def test_unlearnable_tasks_come_from_the_manifest() -> None:
+    from pipelines.train.setup import unlearnable_tasks
+
+    positives = {"click": 3.0, "like": 2.0, "comment": 0.0, "share": 1.0, "hide": 0.0, "skip": 10.0}
+    manifest = {"splits": {"train": {"positives": positives}}}
+    assert unlearnable_tasks(manifest) == ("comment", "hide")
+    assert unlearnable_tasks({**manifest, "dwell_logged": False}) == ("comment", "hide", "skip", "dwell")
+
+
 def test_position_bias_is_a_uniform_shift_left_out_at_serving() -> None:
     """The logged position enters only through the shallow bias tower: per task it adds the same amount to
     every item at a given position, so serving without it (bias=None) cannot reorder items by position,
