@@ -116,6 +116,9 @@ def deploy(
     doc = yaml.safe_load(serve_config.read_text())
     for app in doc["applications"]:
         app["args"]["data_dir"] = str(data_dir)
+    # Every node of the local cluster is this machine: one proxy (HAProxy, serve/runtime.py) binds the
+    # Serve port and its stats and metrics ports; one per node would fight over them and crash in a loop.
+    doc["proxy_location"] = "HeadOnly"
     out = state_dir / "serve.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run(
