@@ -33,6 +33,8 @@ from rich.table import Table
 
 from cluster.local import REPO, ClusterSpec, LocalCluster, venv_bin
 
+#: A resource only the head node has (Ray's own): asking for a sliver of it places an actor there.
+HEAD_NODE = "node:__internal_head__"
 #: Never uploaded with the job's working dir (data, environments, local state).
 EXCLUDES = ["data/", ".venv/", ".git/", "mlruns/", ".cluster/", "bench/out/", "*.db", "__pycache__/"]
 
@@ -119,6 +121,12 @@ def deploy(
     # Every node of the local cluster is this machine: one proxy (HAProxy, serve/runtime.py) binds the
     # Serve port and its stats and metrics ports; one per node would fight over them and crash in a loop.
     doc["proxy_location"] = "HeadOnly"
+    # The feed's replicas on the head node too: a fraction of a CPU held on every node would leave no node
+    # a whole CPU, and some of Ray Data's own tasks (Parquet metadata sampling) ask for exactly one, so
+    # make retrain's stages would wait forever beside the feed.
+    for app in doc["applications"]:
+        for d in app.get("deployments", []):
+            d.setdefault("ray_actor_options", {}).setdefault("resources", {})[HEAD_NODE] = 0.001
     out = state_dir / "serve.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     subprocess.run(
