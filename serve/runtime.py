@@ -14,11 +14,12 @@ Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime
   direct ports (``RAY_SERVE_ENABLE_HA_PROXY=1``). It is also what keeps the feed up when a replica dies:
   a request whose replica refused the connection or closed it without an answer is sent to another one
   (``retry-on conn-failure empty-response``, 3 retries, ``option redispatch``), and live traffic marks a
-  dead replica down at once. Requests are balanced by their path (``balance uri``), so a user's pages
-  come from the replica that keeps their ranked list; a replayed write is stored once when it carries
-  event ids or an ``Idempotency-Key``. Without HAProxy the Python proxy still answers on the Serve HTTP
-  port (slower; a dying replica's in-flight requests fail; with several replicas a next page may land
-  on one that lacks the list: 410), and each replica's own port is the fast path.
+  dead replica down at its first failed connection. Requests are balanced by their path (``balance
+  uri``), so a user's pages come from the replica that keeps their ranked list; a replayed write is
+  stored once when it carries event ids or an ``Idempotency-Key``. Without HAProxy the Python proxy
+  still answers on the Serve HTTP port (slower; a dying replica's in-flight requests fail; with several
+  replicas a next page may land on one that lacks the list: 410), and each replica's own port is the
+  fast path.
 - HAProxy's files (config, admin socket, server state) go to a directory of their own and its stats and
   metrics to free ports, so two Ray instances on one machine (a test session and a local cluster) do not
   share them.
@@ -68,6 +69,9 @@ def ray_serve_env(drain_s: float | None = None, state_dir: Path | None = None) -
             "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
             "RAY_SERVE_HAPROXY_RETRIES": str(RETRIES),
             "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": BALANCE,
+            # the first failed connection marks a replica down (Ray's default waits for 3), so a retry of
+            # a request hashed to a dead replica goes to a live one
+            "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
         }
         files = state_dir or Path(tempfile.mkdtemp(prefix="haproxy-serve-"))
         files.mkdir(parents=True, exist_ok=True)
