@@ -43,6 +43,9 @@ def two_replicas(feed: Feed, serve_dir: Path, tmp_path: Path) -> Iterator[str]:
     while running_replicas(APP) < 2 and time.time() < deadline:
         time.sleep(0.5)
     assert running_replicas(APP) == 2
+    # HAProxy learns the replica set by config reloads: let the last one settle, so a user's path hashes
+    # to the same replica from the first request on (a cursor survives a stable replica set only)
+    time.sleep(5)
     try:
         yield f"{feed.base}/{APP}"
     finally:
