@@ -83,13 +83,6 @@ class ImpressionSigner:
         base, _, mac = impression_id.rpartition(":")  # any text: compared as bytes (str needs ASCII)
         return bool(base) and hmac.compare_digest(mac.encode(), self._mac(base, viewer, post).encode())
 
-    @staticmethod
-    def base(impression_id: str) -> tuple[str, int] | None:
-        """(request id, position) of a signed id (verify it first)."""
-        base, _, _ = impression_id.rpartition(":")
-        request_id, _, position = base.rpartition(":")
-        return (request_id, int(position)) if request_id and position.isdigit() else None
-
 
 def _field(reason: str, time_column: str | None) -> Problem:
     kind, _, column = reason.partition(":")
