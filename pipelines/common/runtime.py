@@ -93,11 +93,31 @@ def ray_session(num_cpus: int | None = None, env: dict[str, str] | None = None) 
             address="local",  # start one, even when a `ray start` cluster runs on this machine
             num_cpus=num_cpus,
             include_dashboard=True,  # also what Ray Train's state queries need (else warnings every second)
-            runtime_env={"env_vars": {"PYTHONPATH": path}},
+            runtime_env={
+                "env_vars": {"PYTHONPATH": path},
+                "worker_process_setup_hook": "pipelines.common.runtime.pin_ray_address",
+            },
             log_to_driver=True,
         )
     log.info("ray: %s", ray.cluster_resources())
+    # Ray's state API (Ray Train's controller asks it whether actors live) finds "the" cluster through
+    # RAY_ADDRESS, else /tmp/ray/ray_current_cluster: the last `ray start` on this machine. Pinned to the
+    # cluster this session uses, here and in every worker (pin_ray_address), so a local run never talks to
+    # another cluster on the machine (issue 16: `make up`'s cluster got Ray Train's cleanup queries).
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
         yield
     finally:
         ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+
+
+def pin_ray_address() -> None:
+    """Worker setup hook of a local session: this worker's cluster is the one Ray's address lookups find."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
