@@ -16,7 +16,16 @@ import numpy as np
 
 from models.batch import Jagged
 from pipelines.features.formulas import AGE_BUCKETS
-from pipelines.features.pit import ACTIONS, NEVER, RATE_ACTIONS, TOPIC_PROFILES, rate, topic_cross
+from pipelines.features.pit import (
+    ACTIONS,
+    ALL_TIME,
+    NEVER,
+    RATE_ACTIONS,
+    TOPIC_PROFILES,
+    counter_windows,
+    rate,
+    topic_cross,
+)
 from serve.store import OnlineStore
 
 WEEK = 7 * 86400
@@ -64,7 +73,7 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals:
     ids and codes, viewer, post, friends' engagement, author, affinity, relations, content."""
     n = len(post_ids)
-    counters = [f"p_{what}_{w}" for w in store.windows for what in ("impressions", *ACTIONS)]
+    counters = [f"p_{what}_{w}" for w in counter_windows(store.windows) for what in ("impressions", *ACTIONS)]
     post = store.posts(post_ids, [*POST_COLUMNS, *counters])  # every column (N, ...)
     authors = post["author_id"]  # (N,) int64
     user = store.users(np.array([viewer], np.int64))  # every column (1, ...)
@@ -81,6 +90,8 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)  # (N,) float32
     for k in counters:
         cols[k] = _log1p(post[k])  # (N,) float32
+    for a in RATE_ACTIONS:  # all-time rates from the live all-time counters
+        cols[f"p_{a}_rate"] = rate(post[f"p_{a}_{ALL_TIME}"], post[f"p_impressions_{ALL_TIME}"])
     cols.update(friend_counters(store, viewer, post_ids, now_s))
     for k in AUTHOR_SCALARS:  # an author missing from the snapshot: what training gives one without events
         cols[k] = np.where(auth["found"], auth[k], UNKNOWN_AUTHOR.get(k, 0.0)).astype(np.float32)  # (N,)
@@ -110,6 +121,8 @@ def _ids_and_codes(
         "sp_city": np.full(n, int(user["city_code"][0]), np.int64),
         "sp_author_city": np.where(auth["found"], auth["city_code"], 0).astype(np.int64),
         "sp_gender": np.full(n, int(user["gender_code"][0]), np.int64),
+        "sp_school": np.full(n, int(user["school_code"][0]), np.int64),
+        "sp_work": np.full(n, int(user["work_code"][0]), np.int64),
         "sp_age_bucket": np.full(n, bucket, np.int64),
         "sp_modality": post["modality_code"].astype(np.int64),
         "sp_topics": Jagged(topics.astype(np.int64), post["n_topics"].astype(np.int64)),

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.features.pit import counter_windows
 from serve.log import LogTailer
 from serve.records import LogRecord
 from serve.store import NEGATIVE, POSITIVE, EmbeddedStore, Snapshot, ViewerState, post_record_columns
@@ -236,12 +237,12 @@ class RedisStore:
             known = bool(authors["found"][i])
             if rec["kind"] == "impression":
                 if known:
-                    for w in self.windows:
+                    for w in counter_windows(self.windows):
                         pipe.hincrbyfloat(f"{self.k}pc:p_impressions_{w}", pid, 1.0)
                 pipe.sadd(f"{self.k}seen:{v}", pid)
             elif rec["type"] != "view":
                 if known:
-                    for w in self.windows:
+                    for w in counter_windows(self.windows):
                         pipe.hincrbyfloat(f"{self.k}pc:p_{rec['type']}_{w}", pid, 1.0)
                 if rec["type"] in POSITIVE:
                     pipe.append(f"{self.k}e:{pid}", np.array([(v, rec["at_ms"] / 1000.0)], _EG).tobytes())

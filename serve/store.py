@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.common import schema
+from pipelines.features.pit import counter_windows
 from serve.records import LogRecord
 
 #: Post columns kept as counts; ``p_impressions_<w>`` and ``p_<action>_<w>`` for every window.
@@ -418,7 +419,7 @@ class EmbeddedStore:
         """Add one event to every window of the post at row ``pos`` (-1: unknown post, nothing)."""
         if pos < 0:
             return
-        for w in self.windows:
+        for w in counter_windows(self.windows):
             col = self.snapshot.post_cols.get(f"p_{what}_{w}")
             if col is not None:
                 col[pos] += 1.0
@@ -540,6 +541,8 @@ def _user_columns(users: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         "age": pc.fill_null(users["age"], 0).to_numpy().astype(np.int64),
         "city_code": users["city_code"].to_numpy().astype(np.int64),
         "gender_code": users["gender_code"].to_numpy().astype(np.int64),
+        "school_code": users["school_code"].to_numpy().astype(np.int64),
+        "work_code": users["work_code"].to_numpy().astype(np.int64),
         "school": _factorize(users["school"].to_pylist()),
         "work": _factorize(users["work"].to_pylist()),
         "joined_s": _secs(users["joined_at"]),

@@ -38,7 +38,15 @@ BINARY_LABELS: Final = (*ACTION_LABELS, "skip")
 LABELS: Final = (*ACTION_LABELS, DWELL, "skip")
 
 SPARSE_IDS: Final = ("sp_viewer", "sp_author", "sp_post")
-SPARSE_VOCAB: Final = ("sp_city", "sp_author_city", "sp_gender", "sp_age_bucket", "sp_modality")
+SPARSE_VOCAB: Final = (
+    "sp_city",
+    "sp_author_city",
+    "sp_gender",
+    "sp_age_bucket",
+    "sp_modality",
+    "sp_school",
+    "sp_work",
+)
 SPARSE_LISTS: Final = ("sp_topics",)
 SPARSE: Final = (*SPARSE_IDS, *SPARSE_VOCAB, *SPARSE_LISTS)
 

@@ -169,9 +169,12 @@ class FeaturesConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _windows_positive(self) -> FeaturesConfig:
-        bad = {k: v for k, v in self.windows.items() if v <= 0 or not k.isalnum()}
+        bad = {k: v for k, v in self.windows.items() if v <= 0 or not k.isalnum() or k == "all"}
         if bad:
-            raise ValueError(f"windows need alphanumeric names and positive seconds, got {bad}")
+            raise ValueError(
+                f"windows need alphanumeric names other than 'all' (the all-time counters, always kept) "
+                f"and positive seconds, got {bad}"
+            )
         return self
 
 
@@ -198,7 +201,32 @@ class ModelConfig(StrictConfig):
     wide: bool = Field(
         False, description="A linear path from the dense inputs to every logit beside the deep network."
     )
-    min_id_count: int = Field(1, ge=1, description="Ids seen fewer times in train share the OOV row.")
+    min_id_count: dict[str, int] = Field(
+        default_factory=lambda: dict.fromkeys(SPARSE_IDS, 1),
+        description="Per id feature, ids seen fewer times in the train split share the out-of-vocabulary row "
+        "(a number: the same for every id). With post ids on (a log whose items recur over days, like a "
+        "ratings log's films), e.g. {sp_post: 5}: a post needs 5 train impressions for its own row, and new "
+        "posts score through the OOV row.",
+    )
+
+    @field_validator("min_id_count", mode="before")
+    @classmethod
+    def _count_per_id(cls, v: Any) -> Any:
+        if isinstance(v, int):
+            return dict.fromkeys(SPARSE_IDS, v)
+        if isinstance(v, dict):
+            return {**dict.fromkeys(SPARSE_IDS, 1), **v}
+        return v
+
+    @field_validator("min_id_count")
+    @classmethod
+    def _count_ids(cls, v: dict[str, int]) -> dict[str, int]:
+        if bad := sorted(set(v) - set(SPARSE_IDS)):
+            raise ValueError(f"unknown id features {bad}; id features are {list(SPARSE_IDS)}")
+        if low := {k: n for k, n in v.items() if n < 1}:
+            raise ValueError(f"minimum counts must be at least 1, got {low}")
+        return v
+
     exclude_sparse: list[str] = Field(
         default_factory=lambda: ["sp_post"],
         description="Sparse features left out of the model. Post ids: most posts a feed ranks are newer "

@@ -51,8 +51,9 @@ def reverse_chron(cols: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def popularity(cols: dict[str, np.ndarray], windows: dict[str, int]) -> np.ndarray:
-    """The post's click+like+comment+share count in the longest window (counters are log1p)."""
-    w = max(windows, key=lambda k: windows[k])
+    """The post's click+like+comment+share count over all time (counters are log1p); features built before
+    the all-time counters existed: the longest window."""
+    w = "all" if "p_click_all" in cols else max(windows, key=lambda k: windows[k])
     total = np.zeros(len(cols[f"p_click_{w}"]), np.float64)
     for a in ("click", "like", "comment", "share"):
         total += np.expm1(cols[f"p_{a}_{w}"].astype(np.float64))

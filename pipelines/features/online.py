@@ -56,9 +56,15 @@ def online_users(h: pit.History, cat: Catalog, users: pa.Table, as_of_s: int) ->
         u = u.append_column(k, pa.array(col.astype(np.float32)))
     for k, mat in profiles.items():
         u = u.append_column(k, _vectors(mat))
-    return u.append_column("city_code", pa.array(h.user_city)).append_column(
-        "gender_code", pa.array(cat.user_gender)
-    )
+    codes = {
+        "city_code": h.user_city,
+        "gender_code": cat.user_gender,
+        "school_code": cat.user_school,
+        "work_code": cat.user_work,
+    }
+    for k, col in codes.items():
+        u = u.append_column(k, pa.array(col))
+    return u
 
 
 def online_posts(
@@ -69,6 +75,8 @@ def online_posts(
     posts = posts.take(pa.array(np.argsort(posts["post_id"].to_numpy())))
     post_feats = pit.post_features(h, np.arange(n_p), np.full(n_p, as_of_s, np.int64), windows)
     post_feats.pop("p_age_h")  # depends on request time: serving computes it from created_at
+    for k in pit.POST_RATES:  # serving computes them from the live all-time counters
+        post_feats.pop(k)
     for k, col in post_feats.items():
         posts = posts.append_column(k, pa.array(col.astype(np.float32)))
     return (

@@ -385,15 +385,33 @@ def cold_viewer(h: History) -> dict[str, float | list[float]]:
     return cold
 
 
+#: The post counters' all-time window, beside the configured ``features.windows``: an item that recurs for
+#: months or years (a film in a ratings log) keeps its popularity after the last 7-day window.
+ALL_TIME = "all"
+#: The post's all-time rate of each action per impression (computed from the all-time counters).
+POST_RATES = tuple(f"p_{a}_rate" for a in RATE_ACTIONS)
+
+
+def counter_windows(windows: dict[str, int]) -> tuple[str, ...]:
+    """Names of every post counter window: the configured ones, then all time."""
+    return (*windows, ALL_TIME)
+
+
 def post_features(h: History, p: np.ndarray, t: np.ndarray, windows: dict[str, int]) -> dict[str, np.ndarray]:
-    """Post age at ``t`` and its engagement counters over each window (overall audience)."""
+    """Post age at ``t``, its engagement counters over each window and over all time (overall audience),
+    and its all-time smoothed rate of each action per impression."""
     created = h.post_created[np.maximum(p, 0)]
     out: dict[str, np.ndarray] = {"p_age_h": np.log1p(np.maximum(t - created, 0) / 3600).astype(np.float32)}
-    for name, w in windows.items():
-        out[f"p_impressions_{name}"] = np.log1p(h.imps_by_post.count(p, t, w))
+    spans: dict[str, int | None] = {**windows, ALL_TIME: None}
+    counts: dict[str, np.ndarray] = {}
+    for name, w in spans.items():
+        counts[f"p_impressions_{name}"] = h.imps_by_post.count(p, t, w)
         for a in ACTIONS:
             keys = np.where(p >= 0, p * 8 + ACTION_CODE[a], -1)
-            out[f"p_{a}_{name}"] = np.log1p(h.actions_by_post_type.count(keys, t, w))
+            counts[f"p_{a}_{name}"] = h.actions_by_post_type.count(keys, t, w)
+    out.update({k: np.log1p(c) for k, c in counts.items()})
+    for a in RATE_ACTIONS:
+        out[f"p_{a}_rate"] = rate(counts[f"p_{a}_{ALL_TIME}"], counts[f"p_impressions_{ALL_TIME}"])
     return out
 
 

@@ -32,6 +32,8 @@ class Catalog:
 
     user_age: np.ndarray
     user_gender: np.ndarray
+    user_school: np.ndarray  # vocabulary code, 0 unknown
+    user_work: np.ndarray  # vocabulary code, 0 unknown
     post_modality: np.ndarray
     post_topic_codes: pa.ListArray
     post_text_emb: np.ndarray
@@ -51,6 +53,8 @@ def make_catalog(
     return Catalog(
         user_age=pc.fill_null(users_sorted["age"], 0).to_numpy().astype(np.int64),
         user_gender=_codes(users_sorted["gender"].to_pylist(), vocab["gender"]),
+        user_school=_codes(users_sorted["school"].to_pylist(), vocab["school"]),
+        user_work=_codes(users_sorted["work"].to_pylist(), vocab["work"]),
         post_modality=_codes(posts_sorted["modality"].to_pylist(), vocab["modality"]),
         post_topic_codes=pa.array(
             [[vocab["topic"].get(t, 0) for t in (ts or ())] for ts in posts_sorted["topics"].to_pylist()],
@@ -68,6 +72,8 @@ def make_vocab(users: pa.Table, posts: pa.Table) -> dict[str, dict[str, int]]:
     return {
         "city": _vocab(users["city"].to_pylist()),
         "gender": _vocab(list(schema.GENDERS)),
+        "school": _vocab(users["school"].to_pylist()),  # a ratings log's zip code or age group fits here
+        "work": _vocab(users["work"].to_pylist()),  # employer, or occupation
         "modality": _vocab(list(schema.MODALITIES)),
         "topic": _vocab([t for ts in posts["topics"].to_pylist() for t in (ts or ())]),
     }
@@ -214,6 +220,8 @@ def build_rows(
     df["sp_city"] = np.where(v >= 0, h.user_city[vv], 0)
     df["sp_author_city"] = np.where(a >= 0, h.user_city[aa], 0)
     df["sp_gender"] = np.where(v >= 0, cat.user_gender[vv], 0)
+    df["sp_school"] = np.where(v >= 0, cat.user_school[vv], 0)
+    df["sp_work"] = np.where(v >= 0, cat.user_work[vv], 0)
     age = cat.user_age[vv]
     df["sp_age_bucket"] = np.where(
         (v >= 0) & (age > 0), np.searchsorted(AGE_BUCKETS, age, side="right") + 1, 0

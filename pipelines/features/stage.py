@@ -169,6 +169,8 @@ def plan_columns(
         "sp_gender": len(vocab["gender"]) + 1,
         "sp_age_bucket": len(AGE_BUCKETS) + 2,
         "sp_modality": len(vocab["modality"]) + 1,
+        "sp_school": len(vocab["school"]) + 1,
+        "sp_work": len(vocab["work"]) + 1,
     }
     return ColumnPlan(
         dense=[c for c in probe.columns if c.startswith(columns.DENSE_PREFIXES)],

@@ -194,3 +194,27 @@ def test_heads_start_at_the_train_split_base_rates(built_world: Path) -> None:
     head = model.heads["click"]
     assert isinstance(head, torch.nn.Linear)
     assert float(torch.sigmoid(head.bias)) == pytest.approx(setup.base_rates["click"], rel=1e-4)
+
+
+def test_post_ids_get_rows_only_from_the_minimum_count_and_new_posts_share_the_oov_row(
+    built_world: Path,
+) -> None:
+    """Post-id embeddings for a log whose items recur (issue 16): switched on by leaving ``sp_post`` out of
+    ``model.exclude_sparse``, a post needs ``min_id_count[sp_post]`` train rows for its own row; other ids
+    keep their own minimum, and a post the train split never saw (a new post at serving) maps to row 0."""
+    from pipelines.common.config import TrainConfig
+    from pipelines.features.manifest import read_split
+    from pipelines.train.setup import build_setup
+
+    cfg = TrainConfig.model_validate({"model": {"exclude_sparse": [], "min_id_count": {"sp_post": 3}}})
+    assert cfg.model.min_id_count == {"sp_viewer": 1, "sp_author": 1, "sp_post": 3}
+    setup = build_setup(built_world, cfg)
+    train = read_split(built_world, "train", ["sp_post", "sp_viewer"])
+    posts, counts = np.unique(train["sp_post"].to_numpy(), return_counts=True)
+    assert 0 < (counts >= 3).sum() < len(posts)  # the tiny world has both: the threshold matters
+    assert setup.encoder.ids["sp_post"].tolist() == posts[counts >= 3].tolist()
+    assert len(setup.encoder.ids["sp_viewer"]) == len(np.unique(train["sp_viewer"].to_numpy()))
+    rows = setup.encoder.rows("sp_post", np.array([posts[counts >= 3][0], posts[counts < 3][0], 10**15]))
+    assert rows[0] > 0
+    assert rows[1:].tolist() == [0, 0]
+    assert "sp_post" in setup.layout.sparse

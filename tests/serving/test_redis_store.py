@@ -135,10 +135,15 @@ def test_redis_reads_equal_the_embedded_store(both: tuple) -> None:
 def test_redis_applies_live_writes_once_like_the_embedded_store(both: tuple) -> None:
     emb, red, _, _ = both
     records = _records(emb)
+    liked = np.array([records[2]["post_id"]])
+    before = emb.posts(liked, ["p_like_1h", "p_like_all"])
     assert emb.apply(records) == len(records)
     assert red.apply(records) == len(records)
     assert red.apply(records) == 0  # replayed: nothing changes
     _compare(emb, red)
+    after = red.posts(liked, ["p_like_1h", "p_like_all"])
+    for counter in ("p_like_1h", "p_like_all"):  # every window and all time count the live like once
+        np.testing.assert_allclose(after[counter], before[counter] + 1)
     viewer = records[1]["viewer_id"]
     assert records[4]["post_id"] in red.viewer(viewer).hidden.tolist()
     assert 999000111 in red.posts_by(np.array([records[0]["author_id"]]), 0, 1e12).tolist()

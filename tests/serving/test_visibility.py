@@ -39,7 +39,9 @@ VOCAB: dict[str, dict[str, int]] = {
 TEXT_DIM, MEDIA_DIM, TOPIC_SHARE_DIM, MODALITY_SHARE_DIM = 4, 2, 4, 3
 USER_SCALARS = (*VIEWER_SCALARS, "u_tenure_days", *AUTHOR_SCALARS)
 POST_COUNTERS = tuple(
-    f"p_{c}_1d" for c in ("impressions", "click", "like", "comment", "share", "hide", "report")
+    f"p_{c}_{w}"
+    for w in ("1d", "all")
+    for c in ("impressions", "click", "like", "comment", "share", "hide", "report")
 )
 PAIR_COLUMNS = (
     "ua_impressions",
@@ -114,6 +116,8 @@ def _world_tables(
             "u_modality_share": _fixed(n_u, MODALITY_SHARE_DIM),
             "city_code": pa.array([0] * n_u, pa.int64()),
             "gender_code": pa.array([0] * n_u, pa.int64()),
+            "school_code": pa.array([0] * n_u, pa.int64()),
+            "work_code": pa.array([0] * n_u, pa.int64()),
         }
     )
     post_table = pa.table(
