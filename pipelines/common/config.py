@@ -195,7 +195,7 @@ class ModelConfig(StrictConfig):
         default_factory=lambda: [64], description="Hidden sizes before the dim-D layer."
     )
     top_mlp: list[int] = Field(default_factory=lambda: [128, 64], min_length=1, description="Shared layers.")
-    interaction: Literal["dot", "dcn"] = "dot"
+    interaction: Literal["dot", "dcn"] = "dcn"
     dcn_layers: int = Field(2, ge=1)
     dcn_rank: int = Field(16, ge=1)
     wide: bool = Field(
@@ -228,9 +228,11 @@ class ModelConfig(StrictConfig):
         return v
 
     exclude_sparse: list[str] = Field(
-        default_factory=lambda: ["sp_post"],
+        default_factory=lambda: ["sp_post", "sp_viewer", "sp_author"],
         description="Sparse features left out of the model. Post ids: most posts a feed ranks are newer "
-        "than the training data, so a post-id table mostly memorizes (measured: lower test AUC).",
+        "than the training data, so a post-id table mostly memorizes (measured: lower test AUC); a log "
+        "whose items recur over days can take sp_post out. Viewer and author ids over-fit beside the "
+        "per-viewer rates and topic profiles (bench/RESULTS.md, Ranker quality).",
     )
 
     def to_spec(self, sparse: dict[str, int], n_dense: int, n_bias: int = 0) -> RankerSpec:

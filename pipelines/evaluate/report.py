@@ -60,10 +60,13 @@ def write_report(
                     ax.plot(mean, frac, marker=".", label=f"{name} ECE {ece:.3f}")
             lim = [0, 1] if kind == "roc" else [0, max(0.05, float(cols[task].mean()) * 3)]
             ax.plot(lim, lim, "k:", lw=0.8)
-            ax.set_title(task)
             ax.set_xlabel("false positive rate" if kind == "roc" else "predicted probability")
             ax.set_ylabel("true positive rate" if kind == "roc" else "observed frequency")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.set_title(task)
+                ax.legend(fontsize=7)
+            else:  # one class only in this split (a log without that label): nothing to draw
+                ax.set_title(f"{task}: not evaluated")
         fig.suptitle(
             f"{'ROC' if kind == 'roc' else 'Reliability'} on the test split ({result.rows} impressions)"
         )

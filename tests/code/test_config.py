@@ -12,9 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_repo_config_is_valid_and_matches_defaults() -> None:
+    """configs/*.yaml spell out the embedded defaults: a config file that names only what it changes (like
+    docs/examples/ratings/train.yaml) gets the same recipe."""
     cfg = load_config(REPO / "configs" / "data.yaml", DataConfig)
     assert cfg.synth.users == 2000
     assert cfg.features.windows == {"1h": 3600, "1d": 86400, "7d": 604800}
+    assert cfg == load_config(None, DataConfig)
+    assert load_config(REPO / "configs" / "train.yaml", TrainConfig) == load_config(None, TrainConfig)
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
