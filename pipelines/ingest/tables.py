@@ -140,10 +140,10 @@ def _read(files: dict[str, list[str]], table: Table) -> list[tuple[str, Any]]:
     import ray.data
 
     out = []
-    sized = {"num_cpus": task_cpus()}
+    cpus = task_cpus()
     for fmt, paths in files.items():
         if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, include_paths=True, partitioning=None, ray_remote_args=sized)
+            ds = ray.data.read_parquet(paths, include_paths=True, partitioning=None, num_cpus=cpus)
         elif fmt == "csv":
             string_types = {f.name: pa.string() for f in table.schema}
             ds = ray.data.read_csv(
@@ -151,10 +151,10 @@ def _read(files: dict[str, list[str]], table: Table) -> list[tuple[str, Any]]:
                 include_paths=True,
                 partitioning=None,  # type: ignore[arg-type]  # None disables hive parsing of paths
                 convert_options=pacsv.ConvertOptions(column_types=string_types, strings_can_be_null=True),
-                ray_remote_args=sized,
+                num_cpus=cpus,
             )
         else:
-            ds = ray.data.read_text(paths, include_paths=True, ray_remote_args=sized)
+            ds = ray.data.read_text(paths, include_paths=True, num_cpus=cpus)
         out.append((fmt, ds))
     return out
 

@@ -156,3 +156,21 @@ def test_online_viewer_events_are_the_last_week_of_impressions_and_hides(built_w
     clean = pq.read_table(built_world / "clean" / "engagements").to_pandas()
     hides = clean[clean["type"].isin(["hide", "report"]) & clean["at"].ge(as_of - dt.timedelta(days=7))]
     assert len(events[events["type"] != "impression"]) == len(hides)
+
+
+def test_school_and_work_reach_the_ranker_as_vocabulary_codes(built_world: Path) -> None:
+    """The viewer's school and work are sparse features (issue 16: a ratings log's occupation lives in
+    ``work``): one code per distinct value in ``vocab.json``, 0 for unknown, the same in the online store."""
+    manifest = load_manifest(built_world)
+    vocab = json.loads((built_world / "features" / "vocab.json").read_text())
+    users = pads.dataset(str(built_world / "clean" / "users"), format="parquet").to_table().to_pandas()
+    rows = read_split(built_world, "test", ["viewer_id", "sp_school", "sp_work"]).to_pandas()
+    profile = users.set_index("user_id").loc[rows["viewer_id"]]
+    for column, feature in (("school", "sp_school"), ("work", "sp_work")):
+        assert manifest["columns"]["sparse_vocab"][feature] == len(vocab[column]) + 1
+        want = [vocab[column].get(v, 0) if isinstance(v, str) else 0 for v in profile[column]]
+        assert rows[feature].tolist() == want
+        assert (rows[feature] > 0).any()
+    online = pq.read_table(built_world / "online" / "users.parquet").to_pandas().set_index("user_id")
+    want_online = [vocab["work"].get(v, 0) if isinstance(v, str) else 0 for v in online["work"]]
+    assert online["work_code"].tolist() == want_online
