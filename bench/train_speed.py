@@ -97,11 +97,11 @@ def _plain_worker(
     from torch.nn.parallel import DistributedDataParallel
 
     from bench.plain_ranker import PlainRanker
-    from models.batch import collate
+    from models.batch import Forget, Jagged, finish, prepare
     from models.train_wrapper import RankerTrainWrapper
     from pipelines.features.manifest import read_columns
     from pipelines.train.loop import StepTimer
-    from pipelines.train.setup import build_setup, forget_history
+    from pipelines.train.setup import build_setup
 
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -122,6 +122,9 @@ def _plain_worker(
     opt_rest = torch.optim.Adam(rest, lr=cfg.optim.dense_lr)
     cols = read_columns(Path(data_dir), "train")
     n = len(cols["impression_id"])
+    # The same per-row work as the pipeline's Ray Data blocks, done once (the twin holds the split in memory).
+    ready = prepare(cols, setup.layout, setup.encoder)
+    forget = Forget.of(setup.layout, setup.cold_viewer, cfg.optim.history_dropout)
     mine = np.arange(rank, n, world)  # this process's shard
     rng = np.random.default_rng(cfg.optim.seed + rank)
     bs, every = cfg.optim.batch_size, cfg.optim.report_every
@@ -135,11 +138,10 @@ def _plain_worker(
         for lo in range(0, len(order) - bs + 1, bs):
             t = clock()
             idx = order[lo : lo + bs]
-            batch_cols = {k: v[idx] for k, v in cols.items()}
+            batch_cols = {k: v.take(idx) if isinstance(v, Jagged) else v[idx] for k, v in ready.items()}
             timer.record("data", clock() - t)
             t = clock()
-            batch_cols = forget_history(batch_cols, setup.cold_viewer, cfg.optim.history_dropout, rng)
-            b = collate(batch_cols, setup.layout, setup.encoder, cfg.optim.id_dropout, rng).to(device)
+            b = finish(batch_cols, setup.layout, setup.encoder, cfg.optim.id_dropout, rng, forget).to(device)
             timer.record("collate", clock() - t)
             t = clock()
             loss, _ = ddp(b)

@@ -49,6 +49,17 @@ class Jagged:
         ends = np.cumsum(self.lengths)
         return [self.values[e - n : e].tolist() for e, n in zip(ends, self.lengths, strict=True)]
 
+    def take(self, index: np.ndarray) -> Jagged:
+        """The rows ``index``, in that order (array operations only).
+
+        >>> Jagged(np.array([1, 2, 3, 4]), np.array([1, 0, 3])).take(np.array([2, 0])).rows()
+        [[2, 3, 4], [1]]
+        """
+        starts = (np.cumsum(self.lengths) - self.lengths)[index]  # (k,)
+        lengths = np.asarray(self.lengths)[index]  # (k,)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return Jagged(np.asarray(self.values)[np.repeat(starts, lengths) + within], lengths)
+
     @staticmethod
     def concat(parts: list[Jagged]) -> Jagged:
         return Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
@@ -129,6 +140,38 @@ def _vectors(column: Any, dim: int, n: int) -> np.ndarray:
     return arr.reshape(n, dim).astype(np.float32)
 
 
+#: Prepared columns (:func:`prepare`): the dense matrix, and each sparse feature's table rows.
+DENSE = "_dense"
+ROWS = "_rows:"
+
+
+@dataclass(frozen=True)
+class Forget:
+    """History dropout on the dense matrix: with probability ``rate`` a row's columns ``index`` take
+    ``values`` (what a viewer without history has)."""
+
+    index: np.ndarray  # (k,) int64 matrix columns
+    values: np.ndarray  # (k,) float32
+    rate: float
+
+    @staticmethod
+    def of(layout: FeatureLayout, cold: Mapping[str, Any], rate: float) -> Forget:
+        """``cold``: column → value (a list for a vector), in the matrix order of ``layout``."""
+        starts, at = {}, 0
+        for name in layout.dense:
+            starts[name], at = at, at + 1
+        for name, dim in layout.vectors.items():
+            starts[name], at = at, at + dim
+        index: list[int] = []
+        values: list[float] = []
+        for name, value in cold.items():
+            if name in starts:
+                flat = np.atleast_1d(np.asarray(value, np.float32))
+                index += range(starts[name], starts[name] + len(flat))
+                values += flat.tolist()
+        return Forget(np.array(index, np.int64), np.array(values, np.float32), rate)
+
+
 def collate(
     columns: dict[str, Any],
     layout: FeatureLayout,
@@ -136,30 +179,96 @@ def collate(
     id_dropout: float | Mapping[str, float] = 0.0,
     rng: np.random.Generator | None = None,
 ) -> Batch:
-    """Columns → :class:`Batch`.
+    """Columns → :class:`Batch`: :func:`prepare`, then :func:`finish`.
 
     ``id_dropout`` (training only) sends that share of id values to row 0, so the model learns to score
     unseen users and posts from content and counters: one rate for every id feature, or a rate per
     feature (``{"sp_viewer": 0.3}``; features not named keep their ids).
     """
+    return finish(prepare(columns, layout, encoder), layout, encoder, id_dropout, rng)
+
+
+def prepare(columns: dict[str, Any], layout: FeatureLayout, encoder: SparseEncoder) -> dict[str, Any]:
+    """The per-row work of a batch, done once: the dense matrix (``DENSE``: dense columns, then the vectors'
+    elements) and each sparse feature's table rows (``ROWS + name``: an array, or :class:`Jagged` for
+    lists); labels, weights and bias columns pass through. Training runs it once per Ray Data block
+    (:meth:`pipelines.train.setup.RankerTraining.prepare_block`) instead of once per step and epoch."""
     first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
     n = len(columns[first])
-    dense = _dense(columns, layout, n)
-    sparse = _sparse(columns, layout, encoder, n, id_dropout, rng)
+    out: dict[str, Any] = {DENSE: _dense(columns, layout, n)}
+    for name in layout.sparse:
+        col = columns[name]
+        arr = None if isinstance(col, Jagged) else np.asarray(col)
+        if arr is None:  # multi-valued, already jagged
+            out[ROWS + name] = Jagged(encoder.rows(name, col.values), np.asarray(col.lengths, np.int64))
+        elif arr.dtype == object:  # multi-valued (lists)
+            lens = np.array([len(v) for v in col], dtype=np.int64)
+            flat = (
+                np.concatenate([np.asarray(v, np.int64) for v in col])
+                if lens.sum()
+                else np.zeros(0, np.int64)
+            )
+            out[ROWS + name] = Jagged(encoder.rows(name, flat), lens)
+        else:
+            out[ROWS + name] = encoder.rows(name, arr)
+    for col in (*(("dwell_ms" if t == "dwell" else t) for t in TASKS), "sample_weight", *layout.bias):
+        if col in columns:
+            out[col] = np.asarray(columns[col], np.float32)
+    return out
+
+
+def finish(
+    prepared: dict[str, Any],
+    layout: FeatureLayout,
+    encoder: SparseEncoder,
+    id_dropout: float | Mapping[str, float] = 0.0,
+    rng: np.random.Generator | None = None,
+    forget: Forget | None = None,
+) -> Batch:
+    """Prepared columns → :class:`Batch`, with training's per-step randomness: ``forget`` (history dropout
+    on the matrix, drawn first) and ``id_dropout`` (ids to row 0)."""
+    dense = np.asarray(prepared[DENSE], np.float32)
+    n = len(dense)
+    if forget is not None and forget.rate > 0 and len(forget.index):
+        hit = (rng or np.random.default_rng()).random(n) < forget.rate  # (n,) rows that forget
+        dense = dense.copy()
+        dense[np.ix_(hit, forget.index)] = forget.values
+    values: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for name in layout.sparse:
+        col = prepared[ROWS + name]
+        if isinstance(col, Jagged):
+            rows, lens = np.asarray(col.values, np.int64), np.asarray(col.lengths, np.int64)
+        else:
+            rows, lens = np.asarray(col, np.int64), np.ones(n, np.int64)
+        rate = id_dropout.get(name, 0.0) if isinstance(id_dropout, Mapping) else id_dropout
+        if rate > 0 and name in encoder.ids:
+            gen = rng or np.random.default_rng()
+            rows = np.where(gen.random(len(rows)) < rate, 0, rows)
+        values.append(rows)
+        lengths.append(lens)
+    sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(layout.sparse),
+        values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
+        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int64)),
+    )
     labels = {}
     for task in TASKS:
         col = "dwell_ms" if task == "dwell" else task
-        if col in columns:
-            labels[task] = torch.from_numpy(np.array(columns[col], dtype=np.float32))
-    w = columns.get("sample_weight")
+        if col in prepared:
+            labels[task] = torch.from_numpy(np.array(prepared[col], dtype=np.float32))
+    w = prepared.get("sample_weight")
     weights = torch.from_numpy(np.array(w, dtype=np.float32)) if w is not None else torch.ones(n)
     bias = None
-    if layout.bias and all(c in columns for c in layout.bias):
-        bias = torch.from_numpy(np.stack([np.asarray(columns[c], np.float32) for c in layout.bias], axis=1))
-    return Batch(dense=dense, sparse=sparse, labels=labels, weights=weights, bias=bias)
+    if layout.bias and all(c in prepared for c in layout.bias):
+        bias = torch.from_numpy(np.stack([np.asarray(prepared[c], np.float32) for c in layout.bias], axis=1))
+    if not dense.flags.writeable or not dense.flags.c_contiguous:  # a zero-copy view of an Arrow block
+        dense = np.ascontiguousarray(dense).copy()
+    dense_t = torch.from_numpy(dense)
+    return Batch(dense=dense_t, sparse=sparse, labels=labels, weights=weights, bias=bias)
 
 
-def _dense(columns: dict[str, Any], layout: FeatureLayout, n: int) -> torch.Tensor:
+def _dense(columns: dict[str, Any], layout: FeatureLayout, n: int) -> np.ndarray:
     """The dense columns, then the vectors' elements: (n, layout.n_dense) float32."""
     parts = (
         [np.stack([np.asarray(columns[c], dtype=np.float32) for c in layout.dense], axis=1)]
@@ -167,44 +276,4 @@ def _dense(columns: dict[str, Any], layout: FeatureLayout, n: int) -> torch.Tens
         else []
     )
     parts += [_vectors(columns[name], dim, n) for name, dim in layout.vectors.items()]
-    return torch.from_numpy(np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32))
-
-
-def _sparse(
-    columns: dict[str, Any],
-    layout: FeatureLayout,
-    encoder: SparseEncoder,
-    n: int,
-    id_dropout: float | Mapping[str, float],
-    rng: np.random.Generator | None,
-) -> KeyedJaggedTensor:
-    """The sparse columns (single values, lists or :class:`Jagged`) as table rows, feature-major."""
-    values: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
-    for name in layout.sparse:
-        col = columns[name]
-        arr = None if isinstance(col, Jagged) else np.asarray(col)
-        if arr is None:  # multi-valued, already jagged
-            lens, flat = np.asarray(col.lengths, np.int64), np.asarray(col.values, np.int64)
-        elif arr.dtype == object:  # multi-valued (lists)
-            lens = np.array([len(v) for v in col], dtype=np.int64)
-            flat = (
-                np.concatenate([np.asarray(v, dtype=np.int64) for v in col])
-                if lens.sum()
-                else np.zeros(0, np.int64)
-            )
-        else:
-            lens = np.ones(n, dtype=np.int64)
-            flat = arr.astype(np.int64)
-        rows = encoder.rows(name, flat)
-        rate = id_dropout.get(name, 0.0) if isinstance(id_dropout, Mapping) else id_dropout
-        if rate > 0 and name in encoder.ids:
-            gen = rng or np.random.default_rng()
-            rows = np.where(gen.random(len(rows)) < rate, 0, rows)
-        values.append(rows)
-        lengths.append(lens)
-    return KeyedJaggedTensor.from_lengths_sync(
-        keys=list(layout.sparse),
-        values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
-        lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int64)),
-    )
+    return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)

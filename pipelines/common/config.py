@@ -322,6 +322,12 @@ class OptimConfig(StrictConfig):
     shuffle_buffer: int = Field(
         16384, ge=1, description="Rows each worker shuffles locally (blocks are also read in random order)."
     )
+    materialize: bool = Field(
+        True,
+        description="Keep the prepared splits (dense matrix and table rows, built once per block) in Ray's "
+        "object store for every epoch; false for data larger than the object store: each epoch then reads "
+        "and prepares the files again.",
+    )
     patience: int | None = Field(
         1, ge=1, description="Stop after this many epochs without a better validation loss (None: never)."
     )

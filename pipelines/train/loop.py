@@ -26,6 +26,7 @@ from pipelines.features.manifest import arrow_columns
 from pipelines.train.sharding import Sharded, gather_full_state, time_input_dist
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,15 @@ class Servable(Protocol):
 class TrainableModel(Protocol):
     """The model-specific side of :class:`TrainLoop` (small and picklable: it travels to every worker).
 
-    ``shard(...).dmp`` is called as ``dmp(batch) -> (loss, (losses, outputs))`` with ``losses`` a dict of
-    detached scalars that has ``loss/total``; its servable module is its ``model`` submodule.
+    ``prepare_block`` turns a Ray Data block of feature columns into model-ready columns once (the datasets
+    map it); ``train_batch`` and ``eval_batch`` make a step's batch of those. ``shard(...).dmp`` is called
+    as ``dmp(batch) -> (loss, (losses, outputs))`` with ``losses`` a dict of detached scalars that has
+    ``loss/total``; its servable module is its ``model`` submodule.
     """
 
     def shard(self, world: int, device: torch.device, sharding: str) -> Sharded: ...
+
+    def prepare_block(self, table: pa.Table) -> pa.Table: ...
 
     def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> StepBatch: ...
 

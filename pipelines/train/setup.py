@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.batch import Batch, FeatureLayout, SparseEncoder, collate
+from models.batch import DENSE, Batch, FeatureLayout, Forget, Jagged, SparseEncoder, finish, prepare
 from models.ranker import RankerSpec
 from models.servable import ServableRanker
 from models.tasks import BINARY_TASKS, TASKS
@@ -22,10 +22,11 @@ from models.train_wrapper import LossSpec
 from pipelines.common.cli import DataError
 from pipelines.common.columns import DWELL, SPARSE_IDS, WEIGHT
 from pipelines.common.config import TrainConfig
-from pipelines.features.manifest import load_manifest, read_split
+from pipelines.features.manifest import arrow_columns, load_manifest, read_split
 from pipelines.train.sharding import Sharded, shard
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
 log = logging.getLogger(__name__)
@@ -106,29 +107,6 @@ def unlearnable_tasks(manifest: dict[str, Any]) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in skipped)
 
 
-def forget_history(
-    columns: dict[str, Any], cold: dict[str, Any], rate: float, rng: np.random.Generator
-) -> dict[str, Any]:
-    """``columns`` with a ``rate`` share of rows given a new viewer's history features (``cold``: column →
-    value, a list for vectors, whose columns are 2-D arrays); the input is not modified.
-
-    >>> cols = {"u_click_rate": np.array([0.2, 0.3, 0.4]), "p_age_h": np.array([1.0, 2.0, 3.0])}
-    >>> out = forget_history(cols, {"u_click_rate": 0.05}, 0.99, np.random.default_rng(0))
-    >>> out["u_click_rate"].tolist(), out["p_age_h"].tolist()
-    ([0.05, 0.05, 0.05], [1.0, 2.0, 3.0])
-    """
-    if rate <= 0 or not cold:
-        return columns
-    n = len(next(iter(columns.values())))
-    hit = rng.random(n) < rate  # (n,) rows that forget
-    out = dict(columns)
-    for name, value in cold.items():
-        col = np.array(columns[name], copy=True)  # vectors are 2-D (arrow_columns)
-        col[hit] = np.asarray(value, dtype=col.dtype)
-        out[name] = col
-    return out
-
-
 def sharded_model(setup: TrainSetup, world: int, device: torch.device, sharding: str) -> Sharded:
     """The ranker's train wrapper in DistributedModelParallel (tables created on the meta device, each rank
     materializing its own shards), its dense optimizer, and the combined (fused embedding + dense)
@@ -176,23 +154,42 @@ class RankerTraining:
 
     setup: TrainSetup
     id_dropout: dict[str, float] = field(init=False)
-    history_dropout: float = field(init=False)
+    forget: Forget = field(init=False)
 
     def __post_init__(self) -> None:
         optim = TrainConfig.model_validate(self.setup.config).optim
-        self.id_dropout, self.history_dropout = optim.id_dropout, optim.history_dropout
+        self.id_dropout = optim.id_dropout
+        self.forget = Forget.of(self.setup.layout, self.setup.cold_viewer, optim.history_dropout)
 
     def shard(self, world: int, device: torch.device, sharding: str) -> Sharded:
         return sharded_model(self.setup, world, device, sharding)
 
+    def prepare_block(self, table: pa.Table) -> pa.Table:
+        """A Ray Data block of feature columns → the model-ready block (:func:`models.batch.prepare`): the
+        dense matrix and table rows, built once per block instead of once per step and epoch."""
+        import pyarrow as pa
+
+        prepared = prepare(arrow_columns(table, jagged=True), self.setup.layout, self.setup.encoder)
+        out = {}
+        for name, col in prepared.items():
+            if isinstance(col, Jagged):
+                offsets = np.concatenate([[0], np.cumsum(col.lengths)]).astype(np.int32)
+                out[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(col.values, pa.int64()))
+            elif col.ndim == 2:
+                out[name] = pa.FixedSizeListArray.from_arrays(pa.array(col.reshape(-1)), col.shape[1])
+            else:
+                out[name] = pa.array(col)
+        return pa.table(out)
+
     def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> Batch:
-        """With id and history dropout: that share of ids goes to the out-of-vocabulary row, and of rows to
-        a viewer without history (cold start)."""
-        columns = forget_history(columns, self.setup.cold_viewer, self.history_dropout, rng)
-        return collate(columns, self.setup.layout, self.setup.encoder, id_dropout=self.id_dropout, rng=rng)
+        """With history and id dropout: that share of rows gets a viewer without history (cold start), and
+        of ids the out-of-vocabulary row. ``columns``: prepared (:meth:`prepare_block`) or raw."""
+        prepared = columns if DENSE in columns else prepare(columns, self.setup.layout, self.setup.encoder)
+        return finish(prepared, self.setup.layout, self.setup.encoder, self.id_dropout, rng, self.forget)
 
     def eval_batch(self, columns: dict[str, Any]) -> Batch:
-        return collate(columns, self.setup.layout, self.setup.encoder)
+        prepared = columns if DENSE in columns else prepare(columns, self.setup.layout, self.setup.encoder)
+        return finish(prepared, self.setup.layout, self.setup.encoder)
 
     def export(self, state_dict: dict[str, Any]) -> ServableRanker:
         return servable_ranker(self.setup, state_dict)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.common.config import TrainConfig
 from pipelines.train.loop import train_loop
 from pipelines.train.setup import RankerTraining, build_setup
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,11 @@ def train(
     from ray.train.torch import TorchTrainer
 
     setup = build_setup(data_dir, cfg)
-    data = datasets(cfg, data_dir, setup.columns)
+    training = RankerTraining(setup)
+    data = datasets(cfg, data_dir, setup.columns, training.prepare_block)
     use_gpu = gpus_wanted(cfg)
     loop_config = {
-        "model": RankerTraining(setup),
+        "model": training,
         "optim": cfg.optim,
         "sharding": cfg.distributed.sharding,
         "use_gpu": use_gpu,
@@ -65,8 +70,12 @@ def train(
     return result
 
 
-def datasets(cfg: TrainConfig, data_dir: Path, columns: list[str]) -> dict[str, Any]:
-    """The train and validation splits as Ray Data datasets of ``columns`` (train blocks in random order)."""
+def datasets(
+    cfg: TrainConfig, data_dir: Path, columns: list[str], prepare: Callable[[pa.Table], pa.Table]
+) -> dict[str, Any]:
+    """The train and validation splits as Ray Data datasets of model-ready blocks (``prepare``: the dense
+    matrix and table rows, built once per block; train blocks in random order), kept in the object store
+    for every epoch unless ``optim.materialize`` is off."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -74,15 +83,13 @@ def datasets(cfg: TrainConfig, data_dir: Path, columns: list[str]) -> dict[str, 
     ctx.use_datasource_v2 = False
     # Read tasks ask for a quarter CPU: on a small cluster that also serves the feed (make retrain), the
     # train workers and Serve replicas leave no node a whole CPU, and whole-CPU reads would starve training.
-    splits = {
-        split: ray.data.read_parquet(
-            str(data_dir / "features" / split),
-            columns=columns,
-            partitioning=None,
-            ray_remote_args={"num_cpus": 0.25},
+    splits = {}
+    for split in ("train", "valid"):
+        ds = ray.data.read_parquet(
+            str(data_dir / "features" / split), columns=columns, partitioning=None, num_cpus=0.25
         )
-        for split in ("train", "valid")
-    }
+        ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+        splits[split] = ds.materialize() if cfg.optim.materialize else ds
     # Files are written day by day and viewer by viewer: mix the blocks, then shuffle within a buffer.
     splits["train"] = splits["train"].randomize_block_order(seed=cfg.optim.seed)
     return splits

@@ -218,3 +218,38 @@ def test_post_ids_get_rows_only_from_the_minimum_count_and_new_posts_share_the_o
     assert rows[0] > 0
     assert rows[1:].tolist() == [0, 0]
     assert "sp_post" in setup.layout.sparse
+
+
+def test_a_prepared_block_gives_the_same_batches_as_raw_columns(built_world: Path) -> None:
+    """Training prepares each Ray Data block once (dense matrix, table rows) and makes each step's batch of
+    it (issue 14): the batch, history and id dropout included, equals the one made from the raw columns
+    with the same random draws."""
+    from pipelines.common.config import TrainConfig
+    from pipelines.features.manifest import arrow_columns, read_split
+    from pipelines.train.setup import RankerTraining, build_setup
+
+    cfg = TrainConfig.model_validate({"optim": {"history_dropout": 0.5}, "model": {"exclude_sparse": []}})
+    training = RankerTraining(build_setup(built_world, cfg))
+    assert len(training.forget.index) > 0
+    table = read_split(built_world, "train", training.setup.columns).slice(0, 300)
+    block = training.prepare_block(table)
+    assert block.num_columns < table.num_columns
+    got = training.train_batch(arrow_columns(block, jagged=True), np.random.default_rng(7))
+    want = training.train_batch(arrow_columns(table), np.random.default_rng(7))
+    torch.testing.assert_close(got.dense, want.dense)
+    assert got.sparse.keys() == want.sparse.keys()
+    torch.testing.assert_close(got.sparse.values(), want.sparse.values())
+    torch.testing.assert_close(got.sparse.lengths(), want.sparse.lengths())
+    for task in want.labels:
+        torch.testing.assert_close(got.labels[task], want.labels[task])
+    torch.testing.assert_close(got.weights, want.weights)
+    assert got.bias is not None
+    assert want.bias is not None
+    torch.testing.assert_close(got.bias, want.bias)
+    hidden = training.forget.index
+    cold_rows = (got.dense[:, hidden] == torch.from_numpy(training.forget.values)).all(1)
+    assert 0 < int(cold_rows.sum()) < len(got)  # history dropout hit some rows, not all
+    ev_got = training.eval_batch(arrow_columns(block.slice(10, 50), jagged=True))
+    ev_want = training.eval_batch(arrow_columns(table.slice(10, 50)))
+    torch.testing.assert_close(ev_got.dense, ev_want.dense)
+    torch.testing.assert_close(ev_got.sparse.values(), ev_want.sparse.values())
