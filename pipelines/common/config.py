@@ -228,11 +228,12 @@ class ModelConfig(StrictConfig):
         return v
 
     exclude_sparse: list[str] = Field(
-        default_factory=lambda: ["sp_post", "sp_viewer", "sp_author"],
+        default_factory=lambda: ["sp_post", "sp_viewer", "sp_author", "sp_school", "sp_work"],
         description="Sparse features left out of the model. Post ids: most posts a feed ranks are newer "
         "than the training data, so a post-id table mostly memorizes (measured: lower test AUC); a log "
         "whose items recur over days can take sp_post out. Viewer and author ids over-fit beside the "
-        "per-viewer rates and topic profiles (bench/RESULTS.md, Ranker quality).",
+        "per-viewer rates and topic profiles, and so do the viewer's school and work codes where most "
+        "viewers are new (bench/RESULTS.md, Ranker quality).",
     )
 
     def to_spec(self, sparse: dict[str, int], n_dense: int, n_bias: int = 0) -> RankerSpec:

@@ -81,7 +81,7 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
     for name in (f for f in SPARSE_IDS if f in layout.sparse):
         values, counts = np.unique(ids_table[name].to_numpy(), return_counts=True)
         ids[name] = values[counts >= cfg.model.min_id_count[name]].astype(np.int64)
-    codes = {**cols["sparse_vocab"], **cols["sparse_lists"]}
+    codes = {k: v for k, v in {**cols["sparse_vocab"], **cols["sparse_lists"]}.items() if k in layout.sparse}
     encoder = SparseEncoder(ids=ids, codes={k: int(v) for k, v in codes.items()})
     spec = cfg.model.to_spec(encoder.table_rows(), n_dense=layout.n_dense, n_bias=len(layout.bias))
     mean = [stats[c]["mean"] for c in layout.dense] + [0.0] * sum(layout.vectors.values())

@@ -253,3 +253,23 @@ def test_a_prepared_block_gives_the_same_batches_as_raw_columns(built_world: Pat
     ev_want = training.eval_batch(arrow_columns(table.slice(10, 50)))
     torch.testing.assert_close(ev_got.dense, ev_want.dense)
     torch.testing.assert_close(ev_got.sparse.values(), ev_want.sparse.values())
+
+
+def test_a_vocabulary_feature_left_out_has_no_table(built_world: Path) -> None:
+    """``model.exclude_sparse`` can name any sparse feature: a vocabulary feature left out gets no table
+    (a table without input crashed the first forward)."""
+    from pipelines.common.config import TrainConfig
+    from pipelines.features.manifest import arrow_columns, read_split
+    from pipelines.train.setup import RankerTraining, build_setup
+
+    cfg = TrainConfig.model_validate(
+        {"model": {"exclude_sparse": ["sp_post", "sp_viewer", "sp_author", "sp_city"]}}
+    )
+    setup = build_setup(built_world, cfg)
+    assert "sp_city" not in setup.encoder.table_rows()
+    assert "sp_city" not in setup.layout.sparse
+    batch = RankerTraining(setup).eval_batch(
+        arrow_columns(read_split(built_world, "valid", setup.columns).slice(0, 64))
+    )
+    model = MultiTaskRanker(setup.spec)
+    assert set(model(batch.dense, batch.sparse)) >= {"click", "dwell"}
