@@ -3,7 +3,9 @@
 A batch arrives as columns (``dict[str, np.ndarray]``, as Ray Data's ``iter_batches(batch_format="numpy")``
 yields them, or as serving assembles them). :class:`FeatureLayout` says which columns are dense, which are
 fixed-length vectors and which are sparse; :class:`SparseEncoder` maps raw sparse values to embedding
-table rows (row 0 = out of vocabulary). :func:`collate` returns a :class:`Batch`.
+table rows (row 0 = out of vocabulary). :func:`collate` returns a :class:`Batch`; it is :func:`prepare`
+(the per-row work: the dense matrix and table rows, which training does once per Ray Data block) then
+:func:`finish` (a step's tensors, with training's history and id dropout).
 
 Example::
 
