@@ -159,16 +159,18 @@ class Forget:
     @staticmethod
     def of(layout: FeatureLayout, cold: Mapping[str, Any], rate: float) -> Forget:
         """``cold``: column → value (a list for a vector), in the matrix order of ``layout``."""
-        starts, at = {}, 0
+        starts, widths, at = {}, {}, 0
         for name in layout.dense:
-            starts[name], at = at, at + 1
+            starts[name], widths[name], at = at, 1, at + 1
         for name, dim in layout.vectors.items():
-            starts[name], at = at, at + dim
+            starts[name], widths[name], at = at, dim, at + dim
         index: list[int] = []
         values: list[float] = []
         for name, value in cold.items():
             if name in starts:
                 flat = np.atleast_1d(np.asarray(value, np.float32))
+                if len(flat) != widths[name]:
+                    raise ValueError(f"cold value of {name}: {len(flat)} numbers, width {widths[name]}")
                 index += range(starts[name], starts[name] + len(flat))
                 values += flat.tolist()
         return Forget(np.array(index, np.int64), np.array(values, np.float32), rate)

@@ -241,7 +241,18 @@ class EmbeddedStore:
         vocab: dict[str, dict[str, int]],
     ) -> EmbeddedStore:
         """From the online tables (``ONLINE_TABLES``, as :func:`pipelines.features.online.build_online`
-        writes them)."""
+        writes them); a snapshot an older version wrote, without columns serving reads, is an error that
+        says to rebuild it."""
+        wanted = {
+            "users": ("school_code", "work_code"),
+            "posts": tuple(f"p_{a}_{w}" for w in counter_windows(windows) for a in ("impressions", "click")),
+        }
+        for name, columns in wanted.items():
+            if missing := [c for c in columns if c not in tables[name].column_names]:
+                raise ValueError(
+                    f"online snapshot: {name} lacks {missing} (written by an older version): rerun "
+                    "python -m pipelines.features on this data directory"
+                )
         snap = _snapshot(
             tables["users"],
             tables["posts"],

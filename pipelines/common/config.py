@@ -169,11 +169,11 @@ class FeaturesConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _windows_positive(self) -> FeaturesConfig:
-        bad = {k: v for k, v in self.windows.items() if v <= 0 or not k.isalnum() or k == "all"}
+        bad = {k: v for k, v in self.windows.items() if v <= 0 or not k.isalnum() or k in ("all", "rate")}
         if bad:
             raise ValueError(
-                f"windows need alphanumeric names other than 'all' (the all-time counters, always kept) "
-                f"and positive seconds, got {bad}"
+                f"windows need alphanumeric names other than 'all' (the all-time counters, always kept) and "
+                f"'rate' (the all-time rates' suffix), and positive seconds, got {bad}"
             )
         return self
 
@@ -203,10 +203,10 @@ class ModelConfig(StrictConfig):
     )
     min_id_count: dict[str, int] = Field(
         default_factory=lambda: dict.fromkeys(SPARSE_IDS, 1),
-        description="Per id feature, ids seen fewer times in the train split share the out-of-vocabulary row "
-        "(a number: the same for every id). With post ids on (a log whose items recur over days, like a "
-        "ratings log's films), e.g. {sp_post: 5}: a post needs 5 train impressions for its own row, and new "
-        "posts score through the OOV row.",
+        description="Per id feature, ids in fewer rows of the train split (after negative sampling and rare "
+        "upsampling) share the out-of-vocabulary row (a number: the same for every id). With post ids on (a "
+        "log whose items recur over days, like a ratings log's films), e.g. {sp_post: 5}: a post needs 5 "
+        "train rows for its own row, and new posts score through the OOV row.",
     )
 
     @field_validator("min_id_count", mode="before")
@@ -228,12 +228,12 @@ class ModelConfig(StrictConfig):
         return v
 
     exclude_sparse: list[str] = Field(
-        default_factory=lambda: ["sp_post", "sp_viewer", "sp_author", "sp_school", "sp_work"],
+        default_factory=lambda: ["sp_post", "sp_viewer", "sp_author"],
         description="Sparse features left out of the model. Post ids: most posts a feed ranks are newer "
         "than the training data, so a post-id table mostly memorizes (measured: lower test AUC); a log "
         "whose items recur over days can take sp_post out. Viewer and author ids over-fit beside the "
-        "per-viewer rates and topic profiles, and so do the viewer's school and work codes where most "
-        "viewers are new (bench/RESULTS.md, Ranker quality).",
+        "per-viewer rates and topic profiles (bench/RESULTS.md, Ranker quality). The viewer's school and "
+        "work codes are in; leaving them out is a lead where most viewers are new (bench.ablate).",
     )
 
     def to_spec(self, sparse: dict[str, int], n_dense: int, n_bias: int = 0) -> RankerSpec:

@@ -3,7 +3,7 @@
 Scores the test split (``D/features/test``) with the ranker and, side by side on the same rows::
 
     reverse-chron   newest first (−post age at serving): the feed before ranking
-    popularity      the post's engagements in the longest counter window before serving
+    popularity      the post's engagements over all time before serving (all-time counters)
     logistic        one scikit-learn logistic regression per task (ridge for dwell) on the same features
     oracle          the ground-truth probabilities in D/truth/ (synthetic data only): the ceiling
 

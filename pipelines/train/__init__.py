@@ -2,8 +2,9 @@
 
 ::
 
-    D/features/train ──► Ray Data ──► streaming split, one shard per worker
-                                        │  collate() → Batch: dense tensor + KeyedJaggedTensor + labels
+    D/features/train ──► Ray Data: prepare_block() once per block (dense matrix, table rows), kept in the
+                        object store ──► streaming split, one shard per worker
+                                        │  finish() → Batch: history/id dropout, KeyedJaggedTensor, labels
     Ray Train TorchTrainer (N workers)  ▼
         TorchRec DistributedModelParallel(RankerTrainWrapper(MultiTaskRanker)), called as dmp(batch)
           embedding tables sharded by the planner (table/column-wise on CPU+gloo, row-wise on GPU+nccl)

@@ -20,7 +20,7 @@ from models.servable import ServableRanker
 from models.tasks import BINARY_TASKS, TASKS
 from models.train_wrapper import LossSpec
 from pipelines.common.cli import DataError
-from pipelines.common.columns import DWELL, SPARSE_IDS, WEIGHT
+from pipelines.common.columns import DWELL, SPARSE, SPARSE_IDS, WEIGHT
 from pipelines.common.config import TrainConfig
 from pipelines.features.manifest import arrow_columns, load_manifest, read_split
 from pipelines.train.sharding import Sharded, shard
@@ -68,7 +68,7 @@ def build_setup(data_dir: Path, cfg: TrainConfig) -> TrainSetup:
     stats = json.loads((data_dir / "features" / "stats.json").read_text())
     bias = tuple(manifest.get("bias_features", ()))
     sparse = (*cols["sparse_ids"], *cols["sparse_vocab"], *cols["sparse_lists"])
-    if unknown := sorted(set(cfg.model.exclude_sparse) - set(sparse)):
+    if unknown := sorted(set(cfg.model.exclude_sparse) - set(sparse) - set(SPARSE)):
         raise DataError(f"model.exclude_sparse: {unknown} are not sparse features of {data_dir / 'features'}")
     layout = FeatureLayout(
         dense=tuple(c for c in cols["dense"] if c not in bias),

@@ -51,6 +51,12 @@ def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", DataConfig)
 
 
+def test_window_names_cannot_collide_with_the_all_time_counters_or_rates() -> None:
+    for name in ("all", "rate"):
+        with pytest.raises(ConfigError, match="windows need alphanumeric names"):
+            load_config(None, DataConfig, {"features.windows": {name: 3600}})
+
+
 def test_overrides_are_validated_too() -> None:
     assert load_config(None, DataConfig, {"synth.users": 50}).synth.users == 50
     with pytest.raises(ConfigError, match=r"synth\.users"):

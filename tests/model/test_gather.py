@@ -39,9 +39,10 @@ def _run(rank: int, world: int, data_dir: str, port: int, sharding: str, out: st
         d = Path(data_dir)
         # "mixed": the small vocabulary tables replicated (data_parallel), the id tables table-wise.
         mixed = sharding == "mixed"
-        setup = build_setup(
-            d, TrainConfig.model_validate({"distributed": {"replicate_rows": 50 if mixed else 0}})
-        )
+        # With the viewer and author id tables (the defaults leave them out): tables of every size.
+        replicate = 50 if mixed else 0
+        cfg = {"model": {"exclude_sparse": ["sp_post"]}, "distributed": {"replicate_rows": replicate}}
+        setup = build_setup(d, TrainConfig.model_validate(cfg))
         dmp, _, optimizer = sharded_model(
             setup, world, torch.device("cpu"), "table_wise" if mixed else sharding
         )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.batch import FeatureLayout, SparseEncoder, collate
+from models.batch import FeatureLayout, Forget, SparseEncoder, collate
 from models.ranker import TASKS, MultiTaskRanker, RankerSpec, probabilities
 from models.train_wrapper import LossSpec, RankerTrainWrapper
 
@@ -236,6 +236,17 @@ def test_a_prepared_block_gives_the_same_batches_as_raw_columns(built_world: Pat
     assert block.num_columns < table.num_columns
     got = training.train_batch(arrow_columns(block, jagged=True), np.random.default_rng(7))
     want = training.train_batch(arrow_columns(table), np.random.default_rng(7))
+    # And what training did before blocks were prepared: history dropout on the raw columns (one draw per
+    # row), then collate with id dropout.
+    rng = np.random.default_rng(7)
+    raw = arrow_columns(table)
+    hit = rng.random(table.num_rows) < 0.5
+    for name, value in training.setup.cold_viewer.items():
+        raw[name] = np.array(raw[name], copy=True)
+        raw[name][hit] = np.asarray(value, dtype=raw[name].dtype)
+    before = collate(raw, training.setup.layout, training.setup.encoder, training.id_dropout, rng)
+    torch.testing.assert_close(want.dense, before.dense)
+    torch.testing.assert_close(want.sparse.values(), before.sparse.values())
     torch.testing.assert_close(got.dense, want.dense)
     assert got.sparse.keys() == want.sparse.keys()
     torch.testing.assert_close(got.sparse.values(), want.sparse.values())
@@ -273,3 +284,12 @@ def test_a_vocabulary_feature_left_out_has_no_table(built_world: Path) -> None:
     )
     model = MultiTaskRanker(setup.spec)
     assert set(model(batch.dense, batch.sparse)) >= {"click", "dwell"}
+
+
+def test_history_dropout_maps_cold_values_onto_the_matrix_columns() -> None:
+    layout = FeatureLayout(dense=("u_a", "p_b"), vectors={"u_v": 2}, sparse=())
+    forget = Forget.of(layout, {"u_a": 0.5, "u_v": [1.0, 2.0], "not_an_input": 3.0}, 0.3)
+    assert forget.index.tolist() == [0, 2, 3]
+    assert forget.values.tolist() == [0.5, 1.0, 2.0]
+    with pytest.raises(ValueError, match="u_v: 3 numbers, width 2"):
+        Forget.of(layout, {"u_v": [1.0, 2.0, 3.0]}, 0.3)

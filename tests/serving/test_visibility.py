@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -587,3 +588,16 @@ def test_seen_flags_posts_with_an_impression() -> None:
     got = retrieve(store, 1, NOW_S, RetrievalConfig())
     assert got.post_ids.tolist() == [10, 11, 12]
     assert got.seen.tolist() == [True, True, False]
+
+
+def test_a_snapshot_from_an_older_version_says_to_rebuild_it() -> None:
+    """An online snapshot without the columns serving reads now (all-time counters, school and work codes)
+    is refused at load with what to do, not a KeyError in the first request."""
+    w = World(users=[1, 2], friendships=[], blocks=[], posts=[Post(10, 1, NOW_MS - DAY_MS)], events=[])
+    tables = _world_tables(w.users, w.friendships, w.blocks, w.posts, w.events)
+    old = {**tables, "posts": tables["posts"].drop_columns(["p_click_all"])}
+    with pytest.raises(ValueError, match=r"p_click_all.*rerun python -m pipelines.features"):
+        EmbeddedStore.from_tables(old, NOW_S, WINDOWS, VOCAB)
+    old = {**tables, "users": tables["users"].drop_columns(["work_code"])}
+    with pytest.raises(ValueError, match="work_code"):
+        EmbeddedStore.from_tables(old, NOW_S, WINDOWS, VOCAB)
