@@ -186,6 +186,12 @@ class DataConfig(StrictConfig):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
 
+def _only_id_features(per_id: dict[str, Any]) -> None:
+    """A per-id-feature setting names only id features."""
+    if bad := sorted(set(per_id) - set(SPARSE_IDS)):
+        raise ValueError(f"unknown id features {bad}; id features are {list(SPARSE_IDS)}")
+
+
 class ModelConfig(StrictConfig):
     """Architecture of the multitask ranker: :meth:`ModelConfig.to_spec` makes its
     :class:`models.ranker.RankerSpec`."""
@@ -221,8 +227,7 @@ class ModelConfig(StrictConfig):
     @field_validator("min_id_count")
     @classmethod
     def _count_ids(cls, v: dict[str, int]) -> dict[str, int]:
-        if bad := sorted(set(v) - set(SPARSE_IDS)):
-            raise ValueError(f"unknown id features {bad}; id features are {list(SPARSE_IDS)}")
+        _only_id_features(v)
         if low := {k: n for k, n in v.items() if n < 1}:
             raise ValueError(f"minimum counts must be at least 1, got {low}")
         return v
@@ -293,8 +298,7 @@ class OptimConfig(StrictConfig):
     @field_validator("id_dropout")
     @classmethod
     def _dropout_ids(cls, v: dict[str, float]) -> dict[str, float]:
-        if bad := sorted(set(v) - set(SPARSE_IDS)):
-            raise ValueError(f"unknown id features {bad}; id features are {list(SPARSE_IDS)}")
+        _only_id_features(v)
         if bad := sorted(k for k, r in v.items() if not 0 <= r < 1):
             raise ValueError(f"rates must be in [0, 1): {bad}")
         return v

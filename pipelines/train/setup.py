@@ -184,12 +184,15 @@ class RankerTraining:
     def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> Batch:
         """With history and id dropout: that share of rows gets a viewer without history (cold start), and
         of ids the out-of-vocabulary row. ``columns``: prepared (:meth:`prepare_block`) or raw."""
-        prepared = columns if DENSE in columns else prepare(columns, self.setup.layout, self.setup.encoder)
+        prepared = self._prepared(columns)
         return finish(prepared, self.setup.layout, self.setup.encoder, self.id_dropout, rng, self.forget)
 
     def eval_batch(self, columns: dict[str, Any]) -> Batch:
-        prepared = columns if DENSE in columns else prepare(columns, self.setup.layout, self.setup.encoder)
-        return finish(prepared, self.setup.layout, self.setup.encoder)
+        return finish(self._prepared(columns), self.setup.layout, self.setup.encoder)
+
+    def _prepared(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """Columns of a prepared block as they are; raw feature columns prepared here."""
+        return columns if DENSE in columns else prepare(columns, self.setup.layout, self.setup.encoder)
 
     def export(self, state_dict: dict[str, Any]) -> ServableRanker:
         return servable_ranker(self.setup, state_dict)
