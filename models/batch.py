@@ -197,8 +197,7 @@ def prepare(columns: dict[str, Any], layout: FeatureLayout, encoder: SparseEncod
     elements) and each sparse feature's table rows (``ROWS + name``: an array, or :class:`Jagged` for
     lists); labels, weights and bias columns pass through. Training runs it once per Ray Data block
     (:meth:`pipelines.train.setup.RankerTraining.prepare_block`) instead of once per step and epoch."""
-    first = layout.dense[0] if layout.dense else next(iter(layout.vectors))
-    n = len(columns[first])
+    n = len(columns[next(iter((*layout.dense, *layout.vectors, *layout.sparse)))])
     out: dict[str, Any] = {DENSE: _dense(columns, layout, n)}
     for name in layout.sparse:
         col = columns[name]

@@ -147,9 +147,12 @@ class MultiTaskRanker(nn.Module):
                     head.bias.fill_(math.log(p / (1 - p)))
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Dense inputs are standardized inside the model, so serving feeds raw feature values."""
+        """Dense inputs are standardized inside the model, so serving feeds raw feature values. A column
+        (near-)constant in training keeps its scale (std 1): dividing by its tiny std sent a value it never
+        took in training (a 1-hour comment counter, 0 in a small train split) to ~1e6 and the logits with
+        it."""
         self.dense_mean.copy_(mean)
-        self.dense_std.copy_(std.clamp_min(1e-6))
+        self.dense_std.copy_(safe_std(std))
 
     def forward(
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, bias: torch.Tensor | None = None
@@ -165,6 +168,15 @@ class MultiTaskRanker(nn.Module):
         if bias is not None and self.bias_tower is not None:
             logits = logits + self.bias_tower(bias)
         return {t: logits[:, i] for i, t in enumerate(self.heads)}
+
+
+def safe_std(std: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Standard deviations to divide by: those under ``floor`` (a constant column) become 1.
+
+    >>> safe_std(torch.tensor([2.0, 0.0, 1e-6])).tolist()
+    [2.0, 1.0, 1.0]
+    """
+    return torch.where(std < floor, torch.ones_like(std), std)
 
 
 def probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

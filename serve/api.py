@@ -80,6 +80,10 @@ class Item(BaseModel):
     tags: list[str]
     position: int
     impression_id: str = Field(description="Send it back with engagement events.")
+    source: Literal["friends", "suggested"] = Field(
+        "friends",
+        description="friends: a friend's post; suggested: a stranger's, from the retriever's index.",
+    )
 
 
 class ModelInfo(BaseModel):

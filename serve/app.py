@@ -16,6 +16,8 @@
                      Ranker (autoscaled; @serve.batch; the same RankingHost)
 
     RankingHost: models:/feed-ranker@champion (+ @challenger), aliases re-resolved every model.poll_s
+    RetrievalHost: models:/feed-retriever@champion and its FAISS index of public posts (out-of-network
+    candidates), re-resolved and caught up with new posts every retrieval.index_poll_s
 
 Retrieval and re-ranking are index lookups and array arithmetic on the replica's own store; with a
 separate Ranker only the candidate ids (a few KB) and the probabilities cross a process boundary, and the
@@ -46,6 +48,7 @@ from serve.api import create_api
 from serve.auth import TokenAuth
 from serve.config import ServeConfig, parse
 from serve.feed import Clock, FeedService
+from serve.index import RetrieverSlot
 from serve.log import LogTailer, ServingLog, StoreSync
 from serve.metrics import FeedMetrics
 from serve.ranking import ModelSlots, Scorer
@@ -73,6 +76,36 @@ def _writer_name(prefix: str) -> str:
         import os
 
         return f"{prefix}-{os.getpid()}"
+
+
+class RetrievalHost:
+    """The out-of-network retriever of a replica: ``feed-retriever@champion`` and its post index, re-resolved
+    and caught up with new posts by a watcher thread every ``retrieval.index_poll_s``."""
+
+    def __init__(self, cfg: ServeConfig, store: OnlineStore, clock: Clock) -> None:
+        r = cfg.retrieval
+        self.store, self.clock, self.poll_s = store, clock, r.index_poll_s
+        self.slot = RetrieverSlot(
+            r.retriever,
+            r.retriever_alias,
+            r.window_days * 86400,
+            r.index,
+            cfg.data_dir,
+            tracking_uri=cfg.model.tracking_uri,
+        )
+        self.slot.refresh(store, clock.now())
+        self._stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="index-watch", daemon=True)
+        self.watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                now = self.clock.now()
+                self.slot.refresh(self.store, now)
+                self.slot.catch_up(self.store, now)
+            except Exception:  # the thread must survive a bad poll; the old index keeps serving
+                log.exception("index refresh failed")
 
 
 class RankingHost:
@@ -143,14 +176,17 @@ class FeedIngress:
         _batching(self._score_here, cfg)
         self._encoder: Any = None
         self._encoder_lock = threading.Lock()
+        clock = Clock(cfg.clock.mode, store.as_of_s, cfg.clock.origin_s)
+        self.retrieval = RetrievalHost(cfg, store, clock) if cfg.retrieval.out_of_network > 0 else None
         self.service = FeedService(
             cfg,
             store,
             ServingLog(cfg.data_dir, _writer_name("ingress")),
             self._score_here if ranker is None else self._score_remote,
-            Clock(cfg.clock.mode, store.as_of_s, cfg.clock.origin_s),
+            clock,
             FeedMetrics(),
             encode_text=self._encode_text,
+            retriever=self.retrieval.slot if self.retrieval is not None else None,
         )
 
     @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
@@ -164,10 +200,13 @@ class FeedIngress:
         return result
 
     async def _health(self) -> dict[str, Any]:
+        index = self.retrieval.slot.current if self.retrieval is not None else None
+        retriever = {"version": index.version, "posts": len(index)} if index is not None else None
         if self.host is not None:
-            return {"models": self.host.slots.versions(), "placement": "ingress"}
+            return {"models": self.host.slots.versions(), "placement": "ingress", "retriever": retriever}
         assert self.ranker is not None
-        return {"models": await self.ranker.versions.remote(), "placement": "deployment"}
+        models = await self.ranker.versions.remote()
+        return {"models": models, "placement": "deployment", "retriever": retriever}
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
         with self._encoder_lock:
@@ -177,8 +216,10 @@ class FeedIngress:
         return out
 
     def check_health(self) -> None:
-        if (self.sync is not None and not self.sync.alive()) or (
-            self.host is not None and not self.host.watcher.is_alive()
+        if (
+            (self.sync is not None and not self.sync.alive())
+            or (self.host is not None and not self.host.watcher.is_alive())
+            or (self.retrieval is not None and not self.retrieval.watcher.is_alive())
         ):
             raise RuntimeError("a background thread of the ingress died")
 

@@ -66,6 +66,13 @@ class RankingConfig(StrictConfig, frozen=True):
     )
     timeout_s: float = Field(0.5, gt=0, description="Latency budget; over it the feed falls back.")
     torch_threads: int = Field(1, ge=1, le=64)
+    max_candidates: int = Field(
+        2000,
+        ge=1,
+        le=20_000,
+        description="The ranker scores at most this many candidates; when friends' posts and suggestions "
+        "are more, pre-ranking keeps the best by two-tower score (with a registered retriever).",
+    )
 
 
 class AuthConfig(StrictConfig, frozen=True):

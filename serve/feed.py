@@ -5,7 +5,9 @@ ranking in-process.
 
 A feed request:
 
-1. retrieval (:mod:`serve.retrieval`) over the replica's online store: visible friends' posts, newest first;
+1. retrieval (:mod:`serve.retrieval`) over the replica's online store: visible friends' posts, newest first,
+   and (with a registered retriever) strangers' public posts from its index (:mod:`serve.index`); over
+   ``ranking.max_candidates`` in all, pre-ranking keeps the best by two-tower score;
 2. ranking: ``score(ScoreRequest)`` (batched with concurrent feeds by ``@serve.batch``, here or in the
    ``Ranker`` deployment) within the latency budget ``ranking.timeout_s``; on failure or timeout the feed
    is reverse-chronological and says so;
@@ -42,6 +44,7 @@ import numpy as np
 from models.tasks import TASKS, value_score
 from pipelines.ingest.rules import Rules
 from serve.config import ServeConfig
+from serve.index import PostIndex, RetrieverSlot, prerank
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
 from serve.ranking import CHRONOLOGICAL, arm_of
@@ -62,7 +65,7 @@ from serve.records import (
     ServedModel,
 )
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
-from serve.retrieval import Candidates, retrieve, visible
+from serve.retrieval import Candidates, merge, retrieve, suggested, visible
 from serve.store import OnlineStore
 from serve.validation import ImpressionSigner, contract_problems, references
 
@@ -120,6 +123,10 @@ def _snippet(text: str, n: int) -> str:
 def _why(signals: dict[str, np.ndarray], j: int, tags: tuple[str, ...], fallback: bool) -> str:
     if fallback:
         return "Newest from your friends"
+    if "suggested" in tags:
+        if "x_topic_match" in signals and float(signals["x_topic_match"][j]) >= 0.15:
+            return "Suggested for you: about topics you engage with"
+        return "Suggested for you"
     if "exploration" in tags:
         return "Something new we think you may like"
     friends = float(np.expm1(signals["p_friend_actions_1d"][j])) if "p_friend_actions_1d" in signals else 0.0
@@ -200,8 +207,10 @@ class FeedService:
         clock: Clock,
         metrics: FeedMetrics,
         encode_text: Callable[[list[str]], np.ndarray] | None = None,
+        retriever: RetrieverSlot | None = None,
     ) -> None:
         self.cfg = cfg
+        self.retriever = retriever
         self.store = store
         self.log = serving_log
         self.score = score
@@ -265,6 +274,7 @@ class FeedService:
                     tags=list(ranked.tags[k]),
                     position=k,
                     impression_id=self._signer.sign(ranked.request_id, k, ranked.viewer, int(pid)),
+                    source="suggested" if "suggested" in ranked.tags[k] else "friends",
                 )
             )
         return items
@@ -275,10 +285,15 @@ class FeedService:
         now = self.clock.now()
         request_id = uuid.uuid4().hex
         cands = retrieve(self.store, viewer, now, self.cfg.retrieval)
+        arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
+        index = self.retriever.current if self.retriever is not None and arm != CHRONOLOGICAL else None
+        if index is not None:
+            cands = self._suggest(index, viewer, now, cands)
         t1 = time.perf_counter()
         self.metrics.stage("retrieval", (t1 - t0) * 1000)
-        arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
         scores, fallback = await self._score(ScoreRequest(viewer, cands.post_ids, now, arm))
+        if scores is None and cands.suggested.any():  # newest first is friends' posts only
+            cands = cands.take(np.flatnonzero(~cands.suggested))
         t2 = time.perf_counter()
         self.metrics.stage("ranking", (t2 - t1) * 1000)
         state = cands.viewer if cands.viewer is not None else self.store.viewer(viewer)
@@ -328,6 +343,21 @@ class FeedService:
             log.warning("ranking failed (%s: %s); serving reverse-chronological", type(e).__name__, e)
             return None, "ranker_error"
 
+    def _suggest(self, index: PostIndex, viewer: int, now: float, cands: Candidates) -> Candidates:
+        """Friends' posts and the index's suggestions, pre-ranked to ``ranking.max_candidates`` by
+        two-tower score when more; on a retrieval error, friends' posts only (counted, logged)."""
+        cfg = self.cfg
+        try:
+            if cfg.retrieval.out_of_network > 0:
+                cands = merge(cands, suggested(self.store, viewer, now, cfg.retrieval, index, cands))
+            if len(cands.post_ids) > cfg.ranking.max_candidates:
+                cands = prerank(self.store, viewer, now, index, cands, cfg.ranking.max_candidates)
+        except Exception as e:
+            log.warning("out-of-network retrieval failed (%s: %s); friends' posts only", type(e).__name__, e)
+            self.metrics.event("retrieval_errors", 1)
+            cands = cands.take(np.flatnonzero(~cands.suggested))
+        return cands
+
     def _rerank(self, cands: Candidates, scores: Scores | None, ctx: RerankContext) -> Slate:
         """The candidates in final order: by value and re-ranked, or (no scores) newest first with seen
         posts still after unseen ones."""
@@ -345,6 +375,7 @@ class FeedService:
             score=value,
             seen=cands.seen,
             reasons=[()] * n,
+            suggested=cands.suggested,
         )
         if scores is not None:
             return rerank(slate, ctx, self.cfg.rerank)
@@ -579,6 +610,11 @@ class FeedService:
         emb = self._encode_text([post.text or ""])[0]
         record = dataclasses.replace(draft, text_emb=[float(x) for x in emb])
         self.publish([record])
+        if self.retriever is not None:  # retrievable by strangers at once (other replicas: next poll)
+            try:
+                self.retriever.catch_up(self.store, now)
+            except Exception as e:  # the post is stored; the index catches up at its next poll
+                log.warning("indexing post %d failed (%s: %s)", post_id, type(e).__name__, e)
         return PostCreated(post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat())
 
 

@@ -76,6 +76,7 @@ class FeedItem:
     tags: list[str]  # what re-ranking did to it (fresh, seen, exploration, …)
     position: int  # in the whole ranked list, not the page
     impression_id: str
+    source: str = "friends"  # friends (in-network) or suggested (out-of-network, the retriever's index)
 
 
 # ----------------------------------------------------------------------------------------- the log

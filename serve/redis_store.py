@@ -14,6 +14,7 @@ Layout, under ``<prefix>:<snapshot>:`` (a snapshot is loaded under its own id an
     ua:<column>               hash "viewer:author" → float32 bytes
     fr:<user>, bl:<user>      friends (int64 ids, float64 since), blocked-with (int64 ids)
     by:<author>               sorted set post id by created_s
+    bytime                    sorted set of every post id by created_s (the retriever's index reads it)
     e:<post>                  positive actions (int64 user, float64 at), APPENDed
     seen:<v>, hid:<v>         sets of post ids;  hida:<v>  hash author → hides + reports
     rec:<record id>           applied-once marker
@@ -145,6 +146,10 @@ class RedisStore:
         raw = self.r.get(f"{self.k}bl:{int(user_id)}")
         return np.frombuffer(raw, np.int64).copy() if raw else np.zeros(0, np.int64)
 
+    def recent_posts(self, since_s: float, until_s: float) -> np.ndarray:
+        rows = self.r.zrangebyscore(f"{self.k}bytime", since_s, f"({until_s}")
+        return np.array([int(m) for m in rows], np.int64)
+
     def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray:
         authors = np.unique(np.asarray(authors, np.int64))
         if len(authors) == 0:
@@ -273,6 +278,7 @@ class RedisStore:
             for name, col in cols.items():
                 pipe.hset(f"{self.k}p:{name}", pid, _enc(col[i]))
             pipe.zadd(f"{self.k}by:{int(rec['author_id'])}", {pid: float(cols["created_s"][i])})
+            pipe.zadd(f"{self.k}bytime", {pid: float(cols["created_s"][i])})
         pipe.execute()
 
 
@@ -364,6 +370,12 @@ def _load_posts_by_author(out: _Bulk, snap: Snapshot) -> None:
         by.setdefault(int(a), {})[int(pid)] = float(c)
     for a, members in by.items():
         out.pipe.zadd(f"{out.k}by:{a}", members)
+        out.queued()
+    ids, times = snap.posts.tolist(), created.tolist()
+    for lo in range(0, len(ids), 10_000):
+        out.pipe.zadd(
+            f"{out.k}bytime", dict(zip(ids[lo : lo + 10_000], times[lo : lo + 10_000], strict=True))
+        )
         out.queued()
 
 

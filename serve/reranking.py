@@ -4,8 +4,9 @@ The ranker scores each candidate alone; re-ranking turns those scores into a pag
 applies :class:`Freshness` (an additive bonus that halves every ``half_life_h``), :class:`Fatigue` ("see
 fewer" after the viewer hid or reported an author), :class:`SeenDemotion` (already shown items go last or
 go away), :class:`Dedup` (one post per identical text), :class:`AuthorDiversity` (a greedy order that
-penalises an author's k-th item by ``decay * k``) and :class:`Exploration` (epsilon-greedy swaps of items
-from below the cut into the page). Scores are in value-model units and may be negative, so every
+penalises an author's k-th item by ``decay * k``), :class:`Exploration` (epsilon-greedy swaps of items
+from below the cut into the page) and :class:`SuggestedCap` (out-of-network items at most a share of the
+page, tagged). Scores are in value-model units and may be negative, so every
 adjustment is additive. Each policy is a frozen pydantic model with ``enabled``; a disabled one is the
 identity. The caller takes the first ``ctx.limit`` items of the result.
 
@@ -29,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -50,6 +52,8 @@ class Slate:
     seen: np.ndarray  # bool, already shown to this viewer
     # Tags added by policies, one immutable tuple per candidate (shared freely between slates); empty → ().
     reasons: list[tuple[str, ...]] = field(default_factory=list)
+    # Out-of-network (retrieved by the two-tower index, not from friends); empty → none.
+    suggested: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         self.post_id = np.asarray(self.post_id, dtype=np.int64)
@@ -61,7 +65,11 @@ class Slate:
         n = len(self.post_id)
         if not self.reasons:
             self.reasons = [()] * n
-        lengths = {len(a) for a in (self.author_id, self.created_s, self.text_hash, self.score, self.seen)}
+        self.suggested = np.asarray(self.suggested, dtype=bool)
+        if len(self.suggested) == 0:
+            self.suggested = np.zeros(n, bool)
+        arrays = (self.author_id, self.created_s, self.text_hash, self.score, self.seen, self.suggested)
+        lengths = {len(a) for a in arrays}
         if lengths | {len(self.reasons)} != {n}:
             raise ValueError(f"Slate fields must all have length {n}")
 
@@ -79,6 +87,7 @@ class Slate:
             score=self.score[idx],
             seen=self.seen[idx],
             reasons=[self.reasons[i] for i in idx.tolist()],
+            suggested=self.suggested[idx],
         )
 
 
@@ -250,6 +259,42 @@ class Exploration(_Base):
         return out
 
 
+class SuggestedCap(_Base):
+    """Out-of-network items ("Suggested for you"), tagged ``suggested``, fill at most
+    ``ceil(max_share * L)`` of every first-L slots within the first ``horizon`` (one over the share waits
+    for the next slot it fits); the rest keep their order.
+
+    >>> sl = Slate(post_id=np.arange(4), author_id=np.arange(4), created_s=np.zeros(4),
+    ...            text_hash=np.zeros(4), score=np.array([4.0, 3, 2, 1]), seen=np.zeros(4, bool),
+    ...            suggested=np.array([True, True, False, False]))
+    >>> out = SuggestedCap(max_share=0.5).apply(sl, RerankContext(0, {}, 0, 4))
+    >>> out.post_id.tolist(), out.reasons[0], out.reasons[1]
+    ([0, 2, 1, 3], ('suggested',), ())
+    """
+
+    max_share: float = Field(0.5, ge=0, le=1)
+    horizon: int = Field(200, ge=1)
+
+    def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:
+        if not slate.suggested.any():
+            return slate
+        n = len(slate)
+        head = min(n, self.horizon)
+        order: list[int] = []
+        waiting: list[int] = []
+        placed = 0  # suggested items in ``order``
+        for i in range(head):
+            (waiting if slate.suggested[i] else order).append(i)
+            # The next slot may hold a suggested item while they stay within the share of the prefix.
+            while waiting and placed + 1 <= math.ceil(self.max_share * (len(order) + 1) - 1e-9):
+                order.append(waiting.pop(0))
+                placed += 1
+        tail = [*waiting, *range(head, n)]  # suggested items that never fit the share, then the rest
+        out = slate.take(np.array(order + tail, np.int64))
+        out.reasons = _tag(out.reasons, out.suggested, "suggested")
+        return out
+
+
 class RerankConfig(StrictConfig, frozen=True):
     """The ``rerank`` section of the serving YAML: one entry per policy, applied in field order."""
 
@@ -259,10 +304,19 @@ class RerankConfig(StrictConfig, frozen=True):
     dedup: Dedup = Dedup()
     diversity: AuthorDiversity = AuthorDiversity()
     exploration: Exploration = Exploration()
+    suggested: SuggestedCap = SuggestedCap()
 
     def policies(self) -> list[Policy]:
         """The policies in application order."""
-        return [self.freshness, self.fatigue, self.seen, self.dedup, self.diversity, self.exploration]
+        return [
+            self.freshness,
+            self.fatigue,
+            self.seen,
+            self.dedup,
+            self.diversity,
+            self.exploration,
+            self.suggested,
+        ]
 
 
 def rerank(slate: Slate, ctx: RerankContext, cfg: RerankConfig) -> Slate:

@@ -93,6 +93,10 @@ class OnlineStore(Protocol):
 
     def posts_by(self, authors: np.ndarray, since_s: float, until_s: float) -> np.ndarray: ...
 
+    def recent_posts(self, since_s: float, until_s: float) -> np.ndarray:
+        """Ids of every post created in ``[since_s, until_s)`` (deleted included)."""
+        ...
+
     def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
     def pairs(self, viewer: int, authors: np.ndarray) -> dict[str, np.ndarray]: ...
@@ -306,6 +310,11 @@ class EmbeddedStore:
         order = np.argsort(-snap.post_cols["created_s"][keep], kind="stable")
         return snap.posts[keep[order]]
 
+    def recent_posts(self, since_s: float, until_s: float) -> np.ndarray:
+        snap = self.snapshot
+        created = snap.post_cols["created_s"]
+        return snap.posts[(created >= since_s) & (created < until_s)]
+
     def posts(self, ids: np.ndarray, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Post columns for ``ids`` (all, or just ``columns``), plus ``found`` and ``post_id``."""
         snap = self.snapshot
@@ -318,8 +327,11 @@ class EmbeddedStore:
         with self._lock:
             out = _take({c: snap.post_cols[c] for c in names if c not in packed}, pos)
             if packed:
-                rows = snap.post_rows[np.maximum(pos, 0)]
-                rows[pos < 0] = np.zeros(1, rows.dtype)
+                if len(snap.post_rows):
+                    rows = snap.post_rows[np.maximum(pos, 0)]
+                    rows[pos < 0] = np.zeros(1, rows.dtype)
+                else:  # no post at all: every id is unknown
+                    rows = np.zeros(len(pos), snap.post_rows.dtype)
                 out.update({c: rows[c] for c in packed})
         out["found"] = pos >= 0
         out["post_id"] = np.asarray(ids, np.int64)

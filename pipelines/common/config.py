@@ -96,6 +96,14 @@ class SynthConfig(StrictConfig):
         ge=1,
         description="Without a social graph: recent posts drawn per session for the policy to order.",
     )
+    explore_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="With a social graph: share of a session's slots the logging policy fills with recent "
+        "public posts by non-friends, drawn at random and placed at random positions (exploration: without "
+        "it the logs never show an out-of-network post, and no model can learn to score one).",
+    )
     cold_start_share: float = Field(
         0.0,
         ge=0,
@@ -421,6 +429,115 @@ class TrainConfig(StrictConfig):
     def _row_wise_needs_gpu(self) -> TrainConfig:
         if self.distributed.sharding == "row_wise" and self.distributed.use_gpu is False:
             raise ValueError("distributed.sharding row_wise needs GPUs (fbgemm has no CPU row-wise kernels)")
+        return self
+
+
+class RetrieverModelConfig(StrictConfig):
+    """The two-tower retriever (:mod:`models.retriever`): which feature columns feed each tower (names or
+    shell patterns over ``features/manifest.json``'s columns; a pattern matching nothing is skipped, so
+    the same config fits a log without, say, media vectors) and the towers' shapes."""
+
+    viewer_features: list[str] = Field(
+        default_factory=lambda: ["u_*", "sp_city", "sp_gender", "sp_age_bucket", "sp_school", "sp_work"],
+        description="The viewer tower: profile, activity, topic and modality shares of past engagement.",
+    )
+    post_features: list[str] = Field(
+        default_factory=lambda: [
+            "p_text_emb",
+            "p_media",
+            "p_text_len",
+            "p_media_duration",
+            "p_n_topics",
+            "a_*",
+            "sp_topics",
+            "sp_modality",
+            "sp_author_city",
+        ],
+        description="The post tower: what a post has when it is created (content, author), never its id or "
+        "its engagement counters, so a new post is embedded and retrievable at once.",
+    )
+    prior_features: list[str] = Field(
+        default_factory=lambda: [
+            "p_age_h",
+            *(
+                f"p_{what}_*"
+                for what in ("impressions", "click", "like", "comment", "share", "hide", "report")
+            ),
+        ],
+        description="The post's state when it is scored (age, engagement counters and rates; nothing about "
+        "the viewer): a small network turns it into a logit offset added to the towers' score, computed "
+        "for the posts the index returns. Empty: no prior.",
+    )
+    context_features: list[str] = Field(
+        default_factory=lambda: ["rel_*", "ua_*", "p_friend_actions_*", "ctx_position"],
+        description="Pointwise loss only: what the logged engagement owes to the (viewer, post) relation and "
+        "the slot, learned by a training-only tower and left out at retrieval, so that the towers learn what "
+        "carries to posts of strangers (the same trick as the ranker's position-bias tower).",
+    )
+    loss: Literal["softmax", "pointwise"] = Field(
+        "pointwise",
+        description="pointwise: binary cross-entropy of 'engaged' on every logged impression, the context "
+        "tower beside the towers; softmax: in-batch negatives over engaged rows (logQ-corrected), which on "
+        "a friends-first log learns the friend graph instead of what carries to strangers' posts (measured "
+        "against the oracle: recall@200 0.13 vs 0.44, bench/RESULTS.md, Retrieval).",
+    )
+    exposure_correction: bool = Field(
+        True,
+        description="Correct the softmax for how often the logging policy showed each post, not only for how "
+        "often it is an in-batch negative: the score then learns P(engage | shown) instead of the policy's "
+        "exposure (friends' newest posts are shown most).",
+    )
+    positives: list[str] = Field(
+        default_factory=lambda: ["click", "like", "comment", "share"],
+        description="A row with any of these actions (and no hide or report) is a positive pair.",
+    )
+    embedding_dim: int = Field(16, ge=2)
+    tower_mlp: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    out_dim: int = Field(32, ge=2, description="Length of the viewer and post vectors the index holds.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature on the cosine similarity.")
+
+    @field_validator("positives")
+    @classmethod
+    def _known_actions(cls, v: list[str]) -> list[str]:
+        if bad := sorted(set(v) - set(BINARY_TASKS)):
+            raise ValueError(f"unknown actions {bad}; known: {list(BINARY_TASKS)}")
+        return v
+
+
+class RetrieverEvalConfig(StrictConfig):
+    """Offline recall of the retriever on the test split (``pipelines.retrieval``)."""
+
+    ks: list[int] = Field(default_factory=lambda: [50, 200, 1000], min_length=1)
+    max_queries: int = Field(5000, ge=1, description="Test positives scored (a random sample when more).")
+    seed: int = 0
+
+
+class RetrieverRegistryConfig(StrictConfig):
+    """MLflow registry of the retriever and its promotion gate."""
+
+    model_name: str = "feed-retriever"
+    gate_k: int = Field(200, ge=1, description="The gate compares recall at this K (one of evaluate.ks).")
+    min_gain: float = Field(0.0, description="Required recall gain over the champion, same test split.")
+
+
+def _retriever_optim() -> OptimConfig:
+    return OptimConfig(batch_size=512, epochs=10, id_dropout={}, history_dropout=0.0, patience=2)
+
+
+class RetrieverConfig(StrictConfig):
+    """Root of ``configs/retriever.yaml``."""
+
+    experiment: str = "feed-retriever"
+    model: RetrieverModelConfig = Field(default_factory=RetrieverModelConfig)
+    optim: OptimConfig = Field(default_factory=_retriever_optim)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    evaluate: RetrieverEvalConfig = Field(default_factory=RetrieverEvalConfig)
+    registry: RetrieverRegistryConfig = Field(default_factory=RetrieverRegistryConfig)
+
+    @model_validator(mode="after")
+    def _gate_k_evaluated(self) -> RetrieverConfig:
+        if self.registry.gate_k not in self.evaluate.ks:
+            raise ValueError(f"registry.gate_k {self.registry.gate_k} must be one of evaluate.ks")
         return self
 
 

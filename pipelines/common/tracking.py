@@ -124,10 +124,10 @@ def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def example_frame(ranker: Any, cols: dict[str, np.ndarray], rows: int = 5) -> pd.DataFrame:
-    """The ranker's input columns as a DataFrame (vectors and lists as Python lists, as JSON carries them)."""
+def example_frame(columns: list[str], cols: dict[str, np.ndarray], rows: int = 5) -> pd.DataFrame:
+    """``columns`` of ``cols`` as a DataFrame (vectors and lists as Python lists, as JSON carries them)."""
     data: dict[str, Any] = {}
-    for c in ranker.input_columns:
+    for c in columns:
         v = cols[c][:rows]
         data[c] = [np.asarray(x).tolist() for x in v] if (v.ndim > 1 or v.dtype == object) else v
     import pandas as pd  # serving imports this module for alias names; the frame is for logging only
@@ -143,7 +143,7 @@ def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any
 
     from models.pyfunc import ARTIFACT, output_frame
 
-    example = example_frame(ranker, cols)
+    example = example_frame(ranker.input_columns, cols)
     with warnings.catch_warnings():  # ids and codes are integers that are never missing
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         signature = infer_signature(
@@ -166,6 +166,42 @@ def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any
     from mlflow import MlflowClient
 
     return MlflowClient().get_model_version(model_name, str(info.registered_model_version))
+
+
+def log_retriever(retriever: Any, cols: dict[str, np.ndarray], model_name: str) -> Any:
+    """Log ``retriever`` (a ServableRetriever) as a pyfunc model in the active run (its input example: viewer
+    columns) and register it as a new version of ``model_name``; returns the ``ModelVersion``."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from models.retriever_pyfunc import ARTIFACT, vector_frame
+
+    names = retriever.viewer_columns
+    example = example_frame(names, cols)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        out = vector_frame(retriever.embed_viewers({c: example[c].to_numpy() for c in names}))
+        path = Path(tmp) / "retriever.pt"
+        retriever.save(path)
+        info = mlflow.pyfunc.log_model(
+            name="retriever",
+            python_model=str(REPO / "models" / "retriever_pyfunc.py"),
+            artifacts={ARTIFACT: str(path)},
+            code_paths=[str(REPO / "models")],
+            signature=infer_signature(example, out, params={"tower": "viewer"}),
+            input_example=example,
+            registered_model_name=model_name,
+            pip_requirements=_requirements(),
+        )
+    return MlflowClient().get_model_version(model_name, str(info.registered_model_version))
+
+
+def load_retriever_version(uri: str) -> Any:
+    """A ServableRetriever from a registered model URI (``models:/feed-retriever@champion``)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().retriever
 
 
 def _requirements() -> list[str]:

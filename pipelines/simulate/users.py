@@ -14,6 +14,7 @@ from pydantic import Field
 
 from pipelines.common import schema
 from pipelines.common.config import DataConfig, StrictConfig
+from pipelines.synth.world import STRANGER_TIE
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Truth:
         w = self.world
         lo, hi = w.nbr_ptr[viewer], w.nbr_ptr[viewer + 1]
         hit = np.flatnonzero(w.nbr_idx[lo:hi] == author)
-        return float(w.nbr_tie[lo + hit[0]]) if len(hit) else 0.05  # not a friend: a weak tie
+        return float(w.nbr_tie[lo + hit[0]]) if len(hit) else STRANGER_TIE  # as the synthetic logs do
 
     def outcomes(
         self, viewer_id: int, items: list[dict[str, Any]], now_s: float, rng: np.random.Generator
@@ -89,7 +90,7 @@ class Truth:
         s = {
             "viewer": np.full(len(known), v),
             "post": posts,
-            "tie": np.array([self.tie(v, a) if a >= 0 else 0.05 for a in authors]),
+            "tie": np.array([self.tie(v, a) if a >= 0 else STRANGER_TIE for a in authors]),
             "t": np.full(len(known), now_s),
             "pos": np.array([int(it["position"]) for it in known]),
         }

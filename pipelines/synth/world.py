@@ -488,7 +488,8 @@ def _serve_sessions(
     """Run the logging policy for viewers ``lo..hi-1``: one row per impression. Each session shows a
     geometric number of posts, newest first with hours of jitter, from the viewer's friends' visible
     posts of the last ``candidate_days`` (or, without a social graph, from ``open_candidates`` recent
-    posts of anyone), never one shown to the viewer before."""
+    posts of anyone), never one shown to the viewer before. With a social graph, ``explore_share`` of the
+    slots (binomial per session) go to random recent public posts by non-friends, at random positions."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("viewer", "post", "tie", "t", "pos", "req")}
     req = 0
     for v in range(lo, hi):
@@ -503,6 +504,8 @@ def _serve_sessions(
         pool = _FriendPool(w, v) if w.social_graph else _OpenPool(w, v, cfg.open_candidates)
         if not pool:
             continue
+        explore = w.social_graph and cfg.explore_share > 0
+        strangers = _OpenPool(w, v, cfg.open_candidates, outside=pool.authors) if explore else None
         for t in times:
             cand, cand_tie = pool.candidates(t, cfg.candidate_days * DAY, rng)
             if len(cand) == 0:
@@ -511,13 +514,18 @@ def _serve_sessions(
             # Noisy reverse-chronological: newest first, with hours of jitter.
             score = w.post_created[cand] + rng.gumbel(0.0, 4 * 3600, len(cand))
             top = np.argsort(-score)[:length]
-            pool.mark_shown(cand[top])
-            out["viewer"].append(np.full(length, v))
-            out["post"].append(cand[top])
-            out["tie"].append(cand_tie[top])
-            out["t"].append(np.full(length, t))
-            out["pos"].append(np.arange(length))
-            out["req"].append(np.full(length, req))
+            posts, ties, explored = cand[top], cand_tie[top], 0
+            if strangers is not None and (n_explore := int(rng.binomial(length, cfg.explore_share))):
+                posts, ties, explored = _explore(
+                    strangers, posts, ties, n_explore, t, cfg.candidate_days * DAY, rng
+                )
+            pool.mark_shown(cand[top][: length - explored])
+            out["viewer"].append(np.full(len(posts), v))
+            out["post"].append(posts)
+            out["tie"].append(ties)
+            out["t"].append(np.full(len(posts), t))
+            out["pos"].append(np.arange(len(posts)))
+            out["req"].append(np.full(len(posts), req))
             req += 1
     if not out["viewer"]:
         empty = {"viewer": np.zeros(0, np.int64), "post": np.zeros(0, np.int64), "req": np.zeros(0, np.int64)}
@@ -542,6 +550,7 @@ class _FriendPool:
         starts = np.repeat(w.post_ptr[f], counts)
         pool = starts + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
         visible = w.post_visibility[pool] != 2  # private posts reach nobody but their author
+        self.authors = w.nbr_idx[w.nbr_ptr[v] : w.nbr_ptr[v + 1]]  # every friend, blocked ones too
         self.pool = pool[visible]  # (C,) post indices
         self.since = np.repeat(since, counts)[visible]  # (C,) friendship start
         self.tie = np.repeat(tie, counts)[visible]  # (C,)
@@ -563,11 +572,14 @@ class _FriendPool:
 
 
 class _OpenPool:
-    """A viewer's candidates without a social graph: ``k`` posts drawn at random among everyone's recent
-    posts (not their own), all of them strangers' (tie :data:`STRANGER_TIE`)."""
+    """A viewer's candidates among strangers: ``k`` posts drawn at random among everyone's recent posts
+    (not their own), all of them strangers' (tie :data:`STRANGER_TIE`). With ``outside`` (the viewer's
+    friends, blocked ones included), public posts of authors outside it and not blocked either way: the
+    out-of-network posts the exploring logging policy shows beside friends' posts."""
 
-    def __init__(self, w: World, v: int, k: int) -> None:
+    def __init__(self, w: World, v: int, k: int, outside: np.ndarray | None = None) -> None:
         self.w, self.v, self.k = w, v, k
+        self.outside = outside
         self.shown: set[int] = set()
 
     def __bool__(self) -> bool:
@@ -578,13 +590,46 @@ class _OpenPool:
         if hi <= lo:
             return np.zeros(0, np.int64), np.zeros(0)
         drawn = self.w.post_by_time[lo + rng.choice(hi - lo, size=min(self.k, hi - lo), replace=False)]
-        ok = (self.w.post_deleted[drawn] > t) & (self.w.post_author[drawn] != self.v)
+        author = self.w.post_author[drawn]
+        ok = (self.w.post_deleted[drawn] > t) & (author != self.v)
+        if self.outside is not None:
+            n = len(self.w.user_ids)
+            ok &= (self.w.post_visibility[drawn] == 0) & ~np.isin(author, self.outside)
+            if len(keys := self.w.block_keys):  # blocked either way
+                for pair in (self.v * n + author, author * n + self.v):
+                    at = np.minimum(np.searchsorted(keys, pair), len(keys) - 1)
+                    ok &= keys[at] != pair
         ok &= np.array([int(p) not in self.shown for p in drawn], dtype=bool)
         cand = drawn[ok]
         return cand, np.full(len(cand), STRANGER_TIE)
 
     def mark_shown(self, posts: np.ndarray) -> None:
         self.shown.update(int(p) for p in posts)
+
+
+def _explore(
+    strangers: _OpenPool,
+    posts: np.ndarray,
+    ties: np.ndarray,
+    n: int,
+    t: float,
+    window: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The session's last ``n`` friend slots given to ``n`` random out-of-network posts (fewer when fewer
+    are eligible), each moved to a random position of the session; returns how many were given."""
+    cand, cand_tie = strangers.candidates(t, window, rng)
+    n = min(n, len(cand))
+    if n == 0:
+        return posts, ties, 0
+    strangers.mark_shown(cand[:n])
+    keep = len(posts) - n
+    out_posts, out_ties = np.empty(len(posts), posts.dtype), np.empty(len(posts))
+    slots = np.zeros(len(posts), bool)
+    slots[rng.choice(len(posts), n, replace=False)] = True
+    out_posts[slots], out_ties[slots] = cand[:n], cand_tie[:n]
+    out_posts[~slots], out_ties[~slots] = posts[:keep], ties[:keep]
+    return out_posts, out_ties, n
 
 
 def engagement_truth(w: World, s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ def run(cfg: TrainConfig, data_dir: Path, resume: bool = False) -> Published:
 
     uri = tracking.configure(data_dir)
     exp = tracking.experiment_id(cfg.experiment, data_dir)
-    name = run_name(cfg, data_dir, resume)
+    name = run_name(cfg.experiment, data_dir, resume)
     run_file = data_dir / "train_runs" / name / "mlflow_run_id"
     previous = run_file.read_text().strip() if resume and run_file.exists() else None
     with mlflow.start_run(run_id=previous, experiment_id=None if previous else exp, run_name=name) as run:

@@ -1,5 +1,7 @@
 """Ray Train, the driver's side: the TorchTrainer over Ray Data shards of the train and validation splits,
-each worker running :func:`pipelines.train.loop.train_loop` on the ranker (:class:`RankerTraining`)."""
+each worker running :func:`pipelines.train.loop.train_loop` on a trainable model (:func:`fit`): the
+ranker (:class:`RankerTraining`, :func:`train`) or the two-tower retriever
+(:mod:`pipelines.retrieval`)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.common.config import TrainConfig
-from pipelines.train.loop import train_loop
+from pipelines.common.config import DistributedConfig, OptimConfig, TrainConfig
+from pipelines.train.loop import TrainableModel, train_loop
 from pipelines.train.setup import RankerTraining, build_setup
 
 if TYPE_CHECKING:
@@ -21,17 +23,17 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- the driver
-def run_name(cfg: TrainConfig, data_dir: Path, resume: bool) -> str:
+def run_name(experiment: str, data_dir: Path, resume: bool) -> str:
     """The Ray Train run name: ``<experiment>``, or ``<experiment>-YYYYmmdd-HHMMSS`` when that exists;
     with ``resume``, the experiment's most recently active run."""
     storage = (data_dir / "train_runs").resolve()
     if resume:
-        pattern = re.compile(re.escape(cfg.experiment) + r"(-\d{8}-\d{6})?")
-        runs = [p for p in storage.glob(f"{cfg.experiment}*") if p.is_dir() and pattern.fullmatch(p.name)]
-        return max(runs, key=lambda p: p.stat().st_mtime).name if runs else cfg.experiment
-    if (storage / cfg.experiment).exists():
-        return f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return cfg.experiment
+        pattern = re.compile(re.escape(experiment) + r"(-\d{8}-\d{6})?")
+        runs = [p for p in storage.glob(f"{experiment}*") if p.is_dir() and pattern.fullmatch(p.name)]
+        return max(runs, key=lambda p: p.stat().st_mtime).name if runs else experiment
+    if (storage / experiment).exists():
+        return f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return experiment
 
 
 def train(
@@ -41,28 +43,43 @@ def train(
     name: str | None = None,
     tracking: dict[str, str] | None = None,
 ) -> Any:
-    """Run the TorchTrainer; returns the Ray Train ``Result`` (its checkpoint holds ``model.pt``).
+    """Train the ranker (:func:`fit` on :class:`RankerTraining`); returns the Ray Train ``Result`` (its
+    checkpoint holds ``model.pt``).
 
     ``tracking`` (``{"uri", "run_id"}``) makes rank 0 log progress into that MLflow run.
     """
+    setup = build_setup(data_dir, cfg)
+    name = name or run_name(cfg.experiment, data_dir, resume)
+    return fit(RankerTraining(setup), setup.columns, cfg.optim, cfg.distributed, data_dir, name, tracking)
+
+
+def fit(
+    training: TrainableModel,
+    columns: list[str],
+    optim: OptimConfig,
+    distributed: DistributedConfig,
+    data_dir: Path,
+    name: str,
+    tracking: dict[str, str] | None = None,
+) -> Any:
+    """Run the TorchTrainer on any :class:`pipelines.train.loop.TrainableModel` over the feature splits'
+    ``columns``; returns the Ray Train ``Result``."""
     from ray.train.torch import TorchTrainer
 
-    setup = build_setup(data_dir, cfg)
-    training = RankerTraining(setup)
-    data = datasets(cfg, data_dir, setup.columns, training.prepare_block)
-    use_gpu = gpus_wanted(cfg)
+    data = datasets(optim, data_dir, columns, training.prepare_block)
+    use_gpu = gpus_wanted(distributed)
     loop_config = {
         "model": training,
-        "optim": cfg.optim,
-        "sharding": cfg.distributed.sharding,
+        "optim": optim,
+        "sharding": distributed.sharding,
         "use_gpu": use_gpu,
         "tracking": tracking,
     }
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=scaling_config(cfg, use_gpu),
-        run_config=run_config(cfg, data_dir, name or run_name(cfg, data_dir, resume)),
+        scaling_config=scaling_config(distributed, use_gpu),
+        run_config=run_config(distributed, data_dir, name),
         datasets=data,
     )
     result = trainer.fit()
@@ -71,7 +88,7 @@ def train(
 
 
 def datasets(
-    cfg: TrainConfig, data_dir: Path, columns: list[str], prepare: Callable[[pa.Table], pa.Table]
+    optim: OptimConfig, data_dir: Path, columns: list[str], prepare: Callable[[pa.Table], pa.Table]
 ) -> dict[str, Any]:
     """The train and validation splits as Ray Data datasets of model-ready blocks (``prepare``: the dense
     matrix and table rows, built once per block; train blocks in random order), kept in the object store
@@ -91,33 +108,33 @@ def datasets(
         # At most 2 prepare tasks at a time: each new worker process imports torch and TorchRec (seconds
         # of CPU); with 0.25-CPU tasks unbounded, 8 processes paid it on 2 cores (14-20 s per split).
         ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=None, num_cpus=0.25, concurrency=2)
-        splits[split] = ds.materialize() if cfg.optim.materialize else ds
+        splits[split] = ds.materialize() if optim.materialize else ds
     # Files are written day by day and viewer by viewer: mix the blocks, then shuffle within a buffer.
-    splits["train"] = splits["train"].randomize_block_order(seed=cfg.optim.seed)
+    splits["train"] = splits["train"].randomize_block_order(seed=optim.seed)
     return splits
 
 
-def gpus_wanted(cfg: TrainConfig) -> bool:
+def gpus_wanted(distributed: DistributedConfig) -> bool:
     """``distributed.use_gpu``, or when unset, whether the cluster has a GPU for every worker."""
     import ray
 
-    if cfg.distributed.use_gpu is not None:
-        return cfg.distributed.use_gpu
-    return bool(ray.cluster_resources().get("GPU", 0) >= cfg.distributed.num_workers)
+    if distributed.use_gpu is not None:
+        return distributed.use_gpu
+    return bool(ray.cluster_resources().get("GPU", 0) >= distributed.num_workers)
 
 
-def scaling_config(cfg: TrainConfig, use_gpu: bool) -> Any:
+def scaling_config(distributed: DistributedConfig, use_gpu: bool) -> Any:
     """``num_workers`` workers, each with a GPU or ``cpus_per_worker`` CPUs."""
     import ray.train
 
     return ray.train.ScalingConfig(
-        num_workers=cfg.distributed.num_workers,
+        num_workers=distributed.num_workers,
         use_gpu=use_gpu,
-        resources_per_worker=None if use_gpu else {"CPU": cfg.distributed.cpus_per_worker},
+        resources_per_worker=None if use_gpu else {"CPU": distributed.cpus_per_worker},
     )
 
 
-def run_config(cfg: TrainConfig, data_dir: Path, name: str) -> Any:
+def run_config(distributed: DistributedConfig, data_dir: Path, name: str) -> Any:
     """Run ``name`` under ``D/train_runs/``: failure recovery, quiet logs, the best and the latest
     checkpoints kept."""
     import ray.train
@@ -125,7 +142,7 @@ def run_config(cfg: TrainConfig, data_dir: Path, name: str) -> Any:
     return ray.train.RunConfig(
         name=name,
         storage_path=str((data_dir / "train_runs").resolve()),
-        failure_config=ray.train.FailureConfig(max_failures=cfg.distributed.max_failures),
+        failure_config=ray.train.FailureConfig(max_failures=distributed.max_failures),
         # Ray Train's own INFO lines (every report, every checkpoint) would drown rank 0's progress.
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         # The best epoch by validation loss is kept (and published); the latest is kept for resuming.

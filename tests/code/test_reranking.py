@@ -228,6 +228,7 @@ def test_config_from_yaml_shape_and_policy_order() -> None:
         "Dedup",
         "AuthorDiversity",
         "Exploration",
+        "SuggestedCap",
     ]
 
 
@@ -340,3 +341,32 @@ def test_diversity_runs_on_a_large_slate() -> None:
     assert sorted(_ids(out)) == _ids(slate)
     first = out.author_id[:200]
     assert len(set(first.tolist())) > 150  # the top of the page is spread over many authors
+
+
+def test_suggested_items_stay_within_their_share_of_every_prefix() -> None:
+    from serve.reranking import SuggestedCap
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        slate = Slate(
+            post_id=np.arange(n),
+            author_id=np.arange(n),
+            created_s=np.zeros(n),
+            text_hash=np.zeros(n),
+            score=-np.arange(n, dtype=float),
+            seen=np.zeros(n, bool),
+            suggested=rng.random(n) < 0.7,
+        )
+        share = float(rng.choice([0.0, 0.25, 0.5, 1.0]))
+        out = SuggestedCap(max_share=share).apply(slate, _ctx())
+        assert sorted(out.post_id.tolist()) == list(range(n))  # nothing lost
+        placed = np.cumsum(out.suggested)
+        fits = np.ceil(share * np.arange(1, n + 1) - 1e-9)
+        # Every prefix within the share, until only suggested items are left (they go last, in order).
+        tail = np.flatnonzero(~out.suggested)
+        end = tail[-1] + 1 if len(tail) else 0
+        assert (placed[:end] <= fits[:end]).all()
+        assert all(("suggested" in r) == bool(s) for r, s in zip(out.reasons, out.suggested, strict=True))
+        friends = out.post_id[~out.suggested]
+        assert friends.tolist() == sorted(friends.tolist())  # friends' posts keep their order

@@ -50,3 +50,29 @@ def test_no_graph_world_is_public_and_cold_users_arrive_on_the_last_day(tmp_path
     truth = pq.read_table(tmp_path / "truth")
     assert truth.num_rows == imps.num_rows
     assert STRANGER_TIE > 0
+
+
+def test_logging_policy_explores_public_posts_of_non_friends(tmp_path: Path) -> None:
+    """With a social graph, about ``explore_share`` of impressions are out-of-network: public, by a
+    non-friend, never blocked either way, never the viewer's own, never deleted or future at serving."""
+    cfg = load_config(REPO / "configs" / "data.yaml", DataConfig, {**TINY, "synth.explore_share": 0.2}).synth
+    world, tables = build_world(cfg)
+    generate_chunk(world, cfg, 0, 0, cfg.users, str(tmp_path))
+    imps = pq.read_table(tmp_path / "raw" / "impressions").to_pylist()
+    posts = {p["post_id"]: p for p in tables["posts"].to_pylist()}
+    friends = {(f["user_a"], f["user_b"]) for f in tables["friendships"].to_pylist()}
+    friends |= {(b, a) for a, b in friends}
+    blocks = {(b["blocker_id"], b["blocked_id"]) for b in tables["blocks"].to_pylist()}
+    blocks |= {(b, a) for a, b in blocks}
+    out = [i for i in imps if (i["viewer_id"], posts[i["post_id"]]["author_id"]) not in friends]
+    assert 0.1 < len(out) / len(imps) < 0.3
+    for i in out:
+        post = posts[i["post_id"]]
+        assert post["visibility"] == "public"
+        assert post["author_id"] != i["viewer_id"]
+        assert (i["viewer_id"], post["author_id"]) not in blocks
+        assert post["created_at"] < i["served_at"]
+        assert post["deleted_at"] is None or post["deleted_at"] > i["served_at"]
+    assert {i["position"] for i in out} - {0}  # placed at random positions, not appended
+    shown = [(i["viewer_id"], i["post_id"]) for i in imps]
+    assert len(shown) == len(set(shown))  # never shown twice

@@ -38,7 +38,7 @@ def test_logged_model_equals_the_eager_model(published: Runs) -> None:
     tracking.configure(published.data_dir)
     eager = load_trained(published.resumed.checkpoint)
     cols = read_columns(published.data_dir, "test")
-    frame = tracking.example_frame(eager, cols, rows=400)  # JSON-like rows, as a client would send
+    frame = tracking.example_frame(eager.input_columns, cols, rows=400)  # JSON-like rows, as a client sends
     served = mlflow.pyfunc.load_model(f"models:/{NAME}/2").predict(frame)
     expected = eager.predict({c: frame[c].to_numpy() for c in eager.input_columns})
     for task, values in expected.items():

@@ -601,3 +601,81 @@ def test_a_snapshot_from_an_older_version_says_to_rebuild_it() -> None:
     old = {**tables, "users": tables["users"].drop_columns(["work_code"])}
     with pytest.raises(ValueError, match="work_code"):
         EmbeddedStore.from_tables(old, NOW_S, WINDOWS, VOCAB)
+
+
+# ------------------------------------------------------------------------------- out-of-network retrieval
+def _random_retriever() -> Any:
+    """A two-tower retriever with random weights over columns this test world's store has."""
+    from models.batch import FeatureLayout, SparseEncoder
+    from models.retriever import RetrieverSpec, ServableRetriever, TwoTowerRetriever
+
+    viewer = FeatureLayout(dense=("u_friends",), vectors={"u_topic_share": TOPIC_SHARE_DIM}, sparse=())
+    post = FeatureLayout(
+        dense=(), vectors={"p_media": MEDIA_DIM, "p_text_emb": TEXT_DIM}, sparse=("sp_modality",)
+    )
+    prior = FeatureLayout(dense=("p_age_h",), vectors={}, sparse=())
+    spec = RetrieverSpec(
+        sparse={"sp_modality": 4},
+        viewer_dense=viewer.n_dense,
+        post_dense=post.n_dense,
+        viewer_sparse=(),
+        post_sparse=("sp_modality",),
+        prior_dense=1,
+        embedding_dim=4,
+        tower_mlp=(8,),
+        out_dim=4,
+    )
+    return ServableRetriever(
+        TwoTowerRetriever(spec), viewer, post, SparseEncoder(codes={"sp_modality": 4}), prior
+    )
+
+
+def _check_suggested(
+    store: EmbeddedStore, w: World, viewer: int, cfg: RetrievalConfig, index: Any, live: bool
+) -> None:
+    from serve.retrieval import suggested
+
+    got = suggested(store, viewer, NOW_S, cfg, index, retrieve(store, viewer, NOW_S, cfg))
+    ids = got.post_ids.tolist()
+    by_id = {p.post_id: p for p in _all_posts(w, live)}
+    v = Viewer.of(w, viewer, live)
+    where = f"viewer {viewer}, window {cfg.window_days}, live={live}"
+    assert len(set(ids)) == len(ids), where
+    assert got.suggested.all(), where
+    for pid in ids:
+        p = by_id[pid]
+        assert _allowed(v, p), f"LEAK: {p} ({where})"
+        assert p.visibility == "public", f"not public: {p} ({where})"
+        assert p.author_id not in v.friends | {viewer}, f"in-network: {p} ({where})"
+        assert _window_start_ms(cfg) <= p.created_ms < NOW_MS, f"outside the window: {p} ({where})"
+    expected = {
+        p.post_id
+        for p in _all_posts(w, live)
+        if p.visibility == "public"
+        and _allowed(v, p)
+        and p.author_id not in v.friends
+        and p.author_id != viewer
+        and p.created_ms >= _window_start_ms(cfg)
+    }
+    assert set(ids) == expected, f"got {sorted(ids)}, expected {sorted(expected)} ({where})"
+    assert list(got.retrieval_score) == sorted(got.retrieval_score, reverse=True), where
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=worlds(), window_days=st.sampled_from([1.0, 2.5, 7.0]))
+def test_suggested_posts_never_leak_and_none_is_missed(w: World, window_days: float) -> None:
+    """Out-of-network candidates from the index (every post it holds asked for): exactly the public posts
+    of the window by strangers the viewer may see, before and after live posts and events."""
+    from serve.index import PostIndex
+
+    cfg = RetrievalConfig(window_days=window_days, out_of_network=5000, oversample=1.0)
+    retriever = _random_retriever()
+    store = _snapshot_store(w)
+    index = PostIndex(retriever, "1", window_days * 86400)
+    index.catch_up(store, NOW_S)
+    for viewer in w.users:
+        _check_suggested(store, w, viewer, cfg, index, live=False)
+    store.apply(_live_records(w))
+    index.catch_up(store, NOW_S)  # live posts become retrievable
+    for viewer in w.users:
+        _check_suggested(store, w, viewer, cfg, index, live=True)
