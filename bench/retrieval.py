@@ -11,8 +11,8 @@ Recall@K of a method = the share of those ``N`` posts among its K candidates:
   the posts the viewer may see; ``retriever, out-of-network only``: over strangers' posts only, against the
   oracle's top among them (what the ANN index is for);
 - ``friends newest``: today's in-network retrieval (friends' posts, newest first, no model);
-- ``as served``: the feed's candidates (every friend's post and the index's top ``out_of_network`` by
-  ``u · p``, ``oversample`` times as many asked, re-scored with the prior), pre-ranked to K;
+- ``as served``: the feed's candidates (every friend's post and the index's top ``out_of_network``
+  strangers' posts by the whole score), pre-ranked to K;
 - ``friends newest + retriever OON``: half the budget friends' newest, half the retriever's strangers;
 - ``popular``: all-time engagement counters; ``random``: the floor.
 
@@ -124,7 +124,7 @@ class OracleBench:
         counters = [
             c for c in ("p_click_all", "p_like_all", "p_comment_all", "p_share_all") if c in self.cols
         ]
-        self.popularity = sum(np.asarray(self.cols[c], np.float64) for c in counters)
+        self.popularity = np.sum([np.asarray(self.cols[c], np.float64) for c in counters], axis=0)
         row_of = {int(p): i for i, p in enumerate(self.recent)}
         self.rng = np.random.default_rng(seed)
         pool = np.flatnonzero((np.diff(world.nbr_ptr) > 0) & ~world.cold)
@@ -176,18 +176,18 @@ class OracleBench:
     def recall(self, retriever: Any) -> dict[str, dict[int, float]]:
         """Recall@K of ``retriever`` alone, mixed with friends' newest, and on out-of-network posts only."""
         post_vec = retriever.embed_posts({c: self.cols[c] for c in retriever.post_columns})  # (P, d)
-        prior = retriever.prior({c: self.cols[c] for c in retriever.prior_columns})  # (P,) state at T
+        prior = retriever.prior(
+            {c: self.cols[c] for c in retriever.prior_columns}, len(self.recent)
+        )  # (P,) state at T
         hits: dict[str, dict[int, list[float]]] = {m: {k: [] for k in KS} for m in MODEL_METHODS}
         for v in self.viewers:
             u = retriever.embed_viewers({c: v.columns[c] for c in retriever.viewer_columns})[0]
             score = retriever.scores(u, post_vec[v.rows], prior[v.rows])
             friends, oon = np.flatnonzero(v.in_net), np.flatnonzero(~v.in_net)
             created = self.created[v.posts]
-            # The feed's path: the index's top posts by u · p (out_of_network x oversample), the best
-            # out_of_network of them by the full score, with every friend's post; pre-ranked to K.
-            dots = post_vec[v.rows[oon]] @ u
-            asked = oon[top(dots, int(SERVED_OON * SERVED_OVERSAMPLE))]
-            served = np.concatenate([friends, asked[top(score[asked], SERVED_OON)]])
+            # The feed's path: every friend's post and the index's top out_of_network strangers' posts by
+            # the whole score (the index holds [p / T, prior]), pre-ranked to K.
+            served = np.concatenate([friends, oon[top(score[oon], SERVED_OON)]])
             for k in KS:
                 half = friends[top(created[friends], k // 2)]
                 mixed = np.concatenate([half, oon[top(score[oon], k - len(half))]])
@@ -199,19 +199,22 @@ class OracleBench:
                 )
                 hits["as served"][k].append(self._hit(v.best, served[top(score[served], k)], self.n_oracle))
         if not hasattr(self, "post_vectors"):  # the ANN table uses the first retriever measured
-            self.post_vectors = post_vec
+            self.post_vectors, self.post_prior, self.temperature = post_vec, prior, retriever.temperature
         return {m: {k: float(np.mean(x)) for k, x in by_k.items()} for m, by_k in hits.items()}
 
 
 BASELINES = ("friends newest", "popular", "random")
 MODEL_METHODS = ("retriever", "as served", "friends newest + retriever OON", "retriever, out-of-network only")
-#: configs/serve.yaml's retrieval.out_of_network and oversample (the "as served" method).
-SERVED_OON, SERVED_OVERSAMPLE = 200, 3.0
+#: configs/serve.yaml's retrieval.out_of_network (the "as served" method).
+SERVED_OON = 200
 
 
-def ann_table(vectors: np.ndarray, scale: int, queries: int, seed: int) -> list[dict[str, Any]]:
-    """FAISS indexes over ``vectors`` grown ``scale``-fold (jittered copies): recall of the exact top-K
-    and single-query latency, 1 thread."""
+def ann_table(
+    vectors: np.ndarray, prior: np.ndarray, temperature: float, scale: int, queries: int, seed: int
+) -> list[dict[str, Any]]:
+    """FAISS indexes as the feed builds them (``[p / T, prior]`` per post, queried with ``[u, 1]``) over the
+    posts grown ``scale``-fold (jittered copies): recall of the exact top-K and single-query latency, 1
+    thread. The queries are jittered post vectors standing for viewers."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -220,12 +223,16 @@ def ann_table(vectors: np.ndarray, scale: int, queries: int, seed: int) -> list[
     copies = [vectors] + [
         vectors + rng.normal(0, 0.05, vectors.shape).astype(np.float32) for _ in range(scale - 1)
     ]
-    corpus = np.concatenate(copies).astype(np.float32)
-    faiss.normalize_L2(corpus)
-    q = corpus[rng.choice(len(corpus), queries, replace=False)] + rng.normal(0, 0.1, (queries, d)).astype(
+    unit = np.concatenate(copies).astype(np.float32)
+    faiss.normalize_L2(unit)
+    priors = np.concatenate([prior] + [prior + rng.normal(0, 0.1, len(prior)) for _ in range(scale - 1)])
+    corpus = np.ascontiguousarray(np.concatenate([unit / temperature, priors[:, None]], axis=1), np.float32)
+    u = unit[rng.choice(len(unit), queries, replace=False)] + rng.normal(0, 0.1, (queries, d)).astype(
         np.float32
     )
-    faiss.normalize_L2(q)
+    faiss.normalize_L2(u)
+    q = np.ascontiguousarray(np.concatenate([u, np.ones((queries, 1), np.float32)], axis=1))
+    d += 1
     k = 200
     exact = faiss.IndexFlatIP(d)
     exact.add(corpus)
@@ -349,7 +356,7 @@ def main(
             lines.append(f"| {label} | " + " | ".join(_cell([r[m][k] for r in results]) for k in KS) + " |")
     for m, by_k in base.items():
         lines.append(f"| {m} | " + " | ".join(f"{by_k[k]:.3f}" for k in KS) + " |")
-    ann = ann_table(bench.post_vectors, scale, 1000, seed)
+    ann = ann_table(bench.post_vectors, bench.post_prior, bench.temperature, scale, 1000, seed)
     ann_lines = [
         "| index | vectors | build s | recall of exact top-200 | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -372,8 +379,8 @@ def main(
             "",
             *lines,
             "",
-            f"ANN over the post vectors (the first retriever measured) at {scale}x (1,000 queries, 1 thread, "
-            "k = 200):",
+            f"ANN as the feed builds it (``[p / T, prior]`` per post, ``[u, 1]`` per query; the first "
+            f"retriever measured) at {scale}x the posts (1,000 queries, 1 thread, k = 200):",
             "",
             *ann_lines,
             "",

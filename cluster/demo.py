@@ -173,6 +173,7 @@ def run_main_job(
     serve_config: Path,
     console: Console,
     users: int | None = None,
+    retriever_config: Path = Path("configs/retriever.yaml"),
 ) -> MainJob:
     """Cluster up → every stage as a Ray job → serve deploy → feeds for two sample users over HTTP."""
 
@@ -188,14 +189,25 @@ def run_main_job(
     seconds["cluster up"] = time.perf_counter() - t0
     mlflow_pid = [int(status["mlflow"]["pid"])] if "pid" in status.get("mlflow", {}) else []
     dashboard = status["ray"]["dashboard"]
-    d, c, tc = str(data_dir), str(config), str(train_config)
+    d, c, tc, rc = str(data_dir), str(config), str(train_config), str(retriever_config)
     stages = {
         "synth": ["python", "-m", "pipelines.synth", "--data-dir", d, "--config", c]
         + (["--users", str(users)] if users else []),
         "ingest": ["python", "-m", "pipelines.ingest", "--data-dir", d, "--config", c],
         "features": ["python", "-m", "pipelines.features", "--data-dir", d, "--config", c],
         "train": ["python", "-m", "pipelines.train", "--data-dir", d, "--config", tc],
+        "retriever": ["python", "-m", "pipelines.retrieval", "--data-dir", d, "--config", rc],
         "promote": ["python", "-m", "pipelines.promote", "--data-dir", d, "--config", tc],
+        "promote retriever": [
+            "python",
+            "-m",
+            "pipelines.promote",
+            "--retriever",
+            "--data-dir",
+            d,
+            "--config",
+            rc,
+        ],
     }
     for name, entrypoint in stages.items():
         with PeakRSS(spec.gcs_port, mlflow_pid) as rss:
@@ -224,6 +236,9 @@ def main(
     ),
     config: Annotated[Path, typer.Option(help="configs/data.yaml")] = Path("configs/data.yaml"),
     train_config: Annotated[Path, typer.Option(help="configs/train.yaml")] = Path("configs/train.yaml"),
+    retriever_config: Annotated[Path, typer.Option(help="configs/retriever.yaml")] = Path(
+        "configs/retriever.yaml"
+    ),
     serve_config: Annotated[Path, typer.Option(help="configs/serve.yaml")] = Path("configs/serve.yaml"),
     workers: Annotated[int, typer.Option(help="Ray worker nodes besides the head.")] = 1,
     users: Annotated[int | None, typer.Option(help="Override synth.users (smaller: faster).")] = None,
@@ -233,7 +248,9 @@ def main(
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     spec = ClusterSpec(workers=workers, data_dir=data_dir)
-    job = run_main_job(LocalCluster(), spec, config, train_config, serve_config, console, users)
+    job = run_main_job(
+        LocalCluster(), spec, config, train_config, serve_config, console, users, retriever_config
+    )
     for body in job.feeds:
         console.print(feed_table(body))
     quality = sorted((spec.data_dir / "evaluation").glob("*/quality.md"), key=lambda p: p.stat().st_mtime)
@@ -253,7 +270,7 @@ def main(
     console.print(
         f"Feed:        {base}/feed/{{user_id}}   (OpenAPI docs: {base}/docs)\n"
         f"MLflow UI:   {job.status['mlflow']['url']}   "
-        "(promote: Models → feed-ranker → a version → aliases → champion)\n"
+        "(promote: Models → feed-ranker or feed-retriever → a version → aliases → champion)\n"
         f"Ray:         {job.status['ray']['dashboard']}\n"
         f"Try:         curl -H 'Authorization: Bearer {token}' '{base}/feed/{job.viewers[0]}?limit=5'\n"
         "Stop it all:  make stop",

@@ -10,11 +10,13 @@ retrieval from an ANN index. Pure torch + torchrec, no Ray, no I/O.
     post KJT ─► EBC (post) ──────┴─► MLP ─► L2-normalize ─► p (B, out_dim) ─┘
 
 The post tower sees what a post has the moment it exists (text embedding, media vector, topics,
-modality, author features) and never its id, so a new post is embedded, indexed and retrievable at once.
-Training (:class:`RetrieverTrainWrapper`) is a sampled softmax over in-batch negatives: each engaged
-(viewer, post) row's post is the positive, every other row's post a negative, with the sampling-bias
-correction of Yi et al. 2019 (``logit - log q(post)``: popular posts appear as in-batch negatives more
-often than a uniform sample would have them, and would otherwise be pushed down for it).
+modality, author features) and never its id, so a new post is embedded, indexed and retrievable at once;
+a small prior network adds the post's state (age, counters) to the score, ``u · p / T + b``.
+Training (:class:`RetrieverTrainWrapper`) is, by default, pointwise: binary cross-entropy of "engaged" on
+every logged impression, with a training-only context tower (relation, affinity, slot) beside the
+towers. ``loss: softmax`` is a sampled softmax over in-batch negatives instead: each engaged row's post
+the positive, every other row's post a negative, with the sampling-bias correction of Yi et al. 2019
+(``logit - log q(post)``).
 
 Example::
 
@@ -354,10 +356,10 @@ class ServableRetriever:
         return out
 
     @torch.no_grad()
-    def prior(self, columns: dict[str, Any]) -> np.ndarray:
-        """The posts' state columns (length N each, as of now) → (N,) logit offsets; zeros without a prior."""
+    def prior(self, columns: dict[str, Any], n: int) -> np.ndarray:
+        """The state columns of ``n`` posts (as of now) → (n,) logit offsets; zeros without a prior."""
         if self.prior_layout is None:
-            return np.zeros(len(next(iter(columns.values()))) if columns else 0, np.float32)
+            return np.zeros(n, np.float32)
         b = collate(columns, self.prior_layout, self.encoder)
         return self.model.prior(b.dense).numpy()
 

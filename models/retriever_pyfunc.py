@@ -4,9 +4,9 @@ A registered ``feed-retriever`` version is a pyfunc model logged from code: this
 package and the retriever payload (:class:`models.retriever.ServableRetriever`) as an artifact::
 
     model = mlflow.pyfunc.load_model("models:/feed-retriever@champion")
-    model.predict(viewers_df)                             # viewer features → one vector per row
-    model.predict(posts_df, params={"tower": "post"})     # post features → one vector per row
-    model.unwrap_python_model().retriever                 # what serving and the index builder use
+    model.predict(viewers_df)                  # viewer features (the logged signature) → one vector per row
+    r = model.unwrap_python_model().retriever  # what serving and the index builder use:
+    r.embed_posts(post_columns)                #   the post tower, r.prior(state_columns, n) the prior
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def vector_frame(vectors: np.ndarray) -> pd.DataFrame:
 
 
 class RetrieverPyfunc(PythonModel):
-    """``predict``: viewer (or, with ``params={"tower": "post"}``, post) features → unit vectors."""
+    """``predict``: viewer features → unit vectors (``params={"tower": "post"}`` embeds post columns; the
+    logged signature describes the viewer input, so that call is for a model loaded without enforcement)."""
 
     retriever: ServableRetriever
 

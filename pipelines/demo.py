@@ -3,9 +3,10 @@
 
 On one local Ray instance: synth → ingest → features → train (Ray Train + TorchRec, logged to the embedded
 MLflow store ``D/mlflow.db``) → evaluate against the baselines → register a ``feed-ranker`` version
-(alias ``challenger``) → promote it to ``champion`` if it beats the current one → deploy the feed
-(``configs/serve.yaml``) on Ray Serve and fetch feeds for sample users over HTTP with minted tokens. Prints
-what each stage produced, the offline quality table and a readable feed.
+(alias ``challenger``) → the two-tower retriever the same way (``feed-retriever``, its recall) → promote
+each to ``champion`` if it beats the current one → deploy the feed (``configs/serve.yaml``: friends' posts
+and the retriever's suggestions) on Ray Serve and fetch feeds for sample users over HTTP with minted tokens.
+Prints what each stage produced, the offline quality table and a readable feed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from models.tasks import BINARY_TASKS
-from pipelines.common.config import DataConfig, TrainConfig, dump_config, load_config
+from pipelines.common.config import DataConfig, RetrieverConfig, TrainConfig, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,9 @@ def main(
     train_config: Annotated[Path | None, typer.Option(help="YAML config (configs/train.yaml).")] = Path(
         "configs/train.yaml"
     ),
+    retriever_config: Annotated[
+        Path | None, typer.Option(help="YAML config (configs/retriever.yaml).")
+    ] = Path("configs/retriever.yaml"),
     serve_config: Annotated[Path, typer.Option(help="Ray Serve config (configs/serve.yaml).")] = Path(
         "configs/serve.yaml"
     ),
@@ -204,6 +208,8 @@ def main(
     from pipelines.features.stage import run as features
     from pipelines.ingest.stage import run as ingest
     from pipelines.promote.stage import run as promote
+    from pipelines.promote.stage import run_retriever as promote_retriever
+    from pipelines.retrieval.stage import run as train_retriever
     from pipelines.synth.stage import run as synth
     from pipelines.train.stage import run as train_and_publish
     from serve.runtime import ray_serve_env
@@ -213,9 +219,11 @@ def main(
     with exit_on_error():
         cfg = load_config(config, DataConfig)
         train_cfg = load_config(train_config, TrainConfig)
+        retriever_cfg = load_config(retriever_config, RetrieverConfig)
         console.rule("resolved config")
         console.print(dump_config(cfg), end="")
         console.print(dump_config(train_cfg), end="")
+        console.print(dump_config(retriever_cfg), end="")
         seconds: dict[str, float] = {}
 
         @contextlib.contextmanager
@@ -235,18 +243,25 @@ def main(
             report(console, synth_rows, ingest_summary, manifest, seconds, data_dir)
             with stage("train"):
                 published = train_and_publish(train_cfg, data_dir)
+            with stage("retriever"):
+                retriever = train_retriever(retriever_cfg, data_dir)
         with stage("promote"):
             decision = promote(data_dir, train_cfg)
+            retriever_decision = promote_retriever(data_dir, retriever_cfg)
         ev = published.evaluation
         console.rule(f"offline quality, test split: {ev.rows:,} impressions, {ev.requests:,} requests")
         console.print(Markdown(ev.table()))
+        r = retriever.recall
+        console.rule(f"retriever recall, test split: {r.queries:,} engaged impressions, {r.corpus:,} posts")
+        console.print(Markdown(r.table()))
         with ray_session(env=ray_serve_env()), stage("serve"):
             serve_feed(console, data_dir, serve_config, keep_serving)
-        verdict = "promoted to champion" if decision.promoted else "not promoted"
-        console.print(
-            f"[bold]{published.model_name} version {published.version}[/bold] (alias challenger) {verdict}: "
-            f"{decision.reason}"
-        )
+        for name, version, d in (
+            (published.model_name, published.version, decision),
+            (retriever.model_name, retriever.version, retriever_decision),
+        ):
+            verdict = "promoted to champion" if d.promoted else "not promoted"
+            console.print(f"[bold]{name} version {version}[/bold] (alias challenger) {verdict}: {d.reason}")
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
         console.print(
             f"Stages: {timing}. Evaluation files and plots: {data_dir / 'evaluation'}; browse runs and the "

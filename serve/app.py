@@ -84,7 +84,12 @@ class RetrievalHost:
 
     def __init__(self, cfg: ServeConfig, store: OnlineStore, clock: Clock) -> None:
         r = cfg.retrieval
-        self.store, self.clock, self.poll_s = store, clock, r.index_poll_s
+        self.store, self.clock, self.poll_s, self.prior_refresh_s = (
+            store,
+            clock,
+            r.index_poll_s,
+            r.prior_refresh_s,
+        )
         self.slot = RetrieverSlot(
             r.retriever,
             r.retriever_alias,
@@ -99,11 +104,16 @@ class RetrievalHost:
         self.watcher.start()
 
     def _watch(self) -> None:
+        last_priors = self.clock.now()
         while not self._stop.wait(self.poll_s):
             try:
                 now = self.clock.now()
-                self.slot.refresh(self.store, now)
+                if self.slot.refresh(self.store, now) is not None:
+                    last_priors = now
                 self.slot.catch_up(self.store, now)
+                if now - last_priors >= self.prior_refresh_s:
+                    self.slot.refresh_priors(self.store, now)
+                    last_priors = now
             except Exception:  # the thread must survive a bad poll; the old index keeps serving
                 log.exception("index refresh failed")
 

@@ -108,6 +108,7 @@ class Ranked:
     post_ids: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float64
     tags: list[tuple[str, ...]]
+    suggested: np.ndarray  # (N,) bool: out-of-network
     probs: dict[str, np.ndarray]  # task → (N,) in final order; empty in a fallback feed
     signals: dict[str, np.ndarray]
     model: ServedModel
@@ -120,10 +121,12 @@ def _snippet(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _why(signals: dict[str, np.ndarray], j: int, tags: tuple[str, ...], fallback: bool) -> str:
+def _why(
+    signals: dict[str, np.ndarray], j: int, tags: tuple[str, ...], fallback: bool, suggested: bool
+) -> str:
     if fallback:
         return "Newest from your friends"
-    if "suggested" in tags:
+    if suggested:
         if "x_topic_match" in signals and float(signals["x_topic_match"][j]) >= 0.15:
             return "Suggested for you: about topics you engage with"
         return "Suggested for you"
@@ -270,11 +273,11 @@ class FeedService:
                     score=float(ranked.scores[k]),
                     probabilities={t: float(probs[t][k]) for t in TASKS if t != "dwell"} if probs else None,
                     expected_dwell_s=float(probs["dwell"][k]) / 1000.0 if probs else None,
-                    why=_why(ranked.signals, k, ranked.tags[k], newest_first),
+                    why=_why(ranked.signals, k, ranked.tags[k], newest_first, bool(ranked.suggested[k])),
                     tags=list(ranked.tags[k]),
                     position=k,
                     impression_id=self._signer.sign(ranked.request_id, k, ranked.viewer, int(pid)),
-                    source="suggested" if "suggested" in ranked.tags[k] else "friends",
+                    source="suggested" if ranked.suggested[k] else "friends",
                 )
             )
         return items
@@ -321,6 +324,7 @@ class FeedService:
             post_ids=slate.post_id,
             scores=slate.score,
             tags=slate.reasons,
+            suggested=slate.suggested,
             probs={t: np.asarray(v)[order] for t, v in probs.items()},
             signals={k: np.asarray(v)[order] for k, v in signals.items()},
             model=model,

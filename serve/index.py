@@ -40,9 +40,32 @@ def tower_columns(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: 
     return assemble(store, viewer, ids if len(ids) else np.zeros(1, np.int64), now_s)
 
 
+@dataclass(frozen=True)
+class _Entries:
+    """What a search reads, swapped as one object: the FAISS index and, per indexed post, its vector,
+    prior and creation time (row ``rows[post id]``)."""
+
+    index: Any
+    ids: np.ndarray  # (N,) int64
+    vectors: np.ndarray  # (N, dim) float32: p / T
+    prior: np.ndarray  # (N,) float32: as of the last refresh
+    created: np.ndarray  # (N,) float64 epoch seconds
+    rows: dict[int, int]
+
+
 @dataclass
 class PostIndex:
-    """One retriever version's FAISS index over public posts (ids → vectors)."""
+    """One retriever version's FAISS index over the window's public posts: each post as ``[p / T, b]`` (its
+    vector over the temperature, and its prior as of the last refresh), so that the inner product with a
+    viewer's ``[u, 1]`` is the two-tower score ``u · p / T + b`` itself: the index ranks by the whole
+    score, not by ``u · p`` alone. :meth:`refresh` recomputes the priors (they move with age and counters)
+    and drops posts older than the window, rebuilding the index; a search returns ``u · p / T`` for the
+    caller to add the prior of now.
+
+    Thread-safe: the watcher thread and ``POST /posts`` add posts while requests search. Embedding runs
+    outside the lock; adding, rebuilding and searching hold it (FAISS allows concurrent searches, not a
+    search beside an add), and what a search reads is one consistent :class:`_Entries`.
+    """
 
     retriever: Any  # models.retriever.ServableRetriever
     version: str
@@ -50,50 +73,136 @@ class PostIndex:
     kind: str = "flat"  # flat (exact inner product) or hnsw
     hnsw_m: int = 32
     ef_search: int = 128
-    indexed: set[int] = field(default_factory=set)
-    index: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _entries: _Entries | None = None
 
     def __post_init__(self) -> None:
+        d = self.retriever.dim
+        self._entries = _Entries(
+            self._empty(),
+            np.zeros(0, np.int64),
+            np.zeros((0, d), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0),
+            {},
+        )
+
+    def _empty(self) -> Any:
         import faiss
 
-        d = self.retriever.dim
+        d = self.retriever.dim + 1
+        inner: Any
         if self.kind == "hnsw":
             inner = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efSearch = self.ef_search
         else:
             inner = faiss.IndexFlatIP(d)
-        self.index = faiss.IndexIDMap2(inner)
+        return faiss.IndexIDMap2(inner)
+
+    @property
+    def entries(self) -> _Entries:
+        assert self._entries is not None
+        return self._entries
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.entries.ids)
+
+    @property
+    def indexed(self) -> set[int]:
+        return set(self.entries.rows)
+
+    def _embed(
+        self, store: OnlineStore, ids: np.ndarray, now_s: float, viewer: int, vectors: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``p / T`` (unless ``vectors`` is false: an empty array) and the prior now of ``ids``."""
+        r = self.retriever
+        out, prior = [], []
+        for lo in range(0, len(ids), EMBED_BATCH):
+            part = ids[lo : lo + EMBED_BATCH]
+            cols = tower_columns(store, viewer, part, now_s)
+            if vectors:
+                out.append(r.embed_posts({c: cols[c] for c in r.post_columns}) / r.temperature)
+            prior.append(r.prior({c: cols[c] for c in r.prior_columns}, len(part)))
+        vec = np.concatenate(out).astype(np.float32) if out else np.zeros((0, r.dim), np.float32)
+        return vec, (np.concatenate(prior).astype(np.float32) if prior else np.zeros(0, np.float32))
+
+    @staticmethod
+    def _augmented(vectors: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([vectors, prior[:, None]], axis=1), np.float32)
 
     def catch_up(self, store: OnlineStore, now_s: float, viewer: int = 0) -> int:
         """Embed and add the public posts of the window not indexed yet; returns how many."""
         ids = store.recent_posts(now_s - self.window_s, now_s + 1.0)
+        known = self.entries.rows
+        fresh = np.array([p for p in ids.tolist() if p not in known], np.int64)
+        if not len(fresh):
+            return 0
+        post = store.posts(fresh, ("visibility_code", "deleted_s", "created_s"))
+        public = (post["visibility_code"] == VISIBILITY_CODE["public"]) & np.isnan(post["deleted_s"])
+        fresh, created = fresh[public], post["created_s"][public].astype(np.float64)
+        if not len(fresh):
+            return 0
+        vectors, prior = self._embed(store, fresh, now_s, viewer)  # outside the lock: the slow part
         with self._lock:
-            fresh = np.array([p for p in ids.tolist() if p not in self.indexed], np.int64)
+            old = self.entries
+            keep = np.array([p not in old.rows for p in fresh.tolist()], bool)  # added meanwhile
+            fresh, created, vectors, prior = fresh[keep], created[keep], vectors[keep], prior[keep]
             if not len(fresh):
                 return 0
-            post = store.posts(fresh, ("visibility_code", "deleted_s"))
-            fresh = fresh[
-                (post["visibility_code"] == VISIBILITY_CODE["public"]) & np.isnan(post["deleted_s"])
-            ]
-            for lo in range(0, len(fresh), EMBED_BATCH):
-                part = fresh[lo : lo + EMBED_BATCH]
-                cols = tower_columns(store, viewer, part, now_s)
-                vectors = self.retriever.embed_posts({c: cols[c] for c in self.retriever.post_columns})
-                self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), part)
-            self.indexed.update(fresh.tolist())
+            old.index.add_with_ids(self._augmented(vectors, prior), fresh)
+            start = len(old.ids)
+            rows = {**old.rows, **{int(p): start + i for i, p in enumerate(fresh.tolist())}}
+            self._entries = _Entries(
+                old.index,
+                np.concatenate([old.ids, fresh]),
+                np.concatenate([old.vectors, vectors]),
+                np.concatenate([old.prior, prior]),
+                np.concatenate([old.created, created]),
+                rows,
+            )
             return len(fresh)
 
+    def refresh(self, store: OnlineStore, now_s: float, viewer: int = 0) -> None:
+        """Priors as of ``now_s`` for the posts still in the window (older ones leave), in a new index
+        built aside and swapped in."""
+        old = self.entries
+        alive = old.created >= now_s - self.window_s
+        ids, vectors, created = old.ids[alive], old.vectors[alive], old.created[alive]
+        prior = self._embed(store, ids, now_s, viewer, vectors=False)[1]
+        index = self._empty()
+        if len(ids):
+            index.add_with_ids(self._augmented(vectors, prior), ids)
+        with self._lock:
+            current = self.entries
+            added = len(current.ids) > len(old.ids)  # posts added meanwhile: keep them too
+            if added:
+                extra = slice(len(old.ids), None)
+                index.add_with_ids(
+                    self._augmented(current.vectors[extra], current.prior[extra]), current.ids[extra]
+                )
+                ids = np.concatenate([ids, current.ids[extra]])
+                vectors = np.concatenate([vectors, current.vectors[extra]])
+                prior = np.concatenate([prior, current.prior[extra]])
+                created = np.concatenate([created, current.created[extra]])
+            rows = {int(p): i for i, p in enumerate(ids.tolist())}
+            self._entries = _Entries(index, ids, vectors, prior, created, rows)
+
     def search(self, viewer_vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` posts with the highest ``u · p``: ids and inner products (fewer when fewer exist)."""
-        if len(self) == 0 or k <= 0:
+        """The ``k`` posts with the highest ``u · p / T + b`` (b as stored): ids, and ``u · p / T`` of each
+        (the caller adds the prior of now). Fewer when fewer exist."""
+        if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        dots, ids = self.index.search(np.ascontiguousarray(viewer_vector[None, :], np.float32), k)
+        query = np.ascontiguousarray(np.append(viewer_vector, 1.0)[None, :], np.float32)
+        with self._lock:
+            e = self.entries
+            if len(e.ids) == 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            _, ids = e.index.search(query, k)
         keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), dots[0][keep]
+        ids = ids[0][keep].astype(np.int64)
+        rows = np.array([e.rows[int(p)] for p in ids.tolist()], np.int64)
+        dots = e.vectors[rows] @ np.asarray(viewer_vector, np.float32) if len(rows) else np.zeros(0)
+        return ids, np.asarray(dots, np.float32)
 
 
 def viewer_vector(retriever: Any, store: OnlineStore, viewer: int, now_s: float) -> np.ndarray:
@@ -108,22 +217,29 @@ def two_tower_scores(
     """``u · p / T + prior`` of ``post_ids`` for ``viewer`` now (the posts embedded on the fly)."""
     cols = tower_columns(store, viewer, post_ids, now_s)
     vectors = retriever.embed_posts({c: cols[c] for c in retriever.post_columns})
-    prior = retriever.prior({c: cols[c] for c in retriever.prior_columns})
+    prior = retriever.prior({c: cols[c] for c in retriever.prior_columns}, len(post_ids))
     return np.asarray(
         retriever.scores(viewer_vector(retriever, store, viewer, now_s), vectors, prior), np.float64
     )
 
 
 def prerank(store: OnlineStore, viewer: int, now_s: float, index: PostIndex, cands: Any, keep: int) -> Any:
-    """The ``keep`` candidates (a :class:`serve.retrieval.Candidates`) with the best two-tower score, in
-    their retrieved order; scores the retrieval did not compute (friends' posts) are computed here."""
+    """At most ``keep`` candidates (a :class:`serve.retrieval.Candidates`), in their retrieved order: the
+    suggestions (already capped at ``retrieval.out_of_network``) stay and friends' posts fill the rest by
+    two-tower score. Each source is ranked within itself: the two-tower score leaves the relation out (the
+    training-only context tower took it), so across sources it would drop friends' posts first. Friends'
+    scores are computed here."""
     score = np.array(
         cands.retrieval_score if cands.retrieval_score is not None else np.full(len(cands.post_ids), np.nan)
     )
-    missing = np.isnan(score)
-    if missing.any():
-        score[missing] = two_tower_scores(index.retriever, store, viewer, cands.post_ids[missing], now_s)
-    best = np.sort(np.argsort(-score, kind="stable")[:keep])
+    oon = np.flatnonzero(cands.suggested)
+    oon = oon[np.argsort(-score[oon], kind="stable")[:keep]]
+    friends = np.flatnonzero(~cands.suggested)
+    room = keep - len(oon)
+    if len(friends) > room:
+        score[friends] = two_tower_scores(index.retriever, store, viewer, cands.post_ids[friends], now_s)
+        friends = friends[np.argsort(-score[friends], kind="stable")[:room]]
+    best = np.sort(np.concatenate([friends, oon]))
     out = cands.take(best)
     out.retrieval_score = score[best]
     out.dropped = {**cands.dropped, "preranked_out": len(cands.post_ids) - len(best)}
@@ -193,3 +309,9 @@ class RetrieverSlot:
     def catch_up(self, store: OnlineStore, now_s: float) -> int:
         index = self.current
         return index.catch_up(store, now_s) if index is not None else 0
+
+    def refresh_priors(self, store: OnlineStore, now_s: float) -> None:
+        """The served index's priors as of now, and posts past the window dropped."""
+        index = self.current
+        if index is not None:
+            index.refresh(store, now_s)

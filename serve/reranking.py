@@ -272,7 +272,9 @@ class SuggestedCap(_Base):
     ([0, 2, 1, 3], ('suggested',), ())
     """
 
-    max_share: float = Field(0.5, ge=0, le=1)
+    max_share: float = Field(
+        0.5, ge=0, le=1, description="At most ceil(max_share * L) suggestions in the first L slots."
+    )
     horizon: int = Field(200, ge=1)
 
     def _apply(self, slate: Slate, ctx: RerankContext) -> Slate:

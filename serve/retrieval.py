@@ -56,6 +56,13 @@ class RetrievalConfig(StrictConfig, frozen=True):
     index_poll_s: float = Field(
         5.0, gt=0, le=3600, description="How often new posts are indexed and the alias re-resolved."
     )
+    prior_refresh_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How often the indexed posts' priors (age, counters) are recomputed and the exact index "
+        "rebuilt with them; a search re-scores what it returns with the priors of now either way.",
+    )
 
 
 @dataclass(slots=True)
@@ -189,11 +196,9 @@ def suggested(
     dropped["in_network"] = int((keep & in_net).sum())
     keep &= ~in_net
     ids, dots = ids[keep], dots[keep]
-    if len(ids):
+    if len(ids):  # the search's u · p / T plus each post's prior now
         state_cols = tower_columns(store, viewer, ids, now_s)
-        score = dots / retriever.temperature + retriever.prior(
-            {c: state_cols[c] for c in retriever.prior_columns}
-        )
+        score = dots + retriever.prior({c: state_cols[c] for c in retriever.prior_columns}, len(ids))
     else:
         score = np.zeros(0, np.float32)
     order = np.argsort(-score, kind="stable")[: cfg.out_of_network]

@@ -479,7 +479,7 @@ class RetrieverModelConfig(StrictConfig):
         description="pointwise: binary cross-entropy of 'engaged' on every logged impression, the context "
         "tower beside the towers; softmax: in-batch negatives over engaged rows (logQ-corrected), which on "
         "a friends-first log learns the friend graph instead of what carries to strangers' posts (measured "
-        "against the oracle: recall@200 0.13 vs 0.44, bench/RESULTS.md, Retrieval).",
+        "against the oracle over 3 seeds: recall@200 0.13 vs 0.41, bench/RESULTS.md, Retrieval).",
     )
     exposure_correction: bool = Field(
         True,

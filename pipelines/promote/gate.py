@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from models.tasks import BINARY_TASKS
-from pipelines.common.config import RegistryConfig
+from pipelines.common.config import RegistryConfig, RetrieverRegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,21 @@ def online_gate(report: dict[str, Any], version: str, arm: str = "challenger") -
     if diffs["hide_rate"]["ci95"][0] > 0:
         return False, f"online: hide rate significantly higher ({summary})"
     return True, f"online: wins vs {report['control']} ({summary})"
+
+
+def recall_gate(
+    candidate: dict[int, float], champion: dict[int, float], cfg: RetrieverRegistryConfig
+) -> tuple[bool, str]:
+    """The retriever's gate: recall at ``cfg.gate_k`` on the same test split (``{K: recall}`` each).
+
+    >>> recall_gate({200: 0.41}, {200: 0.38}, RetrieverRegistryConfig())
+    (True, 'recall@200 0.4100 > 0.3800 (+0.0300)')
+    """
+    k = cfg.gate_k
+    gain = candidate[k] - champion[k]
+    if gain > cfg.min_gain:
+        return True, f"recall@{k} {candidate[k]:.4f} > {champion[k]:.4f} ({gain:+.4f})"
+    return (
+        False,
+        f"recall@{k} {candidate[k]:.4f} does not beat champion {champion[k]:.4f} by > {cfg.min_gain:g}",
+    )

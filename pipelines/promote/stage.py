@@ -1,4 +1,6 @@
-"""The promote stage: move alias ``champion`` when the gate says so, and record why on the version."""
+"""The promote stage: move alias ``champion`` when the gate says so, and record why on the version: the
+ranker (:func:`run`: NDCG and the AUC guardrail, optionally online) or the retriever (:func:`run_retriever`:
+recall@K), each against its champion on the same test split."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common.cli import DataError
-from pipelines.common.config import TrainConfig
-from pipelines.promote.gate import Decision, gate, online_gate
+from pipelines.common.config import RetrieverConfig, TrainConfig
+from pipelines.promote.gate import Decision, gate, online_gate, recall_gate
 
 
 def run(
@@ -20,8 +22,6 @@ def run(
     online: dict[str, Any] | None = None,
 ) -> Decision:
     """Decide, move the alias when warranted, and tag the candidate version with the decision."""
-    from mlflow import MlflowClient
-
     from pipelines.common import tracking
 
     tracking.configure(data_dir)
@@ -35,6 +35,62 @@ def run(
     if online is not None:  # both halves must pass
         ok_online, why_online = online_gate(online, version)
         ok, why = ok and ok_online, f"{why}; {why_online}"
+    return _decide(name, version, previous, ok, why, eval_set, force, note)
+
+
+def run_retriever(
+    data_dir: Path,
+    cfg: RetrieverConfig,
+    version: str | None = None,
+    force: bool = False,
+    note: str | None = None,
+) -> Decision:
+    """The retriever's promotion: recall@``registry.gate_k`` of the candidate against the champion, both
+    measured now on the same test split (:func:`pipelines.retrieval.recall.evaluate_recall`)."""
+    from pipelines.common import tracking
+    from pipelines.retrieval.recall import evaluate_recall
+    from pipelines.retrieval.setup import build_setup
+
+    tracking.configure(data_dir)
+    name = cfg.registry.model_name
+    version = version or _challenger(name)
+    champion = tracking.version_of(name, tracking.CHAMPION)
+    previous = str(champion.version) if champion is not None else None
+    if previous == version:
+        return Decision(False, version, previous, f"version {version} is already {tracking.CHAMPION}")
+    if previous is None:
+        ok, why, eval_set = True, "first champion", None
+    else:
+        setup = build_setup(data_dir, cfg)
+        recall = {
+            v: evaluate_recall(
+                data_dir, tracking.load_retriever_version(f"models:/{name}/{v}"), setup, cfg.evaluate
+            )
+            for v in (version, previous)
+        }
+        eval_set = recall[version].eval_set
+        ok, why = recall_gate(
+            recall[version].recall["retriever"], recall[previous].recall["retriever"], cfg.registry
+        )
+        why = f"vs version {previous} on test split {eval_set}: {why}"
+    return _decide(name, version, previous, ok, why, eval_set, force, note)
+
+
+def _decide(
+    name: str,
+    version: str,
+    previous: str | None,
+    ok: bool,
+    why: str,
+    eval_set: str | None,
+    force: bool,
+    note: str | None,
+) -> Decision:
+    """Apply ``force`` and ``note``, move the alias when the decision is yes, tag the version with it."""
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+
     if force and not ok:
         ok, why = True, f"forced ({note or 'no reason given'}); the gate said: {why}"
     elif note:

@@ -2,7 +2,8 @@
 
 The queries are the test split's engaged rows (as :meth:`RetrieverSetup.positive_mask` defines them),
 each with the viewer's features at that impression; the corpus is every post of the test split, each
-with its features (and the state the prior reads) at its first impression. A query's post is found at K
+with its features (and the state the prior reads) from its first row in file order (files are written
+day by day, so an early impression of it). A query's post is found at K
 when it is among the K corpus posts the method scores highest for that viewer:
 
 - ``retriever``: the viewer vector against every post vector (exact inner product);
@@ -82,12 +83,12 @@ def evaluate_recall(
 
     u = retriever.embed_viewers(rows(queries, retriever.viewer_columns))  # (Q, d)
     p = retriever.embed_posts(rows(first, retriever.post_columns))  # (C, d)
-    prior = retriever.prior(rows(first, retriever.prior_columns))  # (C,) the post's state when first shown
-    pop = (
-        sum(np.asarray(cols[c], np.float64)[first] for c in POPULARITY)
-        if all(c in cols for c in POPULARITY)
-        else None
-    )
+    prior = retriever.prior(
+        rows(first, retriever.prior_columns), len(first)
+    )  # (C,) the post's state when first shown
+    pop: np.ndarray | None = None
+    if all(c in cols for c in POPULARITY):
+        pop = np.sum([np.asarray(cols[c], np.float64)[first] for c in POPULARITY], axis=0)
     ranks: dict[str, list[np.ndarray]] = {m: [] for m in METHODS if m != "popular" or pop is not None}
     for lo in range(0, len(queries), 256):  # (256, C) scores at a time
         at = np.arange(lo, min(lo + 256, len(queries)))

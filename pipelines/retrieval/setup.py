@@ -113,8 +113,14 @@ def build_setup(data_dir: Path, cfg: RetrieverConfig) -> RetrieverSetup:
         if not lay.n_dense and not lay.sparse:
             raise DataError(f"model.{name}_features: no column of {data_dir / 'features'} matches")
     seen: dict[str, str] = {}
-    for name, lay in (("viewer", viewer), ("post", post), ("prior", prior), ("context", context)):
-        for c in (*lay.dense, *lay.vectors, *lay.sparse) if lay is not None else ():
+    blocks: tuple[tuple[str, FeatureLayout | None], ...] = (
+        ("viewer", viewer),
+        ("post", post),
+        ("prior", prior),
+        ("context", context),
+    )
+    for name, block in blocks:
+        for c in (*block.dense, *block.vectors, *block.sparse) if block is not None else ():
             if c in seen:
                 raise DataError(f"model.{seen[c]}_features and model.{name}_features both take {c}")
             seen[c] = name
@@ -137,10 +143,10 @@ def build_setup(data_dir: Path, cfg: RetrieverConfig) -> RetrieverSetup:
     )
     mean: list[float] = []
     std: list[float] = []
-    for lay in (viewer, post, prior, context):
-        if lay is not None:
-            mean += [stats[c]["mean"] for c in lay.dense] + [0.0] * sum(lay.vectors.values())
-            std += [stats[c]["std"] for c in lay.dense] + [1.0] * sum(lay.vectors.values())
+    for _, block in blocks:
+        if block is not None:
+            mean += [stats[c]["mean"] for c in block.dense] + [0.0] * sum(block.vectors.values())
+            std += [stats[c]["std"] for c in block.dense] + [1.0] * sum(block.vectors.values())
     setup = RetrieverSetup(
         spec,
         viewer,

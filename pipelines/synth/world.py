@@ -504,8 +504,9 @@ def _serve_sessions(
         pool = _FriendPool(w, v) if w.social_graph else _OpenPool(w, v, cfg.open_candidates)
         if not pool:
             continue
-        explore = w.social_graph and cfg.explore_share > 0
-        strangers = _OpenPool(w, v, cfg.open_candidates, outside=pool.authors) if explore else None
+        strangers = None  # the exploring half of the policy: strangers' public posts
+        if isinstance(pool, _FriendPool) and cfg.explore_share > 0:
+            strangers = _OpenPool(w, v, cfg.open_candidates, outside=pool.authors)
         for t in times:
             cand, cand_tie = pool.candidates(t, cfg.candidate_days * DAY, rng)
             if len(cand) == 0:

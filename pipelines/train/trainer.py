@@ -107,7 +107,13 @@ def datasets(
         )
         # At most 2 prepare tasks at a time: each new worker process imports torch and TorchRec (seconds
         # of CPU); with 0.25-CPU tasks unbounded, 8 processes paid it on 2 cores (14-20 s per split).
-        ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=None, num_cpus=0.25, concurrency=2)
+        ds = ds.map_batches(
+            prepare,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=0.25,
+            compute=ray.data.TaskPoolStrategy(size=2),
+        )
         splits[split] = ds.materialize() if optim.materialize else ds
     # Files are written day by day and viewer by viewer: mix the blocks, then shuffle within a buffer.
     splits["train"] = splits["train"].randomize_block_order(seed=optim.seed)

@@ -39,7 +39,7 @@ def test_a_wrong_key_in_the_app_args_names_it() -> None:
 def test_every_rerank_policy_is_configurable_from_yaml() -> None:
     doc = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     rerank = doc["applications"][0]["args"]["rerank"]
-    assert set(rerank) == {"freshness", "fatigue", "seen", "dedup", "diversity", "exploration"}
+    assert set(rerank) == {"freshness", "fatigue", "seen", "dedup", "diversity", "exploration", "suggested"}
 
 
 def test_arm_shares_are_stable_and_add_up() -> None:

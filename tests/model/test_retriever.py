@@ -134,7 +134,9 @@ def test_towers_read_what_serving_has(built_world: Path) -> None:
     post = [*setup.post.dense, *setup.post.vectors, *setup.post.sparse]
     assert "p_text_emb" in post
     assert "sp_topics" in post
-    assert not [c for c in post if c.startswith(("sp_post", "sp_author_id", "p_click", "p_impr", "p_age"))]
+    assert not [
+        c for c in post if c in ("sp_post", "sp_author") or c.startswith(("p_click", "p_impr", "p_age"))
+    ]
     viewer = [*setup.viewer.dense, *setup.viewer.vectors, *setup.viewer.sparse]
     assert all(c.startswith(("u_", "sp_")) for c in viewer)
     assert setup.prior is not None
@@ -143,6 +145,21 @@ def test_towers_read_what_serving_has(built_world: Path) -> None:
     assert setup.context is not None
     assert "ctx_position" in setup.context.dense
     assert "rel_friend" in setup.context.dense
+    # Serving assembles every column each part reads, at the width training saw.
+    from serve.index import tower_columns
+    from serve.store import EmbeddedStore
+
+    store = EmbeddedStore.load(built_world)
+    posts = store.recent_posts(store.as_of_s - 7 * 86400, store.as_of_s)[:5]
+    served = tower_columns(store, int(store.user_ids()[0]), posts, store.as_of_s)
+    assert setup.prior is not None
+    for lay in (setup.viewer, setup.post, setup.prior):  # the context tower is training-only
+        for c in lay.dense:
+            assert np.asarray(served[c]).shape == (len(posts),), c
+        for c, width in lay.vectors.items():
+            assert np.asarray(served[c]).shape == (len(posts), width), c
+        for c in lay.sparse:
+            assert len(served[c]) == len(posts), c
     table = read_split(built_world, "train", setup.columns)
     engaged = sum(
         1
@@ -163,6 +180,7 @@ def test_retriever_stage_trains_registers_and_beats_random(built_world: Path, tm
     from mlflow import MlflowClient
 
     from pipelines.common import tracking
+    from pipelines.promote.stage import run_retriever
     from pipelines.retrieval.stage import run
 
     d = tmp_path / "d"
@@ -195,3 +213,14 @@ def test_retriever_stage_trains_registers_and_beats_random(built_world: Path, tm
         v |= {c: np.ones((2, n)) / n for c, n in local.viewer_layout.vectors.items()}
         v |= {c: np.array([1, 2]) for c in local.viewer_layout.sparse}
         assert np.allclose(served.embed_viewers(v), local.embed_viewers(v))
+        # Promotion: the first version becomes champion; a second is gated by recall on the same split.
+        first = run_retriever(d, cfg)
+        assert first.promoted
+        assert first.reason == "first champion"
+        assert not run_retriever(d, cfg, version=published.version).promoted  # already champion
+        again = run(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"seed": 1})}), d)
+        decision = run_retriever(d, cfg)
+        assert decision.candidate == again.version
+        assert "recall@50" in decision.reason
+        champion = MlflowClient().get_model_version_by_alias("feed-retriever", tracking.CHAMPION)
+        assert str(champion.version) == (again.version if decision.promoted else published.version)

@@ -631,23 +631,33 @@ def _random_retriever() -> Any:
 
 
 def _check_suggested(
-    store: EmbeddedStore, w: World, viewer: int, cfg: RetrievalConfig, index: Any, live: bool
+    store: EmbeddedStore,
+    w: World,
+    viewer: int,
+    cfg: RetrievalConfig,
+    index: Any,
+    live: bool,
+    now_ms: int = NOW_MS,
+    complete: bool = True,
 ) -> None:
     from serve.retrieval import suggested
 
-    got = suggested(store, viewer, NOW_S, cfg, index, retrieve(store, viewer, NOW_S, cfg))
+    now_s = now_ms / 1000
+    got = suggested(store, viewer, now_s, cfg, index, retrieve(store, viewer, now_s, cfg))
     ids = got.post_ids.tolist()
     by_id = {p.post_id: p for p in _all_posts(w, live)}
-    v = Viewer.of(w, viewer, live)
-    where = f"viewer {viewer}, window {cfg.window_days}, live={live}"
+    v = Viewer.of(w, viewer, live, now_ms)
+    where = f"viewer {viewer}, window {cfg.window_days}, live={live}, now {now_ms - NOW_MS:+d} ms"
     assert len(set(ids)) == len(ids), where
     assert got.suggested.all(), where
     for pid in ids:
         p = by_id[pid]
-        assert _allowed(v, p), f"LEAK: {p} ({where})"
+        assert _allowed(v, p, now_ms), f"LEAK: {p} ({where})"
         assert p.visibility == "public", f"not public: {p} ({where})"
         assert p.author_id not in v.friends | {viewer}, f"in-network: {p} ({where})"
-        assert _window_start_ms(cfg) <= p.created_ms < NOW_MS, f"outside the window: {p} ({where})"
+        assert _window_start_ms(cfg, now_ms) <= p.created_ms < now_ms, f"outside the window: {p} ({where})"
+    if not complete:
+        return
     expected = {
         p.post_id
         for p in _all_posts(w, live)
@@ -658,6 +668,7 @@ def _check_suggested(
         and p.created_ms >= _window_start_ms(cfg)
     }
     assert set(ids) == expected, f"got {sorted(ids)}, expected {sorted(expected)} ({where})"
+    assert got.retrieval_score is not None
     assert list(got.retrieval_score) == sorted(got.retrieval_score, reverse=True), where
 
 
@@ -679,3 +690,7 @@ def test_suggested_posts_never_leak_and_none_is_missed(w: World, window_days: fl
     index.catch_up(store, NOW_S)  # live posts become retrievable
     for viewer in w.users:
         _check_suggested(store, w, viewer, cfg, index, live=True)
+    # An index built earlier, asked later: entries that aged out of the window, friendships that started
+    # since (their authors are in-network now) and posts that began to exist meanwhile.
+    for viewer in w.users:
+        _check_suggested(store, w, viewer, cfg, index, live=True, now_ms=NOW_MS + DAY_MS, complete=False)
