@@ -75,6 +75,29 @@ def arrow_columns(table: pa.Table, jagged: bool = False) -> dict[str, Any]:
     return out
 
 
+def arrow_block(columns: dict[str, Any]) -> pa.Table:
+    """Prepared numpy columns → an Arrow table :func:`arrow_columns` reads back (``jagged``): a
+    :class:`models.batch.Jagged` becomes a list column, a 2-D array a fixed-size list (float32), the rest
+    plain columns. What a training ``prepare_block`` returns to Ray Data.
+
+    >>> t = arrow_block({"m": np.ones((2, 3)), "j": Jagged(np.array([1, 2, 3]), np.array([2, 1]))})
+    >>> back = arrow_columns(t, jagged=True)
+    >>> back["m"].shape, back["j"].lengths.tolist()
+    ((2, 3), [2, 1])
+    """
+    out = {}
+    for name, col in columns.items():
+        if isinstance(col, Jagged):
+            offsets = np.concatenate([[0], np.cumsum(col.lengths)]).astype(np.int32)
+            out[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(col.values, pa.int64()))
+        elif np.ndim(col) == 2:
+            flat = pa.array(np.asarray(col, np.float32).reshape(-1))
+            out[name] = pa.FixedSizeListArray.from_arrays(flat, np.shape(col)[1])
+        else:
+            out[name] = pa.array(col)
+    return pa.table(out)
+
+
 def read_columns(data_dir: Path, split: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """One split as numpy columns (:func:`arrow_columns`)."""
     return arrow_columns(read_split(data_dir, split, columns))

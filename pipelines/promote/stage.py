@@ -22,15 +22,10 @@ def run(
     online: dict[str, Any] | None = None,
 ) -> Decision:
     """Decide, move the alias when warranted, and tag the candidate version with the decision."""
-    from pipelines.common import tracking
-
-    tracking.configure(data_dir)
     name = cfg.registry.model_name
-    version = version or _challenger(name)
-    champion = tracking.version_of(name, tracking.CHAMPION)
-    previous = str(champion.version) if champion is not None else None
+    version, previous = _candidate(data_dir, name, version)
     if previous == version:
-        return Decision(False, version, previous, f"version {version} is already {tracking.CHAMPION}")
+        return Decision(False, version, previous, f"version {version} is already champion")
     ok, why, eval_set = _offline(data_dir, cfg, version, previous)
     if online is not None:  # both halves must pass
         ok_online, why_online = online_gate(online, version)
@@ -51,13 +46,10 @@ def run_retriever(
     from pipelines.retrieval.recall import evaluate_recall
     from pipelines.retrieval.setup import build_setup
 
-    tracking.configure(data_dir)
     name = cfg.registry.model_name
-    version = version or _challenger(name)
-    champion = tracking.version_of(name, tracking.CHAMPION)
-    previous = str(champion.version) if champion is not None else None
+    version, previous = _candidate(data_dir, name, version)
     if previous == version:
-        return Decision(False, version, previous, f"version {version} is already {tracking.CHAMPION}")
+        return Decision(False, version, previous, f"version {version} is already champion")
     if previous is None:
         ok, why, eval_set = True, "first champion", None
     else:
@@ -108,6 +100,16 @@ def _decide(
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     return Decision(ok, version, previous, why, eval_set)
+
+
+def _candidate(data_dir: Path, name: str, version: str | None) -> tuple[str, str | None]:
+    """The version to decide on (``version``, or the challenger's) and the champion's, if any; MLflow
+    pointed at ``data_dir``'s store."""
+    from pipelines.common import tracking
+
+    tracking.configure(data_dir)
+    champion = tracking.version_of(name, tracking.CHAMPION)
+    return version or _challenger(name), str(champion.version) if champion is not None else None
 
 
 def _challenger(name: str) -> str:

@@ -18,7 +18,7 @@ from models.retriever import RetrieverBatch, RetrieverSpec, ServableRetriever
 from pipelines.common.cli import DataError
 from pipelines.common.columns import WEIGHT
 from pipelines.common.config import RetrieverConfig
-from pipelines.features.manifest import arrow_columns, load_manifest, read_split
+from pipelines.features.manifest import arrow_block, arrow_columns, load_manifest, read_split
 from pipelines.train.sharding import Sharded, shard
 
 if TYPE_CHECKING:
@@ -264,20 +264,8 @@ class RetrieverTraining:
         return out
 
     def prepare_block(self, table: pa.Table) -> pa.Table:
-        """A Ray Data block of feature columns → its engaged rows, model-ready."""
-        import pyarrow as pa
-
-        out = {}
-        for name, col in self.prepare_columns(arrow_columns(table, jagged=True)).items():
-            if isinstance(col, Jagged):
-                offsets = np.concatenate([[0], np.cumsum(col.lengths)]).astype(np.int32)
-                out[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(col.values, pa.int64()))
-            elif col.ndim == 2:
-                flat = pa.array(col.reshape(-1).astype(np.float32))
-                out[name] = pa.FixedSizeListArray.from_arrays(flat, col.shape[1])
-            else:
-                out[name] = pa.array(col)
-        return pa.table(out)
+        """A Ray Data block of feature columns → its rows (engaged ones for the softmax loss), model-ready."""
+        return arrow_block(self.prepare_columns(arrow_columns(table, jagged=True)))
 
     def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> RetrieverBatch:
         return self.eval_batch(columns)

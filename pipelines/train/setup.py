@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.batch import DENSE, Batch, FeatureLayout, Forget, Jagged, SparseEncoder, finish, prepare
+from models.batch import DENSE, Batch, FeatureLayout, Forget, SparseEncoder, finish, prepare
 from models.ranker import RankerSpec
 from models.servable import ServableRanker
 from models.tasks import BINARY_TASKS, TASKS
@@ -22,7 +22,7 @@ from models.train_wrapper import LossSpec
 from pipelines.common.cli import DataError
 from pipelines.common.columns import DWELL, SPARSE, SPARSE_IDS, WEIGHT
 from pipelines.common.config import TrainConfig
-from pipelines.features.manifest import arrow_columns, load_manifest, read_split
+from pipelines.features.manifest import arrow_block, arrow_columns, load_manifest, read_split
 from pipelines.train.sharding import Sharded, shard
 
 if TYPE_CHECKING:
@@ -167,19 +167,7 @@ class RankerTraining:
     def prepare_block(self, table: pa.Table) -> pa.Table:
         """A Ray Data block of feature columns → the model-ready block (:func:`models.batch.prepare`): the
         dense matrix and table rows, built once per block instead of once per step and epoch."""
-        import pyarrow as pa
-
-        prepared = prepare(arrow_columns(table, jagged=True), self.setup.layout, self.setup.encoder)
-        out = {}
-        for name, col in prepared.items():
-            if isinstance(col, Jagged):
-                offsets = np.concatenate([[0], np.cumsum(col.lengths)]).astype(np.int32)
-                out[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(col.values, pa.int64()))
-            elif col.ndim == 2:
-                out[name] = pa.FixedSizeListArray.from_arrays(pa.array(col.reshape(-1)), col.shape[1])
-            else:
-                out[name] = pa.array(col)
-        return pa.table(out)
+        return arrow_block(prepare(arrow_columns(table, jagged=True), self.setup.layout, self.setup.encoder))
 
     def train_batch(self, columns: dict[str, Any], rng: np.random.Generator) -> Batch:
         """With history and id dropout: that share of rows gets a viewer without history (cold start), and

@@ -70,7 +70,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         assert sum(n["raylet"]["state"] == "ALIVE" for n in nodes["data"]["summary"]) == 2
         jobs = requests.get(f"{status['ray']['dashboard']}/api/jobs/", headers=headers, timeout=10).json()
         assert {j["status"] for j in jobs} == {"SUCCEEDED"}
-        assert len(jobs) == 5  # synth, ingest, features, train, promote
+        assert len(jobs) == 7  # synth, ingest, features, train, retriever, promote, promote retriever
         # The feed came from the promoted model, registered in the cluster's MLflow server.
         assert job.feed_url == f"http://127.0.0.1:{serve_port}"
         for body in job.feeds:
@@ -83,6 +83,16 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
             timeout=10,
         ).json()["registered_model"]
         assert {a["alias"] for a in models["aliases"]} >= {"champion", "challenger"}
+        # The retriever was registered and promoted too, and the feed retrieves with its index.
+        retriever = requests.get(
+            f"{spec.mlflow_url}/api/2.0/mlflow/registered-models/get",
+            params={"name": "feed-retriever"},
+            timeout=10,
+        ).json()["registered_model"]
+        assert {a["alias"] for a in retriever["aliases"]} >= {"champion", "challenger"}
+        health = requests.get(f"{job.feed_url}/healthz", timeout=10).json()
+        assert health["retriever"]["version"] == "1"
+        assert health["retriever"]["posts"] > 0
         # Auth is on: no token, no feed.
         assert requests.get(f"{job.feed_url}/feed/{job.viewers[0]}", timeout=10).status_code == 401
         # Continual learning: the served logs → version 2 → online test → a decision, recorded.

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.batch import FeatureLayout, SparseEncoder
-from models.retriever import RetrieverSpec, ServableRetriever, TwoTowerRetriever
+from models.retriever import ServableRetriever
 from pipelines.features.manifest import load_manifest
 from serve.feed import FeedService
 from serve.index import RetrieverSlot
 from serve.records import PostDraft
 from serve.retrieval import RetrievalConfig, retrieve, suggested
 from serve.store import EmbeddedStore
+from tests.serving import test_visibility
 from tests.serving.test_feed_service import constant_scores, service, viewer_with_posts
 
 pytestmark = pytest.mark.ray
@@ -37,32 +37,8 @@ def world(built_world: Path, tmp_path: Path) -> Path:
 
 
 def random_retriever(data_dir: Path, seed: int = 0) -> ServableRetriever:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(seed)
-    vectors = load_manifest(data_dir)["columns"]["vectors"]
-    viewer = FeatureLayout(
-        dense=("u_friends",), vectors={"u_topic_share": vectors["u_topic_share"]}, sparse=()
-    )
-    post = FeatureLayout(
-        dense=(),
-        vectors={"p_media": vectors["p_media"], "p_text_emb": vectors["p_text_emb"]},
-        sparse=("sp_modality",),
-    )
-    prior = FeatureLayout(dense=("p_age_h",), vectors={}, sparse=())
-    spec = RetrieverSpec(
-        sparse={"sp_modality": 8},
-        viewer_dense=viewer.n_dense,
-        post_dense=post.n_dense,
-        viewer_sparse=(),
-        post_sparse=("sp_modality",),
-        prior_dense=1,
-        embedding_dim=4,
-        tower_mlp=(16,),
-        out_dim=8,
-    )
-    return ServableRetriever(
-        TwoTowerRetriever(spec), viewer, post, SparseEncoder(codes={"sp_modality": 8}), prior
-    )
+    v = load_manifest(data_dir)["columns"]["vectors"]
+    return test_visibility.random_retriever(v["u_topic_share"], v["p_media"], v["p_text_emb"], seed)
 
 
 def with_retriever(

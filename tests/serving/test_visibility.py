@@ -604,29 +604,33 @@ def test_a_snapshot_from_an_older_version_says_to_rebuild_it() -> None:
 
 
 # ------------------------------------------------------------------------------- out-of-network retrieval
-def _random_retriever() -> Any:
-    """A two-tower retriever with random weights over columns this test world's store has."""
+def random_retriever(topic_dim: int, media_dim: int, text_dim: int, seed: int = 0) -> Any:
+    """A two-tower retriever with random weights over columns every online store has (the tests here and
+    in ``test_suggested.py`` check plumbing and rules, not its quality)."""
+    import torch
+
     from models.batch import FeatureLayout, SparseEncoder
     from models.retriever import RetrieverSpec, ServableRetriever, TwoTowerRetriever
 
-    viewer = FeatureLayout(dense=("u_friends",), vectors={"u_topic_share": TOPIC_SHARE_DIM}, sparse=())
+    torch.manual_seed(seed)
+    viewer = FeatureLayout(dense=("u_friends",), vectors={"u_topic_share": topic_dim}, sparse=())
     post = FeatureLayout(
-        dense=(), vectors={"p_media": MEDIA_DIM, "p_text_emb": TEXT_DIM}, sparse=("sp_modality",)
+        dense=(), vectors={"p_media": media_dim, "p_text_emb": text_dim}, sparse=("sp_modality",)
     )
     prior = FeatureLayout(dense=("p_age_h",), vectors={}, sparse=())
     spec = RetrieverSpec(
-        sparse={"sp_modality": 4},
+        sparse={"sp_modality": 8},
         viewer_dense=viewer.n_dense,
         post_dense=post.n_dense,
         viewer_sparse=(),
         post_sparse=("sp_modality",),
         prior_dense=1,
         embedding_dim=4,
-        tower_mlp=(8,),
-        out_dim=4,
+        tower_mlp=(16,),
+        out_dim=8,
     )
     return ServableRetriever(
-        TwoTowerRetriever(spec), viewer, post, SparseEncoder(codes={"sp_modality": 4}), prior
+        TwoTowerRetriever(spec), viewer, post, SparseEncoder(codes={"sp_modality": 8}), prior
     )
 
 
@@ -680,7 +684,7 @@ def test_suggested_posts_never_leak_and_none_is_missed(w: World, window_days: fl
     from serve.index import PostIndex
 
     cfg = RetrievalConfig(window_days=window_days, out_of_network=5000, oversample=1.0)
-    retriever = _random_retriever()
+    retriever = random_retriever(TOPIC_SHARE_DIM, MEDIA_DIM, TEXT_DIM)
     store = _snapshot_store(w)
     index = PostIndex(retriever, "1", window_days * 86400)
     index.catch_up(store, NOW_S)
