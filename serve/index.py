@@ -214,13 +214,13 @@ def viewer_vector(retriever: Any, store: OnlineStore, viewer: int, now_s: float)
 def two_tower_scores(
     retriever: Any, store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
 ) -> np.ndarray:
-    """``u · p / T + prior`` of ``post_ids`` for ``viewer`` now (the posts embedded on the fly)."""
+    """``u · p / T + prior`` of ``post_ids`` for ``viewer`` now: posts embedded on the fly, the viewer's
+    vector from the same feature rows (one assembly for both)."""
     cols = tower_columns(store, viewer, post_ids, now_s)
+    u = retriever.embed_viewers({c: cols[c][:1] for c in retriever.viewer_columns})[0]
     vectors = retriever.embed_posts({c: cols[c] for c in retriever.post_columns})
     prior = retriever.prior({c: cols[c] for c in retriever.prior_columns}, len(post_ids))
-    return np.asarray(
-        retriever.scores(viewer_vector(retriever, store, viewer, now_s), vectors, prior), np.float64
-    )
+    return np.asarray(retriever.scores(u, vectors, prior), np.float64)
 
 
 def prerank(store: OnlineStore, viewer: int, now_s: float, index: PostIndex, cands: Any, keep: int) -> Any:

@@ -135,66 +135,69 @@ def example_frame(columns: list[str], cols: dict[str, np.ndarray], rows: int = 5
     return pd.DataFrame(data)
 
 
-def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any:
-    """Log ``ranker`` (a ServableRanker) as a pyfunc model in the active run and register it as a new
-    version of ``model_name``; returns the ``ModelVersion``."""
+def _log_pyfunc(
+    model: Any,
+    name: str,
+    code: str,
+    artifact: str,
+    example: pd.DataFrame,
+    output: pd.DataFrame,
+    model_name: str,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Save ``model`` (its ``save(path)``) as the artifact of the pyfunc in ``models/<code>``, log it in the
+    active run with a signature inferred from ``example`` → ``output`` and register a new version of
+    ``model_name``; returns the ``ModelVersion``."""
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from models.pyfunc import ARTIFACT, output_frame
-
-    example = example_frame(ranker.input_columns, cols)
-    with warnings.catch_warnings():  # ids and codes are integers that are never missing
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(
-            example, output_frame(ranker.predict({c: example[c].to_numpy() for c in ranker.input_columns}))
-        )
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # ids and codes are integers that are never missing
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        path = Path(tmp) / "ranker.pt"
-        ranker.save(path)
+        path = Path(tmp) / f"{name}.pt"
+        model.save(path)
         info = mlflow.pyfunc.log_model(
-            name="ranker",
-            python_model=str(REPO / "models" / "pyfunc.py"),
-            artifacts={ARTIFACT: str(path)},
+            name=name,
+            python_model=str(REPO / "models" / code),
+            artifacts={artifact: str(path)},
             code_paths=[str(REPO / "models")],
-            signature=signature,
+            signature=infer_signature(example, output, params=params),
             input_example=example,
             registered_model_name=model_name,
             pip_requirements=_requirements(),
         )
-    from mlflow import MlflowClient
-
     return MlflowClient().get_model_version(model_name, str(info.registered_model_version))
+
+
+def log_ranker(ranker: Any, cols: dict[str, np.ndarray], model_name: str) -> Any:
+    """Log ``ranker`` (a ServableRanker) as a pyfunc model in the active run and register it as a new
+    version of ``model_name``; returns the ``ModelVersion``."""
+    from models.pyfunc import ARTIFACT, output_frame
+
+    example = example_frame(ranker.input_columns, cols)
+    output = output_frame(ranker.predict({c: example[c].to_numpy() for c in ranker.input_columns}))
+    return _log_pyfunc(ranker, "ranker", "pyfunc.py", ARTIFACT, example, output, model_name)
 
 
 def log_retriever(retriever: Any, cols: dict[str, np.ndarray], model_name: str) -> Any:
     """Log ``retriever`` (a ServableRetriever) as a pyfunc model in the active run (its input example: viewer
     columns) and register it as a new version of ``model_name``; returns the ``ModelVersion``."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
-
     from models.retriever_pyfunc import ARTIFACT, vector_frame
 
     names = retriever.viewer_columns
     example = example_frame(names, cols)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        out = vector_frame(retriever.embed_viewers({c: example[c].to_numpy() for c in names}))
-        path = Path(tmp) / "retriever.pt"
-        retriever.save(path)
-        info = mlflow.pyfunc.log_model(
-            name="retriever",
-            python_model=str(REPO / "models" / "retriever_pyfunc.py"),
-            artifacts={ARTIFACT: str(path)},
-            code_paths=[str(REPO / "models")],
-            signature=infer_signature(example, out, params={"tower": "viewer"}),
-            input_example=example,
-            registered_model_name=model_name,
-            pip_requirements=_requirements(),
-        )
-    return MlflowClient().get_model_version(model_name, str(info.registered_model_version))
+    output = vector_frame(retriever.embed_viewers({c: example[c].to_numpy() for c in names}))
+    return _log_pyfunc(
+        retriever,
+        "retriever",
+        "retriever_pyfunc.py",
+        ARTIFACT,
+        example,
+        output,
+        model_name,
+        {"tower": "viewer"},
+    )
 
 
 def load_retriever_version(uri: str) -> Any:
