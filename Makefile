@@ -3,7 +3,8 @@
 #   make demo         the main job: local cluster + MLflow server, stages as Ray jobs, the feed deployed
 #   make demo-local   the same in one process (local Ray, embedded MLflow store)
 #   make test         lint + type check + the whole test suite
-#   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/B;
+#   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/Bs;
+#                     bench-retrieval, recall and pre-ranking against the world's oracle;
 #                     bench-chaos, a replica killed under load)
 #   make simulate     simulated users against the deployed feed (after make demo)
 #   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
@@ -28,7 +29,7 @@ UV_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-byteco
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-chaos ui test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-retrieval bench-chaos ui test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,6 +101,11 @@ retrain: $(STAMP)
 
 bench-online: $(STAMP)
 	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --out bench/RESULTS.md
+	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --experiment suggestions --out bench/RESULTS.md
+
+bench-retrieval: $(STAMP)
+	$(PY) -m bench.retrieval --data-dir $(DATA_DIR) --out bench/RESULTS.md
+	$(PY) -m bench.prerank --data-dir $(DATA_DIR) --out bench/RESULTS.md
 
 bench-chaos: $(STAMP)
 	$(PY) -m bench.replica_kill --data-dir $(DATA_DIR) --out bench/RESULTS.md

@@ -21,6 +21,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
     import uvicorn
 
     from serve.api import create_api
+    from serve.app import RetrievalHost
     from serve.auth import TokenAuth
     from serve.config import parse
     from serve.feed import Clock, FeedService
@@ -41,16 +42,20 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
         return scorer.score([request])[0]
 
     async def health() -> dict[str, Any]:
-        return {"models": slots.versions()}
+        current = retrieval.slot.current
+        return {"models": slots.versions(), "retriever": None if current is None else len(current)}
 
     origin = (data_dir / "online" / "manifest.json").stat().st_mtime
+    clock = Clock("snapshot", store.as_of_s, origin)
+    retrieval = RetrievalHost(cfg, store, clock)  # the registered retriever's index, as in a replica
     service = FeedService(
         cfg,
         store,
         ServingLog(data_dir, f"plain-{os.getpid()}"),
         score,
-        Clock("snapshot", store.as_of_s, origin),
+        clock,
         FeedMetrics(enabled=False),
+        retriever=retrieval.slot,
     )
     uvicorn.run(
         create_api(service, TokenAuth(secret), health), host="127.0.0.1", port=port, log_level="warning"

@@ -97,6 +97,7 @@ class Viewer:
     best: set[int]  # positions (in ``posts``) of the oracle's top N
     best_oon: set[int]  # the oracle's top N among out-of-network posts
     in_net: np.ndarray  # (E,) bool: a friend's post
+    truth: np.ndarray  # (E,) the oracle's P(click, like, comment or share) at the top slot
     columns: dict[str, Any]  # the viewer's feature columns at T (one row)
 
 
@@ -117,6 +118,7 @@ class OracleBench:
         world, _ = build_world(cfg)
         store = EmbeddedStore.load(data_dir)
         t, window = store.as_of_s, cfg.candidate_days * 86400
+        self.world, self.store, self.t = world, store, t
         lo, hi = np.searchsorted(world.post_created_sorted, [t - window, t])
         self.recent = world.post_by_time[lo:hi]
         # Every recent post's columns once (post, prior and popularity columns read no viewer column).
@@ -146,6 +148,7 @@ class OracleBench:
                     best=set(top(truth, n_oracle).tolist()),
                     best_oon=set(oon[top(truth[oon], n_oracle)].tolist()),
                     in_net=in_net,
+                    truth=truth,
                     columns=assemble(store, int(world.user_ids[v]), world.post_ids[posts[:1]], t),
                 )
             )

@@ -51,7 +51,7 @@ WORLD = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -226,7 +226,7 @@ def serve_rows(
     env = ray_serve_env(drain_s=1.0) if mode == "tuned" else {}
     out = {}
     with ray_session(env=env):
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for placement in placements:
             print(f"Ray Serve ({mode}), ranking.placement={placement}", flush=True)
@@ -242,7 +242,7 @@ def serve_rows(
 def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float) -> list[dict]:
     import requests
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.plain_feed_server", str(data_dir), secret, str(port)], env=env

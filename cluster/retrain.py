@@ -4,11 +4,14 @@
 1. ``ingest`` → ``features`` → ``train`` as Ray jobs: the raw logs now include what the feed served and what
    its users did (``D/raw/*/serving/``), so the new version learns from them; it is registered as
    ``challenger`` (with its offline evaluation);
-2. online: the feed is redeployed with ``model.challenger_traffic`` (0.5 by default) and simulated users
+2. ``retrieval`` → ``promote --retriever`` as Ray jobs: a new ``feed-retriever`` version on the same
+   features, promoted only if its recall on the test split is not worse than the champion's (the replicas
+   swap their index within ``retrieval.index_poll_s``), so both arms of the online test retrieve alike;
+3. online: the feed is redeployed with ``model.challenger_traffic`` (0.5 by default) and simulated users
    (:mod:`pipelines.simulate`) read it; their report is saved next to the run;
-3. ``promote`` as a Ray job with that report: ``champion`` moves only if the new version wins offline (the
+4. ``promote`` as a Ray job with that report: ``champion`` moves only if the new version wins offline (the
    gate on the test split) **and** online (:func:`pipelines.promote.gate.online_gate`);
-4. the feed is redeployed as configured. An MLflow run (experiment ``feed-retrain``) records every step: the
+5. the feed is redeployed as configured. An MLflow run (experiment ``feed-retrain``) records every step: the
    stages' durations, the training run, the simulation run and report, the decision and its reason.
 """
 
@@ -65,10 +68,11 @@ class Retrain:
     out: Path  # D/retrain/<time>/: online.json, online.md, decision.json
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def submit(self, stage: str, *args: str) -> None:
-        """One stage as a Ray job, its tasks sized to run beside the feed
-        (:func:`pipelines.common.runtime.task_cpus`)."""
-        entrypoint = ["python", "-m", f"pipelines.{stage}", "--data-dir", str(self.data_dir), *args]
+    def submit(self, module: str, *args: str, stage: str | None = None) -> None:
+        """One stage (``pipelines.<module>``, named ``stage`` in the timings) as a Ray job, its tasks sized
+        to run beside the feed (:func:`pipelines.common.runtime.task_cpus`)."""
+        stage = stage or module
+        entrypoint = ["python", "-m", f"pipelines.{module}", "--data-dir", str(self.data_dir), *args]
         job_env = {TASK_CPUS_ENV: str(BESIDE_SERVING_TASK_CPUS)}
         self.seconds[stage] = submit(self.dashboard, entrypoint, stage, self.console, self.env, job_env)
 
@@ -83,6 +87,26 @@ class Retrain:
         candidate = tracking.version_of(model_name, tracking.CHALLENGER)
         assert candidate is not None, "training registered no challenger"
         return candidate
+
+    def retrain_retriever(self, retriever_config: Path) -> dict[str, Any]:
+        """A new retriever version on the features just built, and its promotion by recall; what was
+        decided (the version's promotion tags)."""
+        from mlflow import MlflowClient
+
+        from pipelines.common import tracking
+        from pipelines.common.config import RetrieverConfig, load_config
+
+        self.submit("retrieval", "--config", str(retriever_config))
+        self.submit("promote", "--retriever", "--config", str(retriever_config), stage="promote retriever")
+        name = load_config(retriever_config, RetrieverConfig).registry.model_name
+        candidate = tracking.version_of(name, tracking.CHALLENGER)
+        assert candidate is not None, "the retrieval stage registered no challenger"
+        tags = MlflowClient().get_model_version(name, str(candidate.version)).tags
+        return {
+            "version": str(candidate.version),
+            "decision": tags.get("promotion.decision"),
+            "reason": tags.get("promotion.reason"),
+        }
 
     def test_online(
         self, version: str, serve_config: Path, data_cfg: Any, sim: Any, challenger_traffic: float
@@ -129,6 +153,8 @@ class Retrain:
             mlflow.log_metrics({f"seconds/{k}": v for k, v in self.seconds.items()})
             keys = ("decision", "reason", "previous_champion", "train_run", "simulation_run")
             mlflow.set_tags({k: str(decision[k])[:5000] for k in keys})
+            for k, v in (decision.get("retriever") or {}).items():
+                mlflow.set_tag(f"retriever.{k}", str(v)[:5000])
             mlflow.log_artifacts(str(self.out), "retrain")
 
 
@@ -141,9 +167,11 @@ def run_retrain(
     console: Console,
     sim_users: int = 300,
     challenger_traffic: float = 0.5,
+    retriever_config: Path | None = Path("configs/retriever.yaml"),
 ) -> dict[str, Any]:
     """Train a challenger on the served logs, test it online, promote it only if it wins offline and online;
-    returns the decision (also on the version's tags and in an MLflow run)."""
+    retrain the retriever too (``retriever_config``; None: keep it); returns the decision (also on the
+    version's tags and in an MLflow run)."""
     from mlflow import MlflowClient
 
     from pipelines.common import tracking
@@ -161,6 +189,7 @@ def run_retrain(
         before = tracking.version_of(name, tracking.CHAMPION)
         candidate = job.train_challenger(config, train_config, name)
         version = str(candidate.version)
+        retriever = job.retrain_retriever(retriever_config) if retriever_config is not None else None
         sim = SimConfig(users=sim_users, max_sessions=3)
         data_cfg = load_config(config, DataConfig)
         report, sim_run = job.test_online(version, serve_config, data_cfg, sim, challenger_traffic)
@@ -176,6 +205,7 @@ def run_retrain(
             "seconds": job.seconds,
             "simulation_run": sim_run,
             "train_run": candidate.run_id,
+            "retriever": retriever,
         }
         params = {"version": version, "challenger_traffic": challenger_traffic, "sim_users": sim_users}
         job.record(decision, params)
@@ -189,11 +219,16 @@ def main(
     serve_config: Annotated[Path, typer.Option(help="configs/serve.yaml")] = Path("configs/serve.yaml"),
     users: Annotated[int, typer.Option(help="Simulated users in the online test.")] = 300,
     workers: Annotated[int, typer.Option(help="Ray worker nodes besides the head.")] = 1,
+    retriever_config: Annotated[
+        Path, typer.Option(help="configs/retriever.yaml (the retriever is retrained too)")
+    ] = Path("configs/retriever.yaml"),
 ) -> None:
     """Retrain on the served logs, test the new version online, promote it only if it wins both ways."""
     console = Console(width=None if sys.stdout.isatty() else 120)
     spec = ClusterSpec(workers=workers, data_dir=data_dir)
-    decision = run_retrain(LocalCluster(), spec, config, train_config, serve_config, console, users)
+    decision = run_retrain(
+        LocalCluster(), spec, config, train_config, serve_config, console, users, 0.5, retriever_config
+    )
     console.print_json(json.dumps(decision))
 
 

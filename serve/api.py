@@ -92,6 +92,11 @@ class ModelInfo(BaseModel):
         description="chronological: the holdout arm, newest first, no model (model.chronological_traffic)."
     )
     version: str | None
+    retrieval_arm: Literal["suggestions", "friends_only"] = Field(
+        "suggestions",
+        description="friends_only: the out-of-network holdout (retrieval.holdout_traffic): friends' posts "
+        "only.",
+    )
 
 
 class FeedResponse(BaseModel):

@@ -1,10 +1,19 @@
-"""The feed on Ray Serve: the FeedIngress deployment, and the Ranker deployment when the model runs apart.
+"""The feed on Ray Serve: the FeedIngress deployment, and the Retriever and Ranker deployments when the
+retriever or the model runs apart.
 
 ::
 
     HTTP ──► FeedIngress (FastAPI, autoscaled, fractional CPU)
                │  auth (JWT) · validation · retrieval over its online store · re-ranking · page + cursor
                │  served impressions, events and posts → serving log (D/raw/*/serving/, durable)
+               │
+               ├─ retrieval.placement: ingress (default)
+               │     RetrievalHost in the same replica: suggestions from its index, pre-ranking
+               │
+               ├─ retrieval.placement: deployment
+               │     handle.suggest.remote(viewer, now, friends' candidates)   within retrieval.timeout_s
+               │        ▼
+               │     Retriever (autoscaled; its own store copy and RetrievalHost)
                │
                ├─ ranking.placement: ingress (default)
                │     RankingHost in the same replica: @serve.batch across concurrent feeds,
@@ -53,6 +62,7 @@ from serve.log import LogTailer, ServingLog, StoreSync
 from serve.metrics import FeedMetrics
 from serve.ranking import ModelSlots, Scorer
 from serve.records import ScoreRequest, Scores
+from serve.retrieval import Candidates, with_suggestions
 from serve.store import EmbeddedStore, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -170,16 +180,53 @@ class Ranker:
             raise RuntimeError("a background thread of the ranker died")
 
 
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Retriever:
+    """Friends' candidates → those and the suggestions from its index, pre-ranked
+    (``retrieval.placement: deployment``): the viewer tower, the FAISS index and the pre-ranker live here,
+    over this replica's own copy of the online store (kept up like an ingress replica's)."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        cfg = parse(args)
+        self.cfg = cfg
+        self.store, self.sync = open_store(cfg)
+        clock = Clock(cfg.clock.mode, self.store.as_of_s, cfg.clock.origin_s)
+        self.host = RetrievalHost(cfg, self.store, clock)
+
+    async def suggest(self, viewer: int, now_s: float, in_network: Candidates) -> Candidates:
+        index = self.host.slot.current
+        if index is None:
+            return in_network
+        r = self.cfg.retrieval
+        return with_suggestions(
+            self.store, viewer, now_s, r, self.cfg.ranking.max_candidates, index, in_network
+        )
+
+    async def info(self) -> dict[str, Any] | None:
+        index = self.host.slot.current
+        return {"version": index.version, "posts": len(index)} if index is not None else None
+
+    def check_health(self) -> None:
+        if not self.host.watcher.is_alive() or (self.sync is not None and not self.sync.alive()):
+            raise RuntimeError("a background thread of the retriever died")
+
+
 @serve.deployment(name="FeedIngress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 @serve.ingress()
 class FeedIngress:
     """HTTP front: auth, retrieval, ranking (here or through the Ranker handle), re-ranking, paging, event
     and post intake."""
 
-    def __init__(self, args: dict[str, Any], ranker: DeploymentHandle | None = None) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        ranker: DeploymentHandle | None = None,
+        retriever: DeploymentHandle | None = None,
+    ) -> None:
         cfg = parse(args)
         self.cfg = cfg
         self.ranker = ranker
+        self.retriever = retriever
         self.auth = TokenAuth.from_config(cfg.auth)
         store, self.sync = open_store(cfg)
         self.host = RankingHost(cfg, store) if ranker is None else None
@@ -187,7 +234,8 @@ class FeedIngress:
         self._encoder: Any = None
         self._encoder_lock = threading.Lock()
         clock = Clock(cfg.clock.mode, store.as_of_s, cfg.clock.origin_s)
-        self.retrieval = RetrievalHost(cfg, store, clock) if cfg.retrieval.out_of_network > 0 else None
+        here = cfg.retrieval.out_of_network > 0 and retriever is None
+        self.retrieval = RetrievalHost(cfg, store, clock) if here else None
         self.service = FeedService(
             cfg,
             store,
@@ -197,6 +245,7 @@ class FeedIngress:
             FeedMetrics(),
             encode_text=self._encode_text,
             retriever=self.retrieval.slot if self.retrieval is not None else None,
+            suggest=self._suggest_remote if retriever is not None else None,
         )
 
     @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
@@ -209,9 +258,17 @@ class FeedIngress:
         result: Scores = await self.ranker.score.remote(request)
         return result
 
+    async def _suggest_remote(self, viewer: int, now_s: float, in_network: Candidates) -> Candidates:
+        assert self.retriever is not None
+        result: Candidates = await self.retriever.suggest.remote(viewer, now_s, in_network)
+        return result
+
     async def _health(self) -> dict[str, Any]:
-        index = self.retrieval.slot.current if self.retrieval is not None else None
-        retriever = {"version": index.version, "posts": len(index)} if index is not None else None
+        if self.retriever is not None:
+            retriever = await self.retriever.info.remote()
+        else:
+            index = self.retrieval.slot.current if self.retrieval is not None else None
+            retriever = {"version": index.version, "posts": len(index)} if index is not None else None
         if self.host is not None:
             return {"models": self.host.slots.versions(), "placement": "ingress", "retriever": retriever}
         assert self.ranker is not None
@@ -274,7 +331,9 @@ def compose(args: dict[str, Any], deployments: list[dict[str, Any]] | None = Non
         resolved["clock"]["origin_s"] = (data_dir / "online" / "manifest.json").stat().st_mtime
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments or []}
     ingress = FeedIngress.options(**options.get("FeedIngress", {}))  # type: ignore[attr-defined]
-    if cfg.ranking.placement == "ingress":
-        return ingress.bind(resolved)
-    ranker = Ranker.options(**options.get("Ranker", {}))  # type: ignore[attr-defined]
-    return ingress.bind(resolved, ranker.bind(resolved))
+    ranker = retriever = None
+    if cfg.ranking.placement == "deployment":
+        ranker = Ranker.options(**options.get("Ranker", {})).bind(resolved)  # type: ignore[attr-defined]
+    if cfg.retrieval.placement == "deployment" and cfg.retrieval.out_of_network > 0:
+        retriever = Retriever.options(**options.get("Retriever", {})).bind(resolved)  # type: ignore[attr-defined]
+    return ingress.bind(resolved, ranker, retriever)

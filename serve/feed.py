@@ -44,10 +44,10 @@ import numpy as np
 from models.tasks import TASKS, value_score
 from pipelines.ingest.rules import Rules
 from serve.config import ServeConfig
-from serve.index import PostIndex, RetrieverSlot, prerank
+from serve.index import RetrieverSlot
 from serve.log import ServingLog
 from serve.metrics import FeedMetrics
-from serve.ranking import CHRONOLOGICAL, arm_of
+from serve.ranking import CHRONOLOGICAL, FRIENDS_ONLY, arm_of, retrieval_arm_of
 from serve.records import (
     ClientEvent,
     Engagement,
@@ -65,13 +65,16 @@ from serve.records import (
     ServedModel,
 )
 from serve.reranking import RerankContext, SeenDemotion, Slate, rerank
-from serve.retrieval import Candidates, merge, retrieve, suggested, visible
+from serve.retrieval import Candidates, retrieve, visible, with_suggestions
 from serve.store import OnlineStore
 from serve.validation import ImpressionSigner, contract_problems, references
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[ScoreRequest], Awaitable[Scores]]
+#: The Retriever deployment's step (``retrieval.placement: deployment``): (viewer, now, friends' candidates)
+#: → those and the suggestions, pre-ranked (:func:`serve.retrieval.with_suggestions` over its own index).
+SuggestFn = Callable[[int, float, Candidates], Awaitable[Candidates]]
 #: At most this many problems are listed in a 422.
 MAX_PROBLEMS = 50
 #: One problem of a rejected event batch: ``{"index": i, "field": name, "error": message}`` (the 422 body).
@@ -211,9 +214,11 @@ class FeedService:
         metrics: FeedMetrics,
         encode_text: Callable[[list[str]], np.ndarray] | None = None,
         retriever: RetrieverSlot | None = None,
+        suggest: SuggestFn | None = None,
     ) -> None:
         self.cfg = cfg
         self.retriever = retriever
+        self.suggest = suggest
         self.store = store
         self.log = serving_log
         self.score = score
@@ -289,9 +294,9 @@ class FeedService:
         request_id = uuid.uuid4().hex
         cands = retrieve(self.store, viewer, now, self.cfg.retrieval)
         arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
-        index = self.retriever.current if self.retriever is not None and arm != CHRONOLOGICAL else None
-        if index is not None:
-            cands = self._suggest(index, viewer, now, cands)
+        retrieval_arm = retrieval_arm_of(viewer, self.cfg.retrieval.holdout_traffic)
+        if arm != CHRONOLOGICAL and retrieval_arm != FRIENDS_ONLY:
+            cands = await self._suggest(viewer, now, cands)
         t1 = time.perf_counter()
         self.metrics.stage("retrieval", (t1 - t0) * 1000)
         scores, fallback = await self._score(ScoreRequest(viewer, cands.post_ids, now, arm))
@@ -309,10 +314,10 @@ class FeedService:
         by_id = np.argsort(cands.post_ids)  # where each re-ranked post sat in the scored arrays
         order = by_id[np.searchsorted(cands.post_ids, slate.post_id, sorter=by_id)]
         if scores is not None:
-            model = ServedModel(self.cfg.model.name, scores.arm, scores.version)
+            model = ServedModel(self.cfg.model.name, scores.arm, scores.version, retrieval_arm)
             probs, signals = scores.probs, scores.signals
         else:
-            model, probs, signals = ServedModel(self.cfg.model.name, arm, None), {}, {}
+            model, probs, signals = ServedModel(self.cfg.model.name, arm, None, retrieval_arm), {}, {}
         self._count(model, fallback, len(cands.post_ids))
         t4 = time.perf_counter()
         self.metrics.stage("total", (t4 - t0) * 1000)
@@ -347,20 +352,24 @@ class FeedService:
             log.warning("ranking failed (%s: %s); serving reverse-chronological", type(e).__name__, e)
             return None, "ranker_error"
 
-    def _suggest(self, index: PostIndex, viewer: int, now: float, cands: Candidates) -> Candidates:
-        """Friends' posts and the index's suggestions, pre-ranked to ``ranking.max_candidates`` by
-        two-tower score when more; on a retrieval error, friends' posts only (counted, logged)."""
+    async def _suggest(self, viewer: int, now: float, cands: Candidates) -> Candidates:
+        """Friends' posts and the retriever's suggestions, pre-ranked to ``ranking.max_candidates`` by
+        two-tower score when more (:func:`serve.retrieval.with_suggestions`), here or in the Retriever
+        deployment (``suggest``, within ``retrieval.timeout_s``); without a retriever, or on an error or
+        timeout, friends' posts only (counted, logged)."""
         cfg = self.cfg
         try:
-            if cfg.retrieval.out_of_network > 0:
-                cands = merge(cands, suggested(self.store, viewer, now, cfg.retrieval, index, cands))
-            if len(cands.post_ids) > cfg.ranking.max_candidates:
-                cands = prerank(self.store, viewer, now, index, cands, cfg.ranking.max_candidates)
-        except Exception as e:
+            if self.suggest is not None:
+                return await asyncio.wait_for(self.suggest(viewer, now, cands), cfg.retrieval.timeout_s)
+            index = self.retriever.current if self.retriever is not None else None
+            if index is None:
+                return cands
+            r = cfg.retrieval
+            return with_suggestions(self.store, viewer, now, r, cfg.ranking.max_candidates, index, cands)
+        except Exception as e:  # TimeoutError included: the feed goes on with friends' posts
             log.warning("out-of-network retrieval failed (%s: %s); friends' posts only", type(e).__name__, e)
             self.metrics.event("retrieval_errors", 1)
-            cands = cands.take(np.flatnonzero(~cands.suggested))
-        return cands
+            return cands
 
     def _rerank(self, cands: Candidates, scores: Scores | None, ctx: RerankContext) -> Slate:
         """The candidates in final order: by value and re-ranked, or (no scores) newest first with seen
@@ -633,4 +642,6 @@ def _served(ranked: Ranked, item: FeedItem, served_at_ms: int) -> ServedImpressi
         arm=ranked.model.arm,
         model_version=ranked.model.version,
         fallback=ranked.fallback is not None,
+        retrieval_arm=ranked.model.retrieval_arm,
+        suggested=item.source == "suggested",
     )

@@ -37,16 +37,32 @@ CHRONOLOGICAL = "chronological"
 SIGNALS = ("ua_has_interacted", "ua_actions", "rel_friend_days", "x_topic_match", "p_friend_actions_1d")
 
 
+#: Retrieval arms: friends' posts and the retriever's suggestions, or the out-of-network holdout.
+SUGGESTIONS, FRIENDS_ONLY = "suggestions", "friends_only"
+
+
+def hash_share(user_id: int, salt: str) -> float:
+    """A stable number in [0, 1) per user and experiment (``salt``): experiments with different salts
+    split users independently."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
 def arm_of(
     user_id: int, challenger_traffic: float, chronological_traffic: float = 0.0, salt: str = "feed-ab"
 ) -> str:
     """A stable arm per user: the same user always lands in the same arm for given traffic shares
     (``[0, c)`` challenger, ``[c, c + r)`` the reverse-chronological holdout, the rest champion)."""
-    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "little") / 2**64
+    u = hash_share(user_id, salt)
     if u < challenger_traffic:
         return CHALLENGER
     return CHRONOLOGICAL if u < challenger_traffic + chronological_traffic else CHAMPION
+
+
+def retrieval_arm_of(user_id: int, holdout_traffic: float, salt: str = "feed-oon") -> str:
+    """``FRIENDS_ONLY`` for a stable hash-fraction ``holdout_traffic`` of users (split independently of
+    the model arms), ``SUGGESTIONS`` for the rest."""
+    return FRIENDS_ONLY if hash_share(user_id, salt) < holdout_traffic else SUGGESTIONS
 
 
 @dataclass(frozen=True)

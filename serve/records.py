@@ -58,6 +58,7 @@ class ServedModel:
     name: str
     arm: str  # champion, challenger or chronological
     version: str | None
+    retrieval_arm: str = "suggestions"  # or friends_only: the out-of-network holdout
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,8 @@ class ServedImpression(Impression):
     arm: str
     model_version: str | None
     fallback: bool
+    retrieval_arm: str = "suggestions"
+    suggested: bool = False  # a stranger's post from the retriever's index
 
     def log_record(self) -> LogRecord:
         return {
@@ -118,6 +121,8 @@ class ServedImpression(Impression):
             "arm": self.arm,
             "model_version": self.model_version,
             "fallback": self.fallback,
+            "retrieval_arm": self.retrieval_arm,
+            "suggested": self.suggested,
         }
 
 

@@ -40,6 +40,14 @@ class RetrievalConfig(StrictConfig, frozen=True):
         description="Public posts by non-friends from the retriever's index (feed-retriever@champion), by "
         "two-tower score; 0, or no registered retriever: friends' posts only.",
     )
+    holdout_traffic: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Stable hash-fraction of users served friends' posts only (retrieval arm "
+        "'friends_only', split independently of the model arms): the holdout of an online A/B of "
+        "out-of-network retrieval.",
+    )
     oversample: float = Field(
         3.0,
         ge=1,
@@ -50,6 +58,18 @@ class RetrievalConfig(StrictConfig, frozen=True):
         "flat",
         description="flat: exact inner product (0.6 ms per query at 138k posts on one core, "
         "bench/RESULTS.md); hnsw: approximate, for corpora where exact search is too slow.",
+    )
+    placement: Literal["ingress", "deployment"] = Field(
+        "ingress",
+        description="ingress: the retriever and its index in each FeedIngress replica; deployment: in its "
+        "own Retriever deployment behind a handle (ingress → retriever → ranker; an index too big to copy "
+        "into every ingress replica, scaled apart).",
+    )
+    timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="With placement deployment: the suggestions' budget; over it (or on an error) the feed "
+        "is friends' posts only.",
     )
     retriever: str = Field("feed-retriever", description="Registered retriever name in MLflow.")
     retriever_alias: str = Field("champion", description="The retriever version served.")
@@ -212,6 +232,28 @@ def suggested(
         np.ones(len(ids), bool),
         score.astype(np.float64),
     )
+
+
+def with_suggestions(
+    store: OnlineStore,
+    viewer: int,
+    now_s: float,
+    cfg: RetrievalConfig,
+    max_candidates: int,
+    index: Any,
+    in_network: Candidates,
+) -> Candidates:
+    """Friends' posts (``in_network``) and the index's suggestions, pre-ranked to ``max_candidates`` by
+    two-tower score when more (:func:`serve.index.prerank`). The same step wherever the index lives: in
+    the ingress replica, or in the Retriever deployment (``retrieval.placement``)."""
+    from serve.index import prerank
+
+    cands = in_network
+    if cfg.out_of_network > 0:
+        cands = merge(cands, suggested(store, viewer, now_s, cfg, index, cands))
+    if len(cands.post_ids) > max_candidates:
+        cands = prerank(store, viewer, now_s, index, cands, max_candidates)
+    return cands
 
 
 def merge(in_network: Candidates, out_of_network: Candidates) -> Candidates:

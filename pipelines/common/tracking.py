@@ -83,6 +83,8 @@ def pointed_at(uri: str) -> Iterator[None]:
     client = tracking_utils._tracking_uri, registry_utils._registry_uri
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    mlflow.set_tracking_uri(uri)  # the client's own setting wins over the variable: set both
+    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:

@@ -15,5 +15,8 @@ Per arm (what the server put the user in: ``champion``, ``challenger``, or the r
 holdout ``chronological``, see ``model.challenger_traffic`` / ``model.chronological_traffic``): impressions
 viewed, CTR, like / comment / share / hide rates per viewed impression, dwell per session, sessions per
 user, feed latency p50/p99. Every arm is compared with ``champion`` (or the first arm) with 95% bootstrap
-confidence intervals over users. Results go to MLflow (experiment ``feed-online``) and ``--out``.
+confidence intervals over users. With ``--split retrieval`` the arms are the retrieval experiment's
+instead: ``suggestions`` (friends' posts and the retriever's) against the holdout ``friends_only``
+(``retrieval.holdout_traffic``), which is then the control. Results go to MLflow (experiment
+``feed-online``) and ``--out``.
 """

@@ -25,6 +25,9 @@ def main(
     ),
     users: Annotated[int, typer.Option(help="Simulated users.")] = 300,
     max_sessions: Annotated[int, typer.Option(help="Sessions per user at most.")] = 5,
+    split: Annotated[
+        str, typer.Option(help="Arms by: model (champion/challenger/chronological) or retrieval.")
+    ] = "model",
     secret_env: Annotated[str, typer.Option(help="Env var with the feed's JWT secret.")] = "FEED_JWT_SECRET",
     out: Annotated[Path | None, typer.Option(help="Write report.json and report.md here.")] = None,
     mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the run to MLflow.")] = True,
@@ -45,7 +48,7 @@ def main(
             data_dir,
             load_config(config, DataConfig),
             secret,
-            SimConfig(users=users, max_sessions=max_sessions),
+            SimConfig(users=users, max_sessions=max_sessions, split=split),
         )
         text = markdown(rep)
         typer.echo(text)

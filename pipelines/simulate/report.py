@@ -9,6 +9,8 @@ import numpy as np
 
 from pipelines.simulate.users import ACTIONS, SimConfig, UserLog
 
+#: The control arm of each experiment (the model arms', the retrieval arms').
+CONTROLS = ("champion", "friends_only")
 METRICS = ("ctr", "like_rate", "comment_rate", "share_rate", "hide_rate", "dwell_s_per_session", "sessions")
 
 
@@ -39,7 +41,8 @@ def _metrics(c: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[st
 
 
 def report(users: list[UserLog], cfg: SimConfig) -> dict[str, Any]:
-    """Per-arm metrics, and each arm minus the control (champion) with 95% bootstrap intervals."""
+    """Per-arm metrics, and each arm minus the control (champion, or friends_only in the retrieval
+    experiment) with 95% bootstrap intervals."""
     arms = sorted({u.arm for u in users})
     by_arm = {a: [u for u in users if u.arm == a] for a in arms}
     cols = {a: _per_user(us) for a, us in by_arm.items()}
@@ -56,7 +59,7 @@ def report(users: list[UserLog], cfg: SimConfig) -> dict[str, Any]:
             "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "rejected_events": sum(u.rejected_events for u in us),
         }
-    control = "champion" if "champion" in arms else arms[0]
+    control = next((c for c in CONTROLS if c in arms), arms[0])
     out["control"] = control
     rng = np.random.default_rng(cfg.seed)
     for a in arms:

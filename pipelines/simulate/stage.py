@@ -14,8 +14,17 @@ from pipelines.simulate.report import markdown, report
 from pipelines.simulate.users import SimConfig, Truth, simulate_user
 
 
-def run(url: str, data_dir: Path, data_cfg: DataConfig, secret: str, cfg: SimConfig) -> dict[str, Any]:
-    """Run the simulation against the feed at ``url``; returns the report (see :func:`report`)."""
+def run(
+    url: str,
+    data_dir: Path,
+    data_cfg: DataConfig,
+    secret: str,
+    cfg: SimConfig,
+    exclude: set[int] | None = None,
+) -> dict[str, Any]:
+    """Run the simulation against the feed at ``url``; returns the report (see :func:`report`; its
+    ``user_ids`` are the users simulated). Users in ``exclude`` are not sampled: repeated simulations on
+    one feed then measure users whose feeds no earlier simulation changed (seen, hidden)."""
     from serve.auth import TokenAuth
     from serve.store import EmbeddedStore
 
@@ -23,6 +32,8 @@ def run(url: str, data_dir: Path, data_cfg: DataConfig, secret: str, cfg: SimCon
     known = EmbeddedStore.load(data_dir).user_ids()
     known = known[np.isin(known, truth.world.user_ids)]
     candidates = known[truth.has_friends(known)]
+    if exclude:
+        candidates = candidates[~np.isin(candidates, list(exclude))]
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(candidates, size=min(cfg.users, len(candidates)), replace=False)
     auth = TokenAuth(secret)
@@ -44,6 +55,7 @@ def run(url: str, data_dir: Path, data_cfg: DataConfig, secret: str, cfg: SimCon
     rep = report(users, cfg)
     rep["seconds"] = time.perf_counter() - t0
     rep["config"] = cfg.model_dump()
+    rep["user_ids"] = [int(u) for u in chosen.tolist()]
     return rep
 
 

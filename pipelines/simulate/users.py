@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,6 +35,11 @@ class SimConfig(StrictConfig, frozen=True):
     return_per_hide: float = Field(1.5, ge=0, description="… minus this per hide or report.")
     concurrency: int = Field(4, ge=1, le=64, description="Users simulated at once (HTTP clients).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the intervals.")
+    split: Literal["model", "retrieval"] = Field(
+        "model",
+        description="Which experiment the arms are: the model arms (champion, challenger, chronological) or "
+        "the retrieval arms (suggestions, friends_only: retrieval.holdout_traffic).",
+    )
     seed: int = 0
 
 
@@ -117,7 +122,7 @@ def _session(
     r.raise_for_status()
     body = r.json()
     user.sessions += 1
-    user.arm = body["model"]["arm"]
+    user.arm = body["model"]["arm" if cfg.split == "model" else "retrieval_arm"]
     if body["model"].get("version"):
         user.versions.add(str(body["model"]["version"]))
     import datetime as dt

@@ -107,6 +107,10 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         assert decision["previous_champion"] == "1"
         assert decision["decision"] in {"promoted", "rejected"}
         assert "online:" in decision["reason"]  # both halves of the gate were applied
+        # The retriever was retrained on the same features and decided on by its recall gate.
+        assert decision["retriever"]["version"] == "2"
+        assert decision["retriever"]["decision"] in {"promoted", "rejected"}
+        assert "recall@" in decision["retriever"]["reason"]
         exp = requests.get(
             f"{spec.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
             params={"experiment_name": "feed-retrain"},
@@ -121,6 +125,7 @@ def test_a_two_node_cluster_runs_the_pipeline_as_jobs_serves_a_feed_and_stops_cl
         retrain_run = found[0]["info"]["run_id"]
         assert tags["decision"] == decision["decision"]
         assert tags["simulation_run"] == decision["simulation_run"]
+        assert tags["retriever.decision"] == decision["retriever"]["decision"]
         # The feed is back to its configured arms after the online test.
         assert requests.get(f"{job.feed_url}/healthz", timeout=10).status_code == 200
         started = ray_pids(spec.gcs_port)  # gcs, raylets, agents, workers, Serve actors

@@ -7,6 +7,7 @@ import importlib
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -54,3 +55,16 @@ def test_arm_shares_are_stable_and_add_up() -> None:
     assert all(arm_of(u, 0.2, 0.5) == "challenger" for u in range(4000) if arms[u] == "challenger")
     with pytest.raises(ConfigError, match="at most 1"):
         parse({"model": {"challenger_traffic": 0.6, "chronological_traffic": 0.5}})
+
+
+def test_the_retrieval_holdout_splits_users_apart_from_the_model_arms() -> None:
+    from serve.ranking import arm_of, retrieval_arm_of
+
+    users = range(8000)
+    holdout = np.array([retrieval_arm_of(u, 0.5) == "friends_only" for u in users])
+    assert abs(holdout.mean() - 0.5) < 0.02
+    assert [retrieval_arm_of(u, 0.5) for u in users] == [retrieval_arm_of(u, 0.5) for u in users]
+    assert all(retrieval_arm_of(u, 0.0) == "suggestions" for u in users)
+    # Independent of the model experiment: the holdout is half of the chronological arm too.
+    chrono = np.array([arm_of(u, 0.0, 0.5) == "chronological" for u in users])
+    assert abs(holdout[chrono].mean() - 0.5) < 0.03

@@ -33,6 +33,14 @@ def test_a_better_arm_gets_an_interval_above_zero_and_equal_arms_straddle_it() -
     assert lo < 0 < hi
 
 
+def test_the_retrieval_experiment_is_compared_with_its_holdout() -> None:
+    cfg = SimConfig(bootstrap=200, seed=2, split="retrieval")
+    rep = report(users("suggestions", 200, 0.2, 1) + users("friends_only", 200, 0.1, 2), cfg)
+    assert rep["control"] == "friends_only"
+    assert set(rep["vs_control"]) == {"suggestions"}
+    assert rep["vs_control"]["suggestions"]["ctr"]["ci95"][0] > 0
+
+
 def test_the_online_gate_needs_higher_ctr_and_dwell_and_no_significant_harm() -> None:
     from pipelines.promote.gate import online_gate
 

@@ -33,6 +33,8 @@ def test_pointed_at_restores_the_client_and_the_environment(
     client = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
 
     with tracking.pointed_at("http://127.0.0.1:1"):
+        # The client talks to it at once, even where configure() had set it to another store before.
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == ("http://127.0.0.1:1",) * 2
         assert tracking.configure(tmp_path / "elsewhere") == "http://127.0.0.1:1"
         assert mlflow.get_registry_uri() == "http://127.0.0.1:1"
     assert {k: os.environ.get(k) for k in NAMES} == env

@@ -94,6 +94,69 @@ def test_without_out_of_network_the_feed_is_friends_only(world: Path) -> None:
     assert {it.source for it in out.items} == {"friends"}
 
 
+def test_the_holdout_arm_gets_friends_posts_only_and_says_so(world: Path) -> None:
+    from serve.ranking import retrieval_arm_of
+
+    svc = with_retriever(world, {"1": random_retriever(world)}, ["1"], retrieval={"holdout_traffic": 0.5})
+    assert isinstance(svc.store, EmbeddedStore)
+    seen = set()
+    for viewer in svc.store.user_ids()[:60].tolist():
+        friends, _ = svc.store.friends(viewer)
+        if not len(friends):
+            continue
+        out = asyncio.run(svc.feed(viewer, 50, None))
+        arm = retrieval_arm_of(viewer, 0.5)
+        assert out.model.retrieval_arm == arm
+        assert out.response()["model"]["retrieval_arm"] == arm
+        sources = {it.source for it in out.items}
+        if arm == "friends_only":
+            assert sources <= {"friends"}
+        seen.add((arm, "suggested" in sources))
+        logged = [imp.log_record() for imp in out.impressions]
+        assert all(r["retrieval_arm"] == arm for r in logged)
+        assert [r["suggested"] for r in logged] == [it.source == "suggested" for it in out.items]
+    assert ("suggestions", True) in seen
+    assert ("friends_only", False) in seen
+
+
+def test_suggestions_from_elsewhere_arrive_and_a_slow_or_failing_retriever_leaves_friends_posts(
+    world: Path,
+) -> None:
+    """The ``suggest`` path (``retrieval.placement: deployment``): what the Retriever returns is served;
+    past ``retrieval.timeout_s``, or on its error, the feed is friends' posts, not a failure."""
+    from serve.retrieval import Candidates, with_suggestions
+
+    remote = with_retriever(world, {"1": random_retriever(world)}, ["1"])  # stands for the deployment
+    assert remote.retriever is not None
+    index = remote.retriever.current
+    calls = []
+
+    async def suggest(viewer: int, now: float, cands: Candidates) -> Candidates:
+        calls.append(viewer)
+        cfg = remote.cfg
+        return with_suggestions(remote.store, viewer, now, cfg.retrieval, 2000, index, cands)
+
+    async def slow(viewer: int, now: float, cands: Candidates) -> Candidates:
+        await asyncio.sleep(2)
+        return await suggest(viewer, now, cands)
+
+    async def failing(viewer: int, now: float, cands: Candidates) -> Candidates:
+        raise ConnectionError("the Retriever replica is gone")
+
+    svc = service(world, constant_scores(), retrieval={"timeout_s": 0.2})
+    viewer = viewer_with_posts(svc.store)
+    svc.suggest = suggest
+    out = asyncio.run(svc.feed(viewer, 50, None))
+    assert calls == [viewer]
+    assert {it.source for it in out.items} == {"friends", "suggested"}
+    for broken in (slow, failing):
+        svc.suggest = broken
+        out = asyncio.run(svc.feed(viewer, 50, None))
+        assert not out.fallback
+        assert out.items
+        assert {it.source for it in out.items} == {"friends"}
+
+
 def test_a_new_public_post_is_retrievable_at_once(world: Path) -> None:
     svc = with_retriever(world, {"1": random_retriever(world)}, ["1"])
     svc._encode_text = lambda texts: np.zeros((len(texts), 32), np.float32)
