@@ -4,7 +4,8 @@
 #   make demo-local   the same in one process (local Ray, embedded MLflow store)
 #   make test         lint + type check + the whole test suite
 #   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/Bs;
-#                     bench-retrieval, recall and pre-ranking against the world's oracle;
+#                     bench-retrieval, recall and pre-ranking against the world's oracle, and what
+#                     suggestions cost per feed;
 #                     bench-chaos, a replica killed under load)
 #   make simulate     simulated users against the deployed feed (after make demo)
 #   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
@@ -101,11 +102,12 @@ retrain: $(STAMP)
 
 bench-online: $(STAMP)
 	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --out bench/RESULTS.md
-	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --experiment suggestions --out bench/RESULTS.md
+	$(PY) -m bench.online_ab --data-dir $(DATA_DIR) --experiment suggestions --seeds 3 --out bench/RESULTS.md
 
 bench-retrieval: $(STAMP)
 	$(PY) -m bench.retrieval --data-dir $(DATA_DIR) --out bench/RESULTS.md
 	$(PY) -m bench.prerank --data-dir $(DATA_DIR) --out bench/RESULTS.md
+	$(PY) -m bench.retrieval_cost --data-dir $(DATA_DIR) --out bench/RESULTS.md
 
 bench-chaos: $(STAMP)
 	$(PY) -m bench.replica_kill --data-dir $(DATA_DIR) --out bench/RESULTS.md

@@ -102,6 +102,9 @@ def main(
     doc = yaml.safe_load(serve_yaml.read_text())
     section, key, split, what = EXPERIMENTS[experiment]
     args = doc["applications"][0]["args"]
+    # Only this experiment splits users: the other arms are off, so each user is in exactly one of two.
+    args["model"]["challenger_traffic"] = args["model"]["chronological_traffic"] = 0.0
+    args["retrieval"]["holdout_traffic"] = 0.0
     args[section][key] = 0.5
     ab = cluster.state_dir / "serve-ab.yaml"
     ab.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -42,8 +42,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
         return scorer.score([request])[0]
 
     async def health() -> dict[str, Any]:
-        current = retrieval.slot.current
-        return {"models": slots.versions(), "retriever": None if current is None else len(current)}
+        return {"models": slots.versions(), "retriever": retrieval.slot.info()}
 
     origin = (data_dir / "online" / "manifest.json").stat().st_mtime
     clock = Clock("snapshot", store.as_of_s, origin)

@@ -5,8 +5,9 @@
    its users did (``D/raw/*/serving/``), so the new version learns from them; it is registered as
    ``challenger`` (with its offline evaluation);
 2. ``retrieval`` → ``promote --retriever`` as Ray jobs: a new ``feed-retriever`` version on the same
-   features, promoted only if its recall on the test split is not worse than the champion's (the replicas
-   swap their index within ``retrieval.index_poll_s``), so both arms of the online test retrieve alike;
+   features, promoted only if its recall on the test split beats the champion's (``registry.gate_k``,
+   ``min_gain``; the replicas swap their index within ``retrieval.index_poll_s``), so both arms of the
+   online test retrieve alike;
 3. online: the feed is redeployed with ``model.challenger_traffic`` (0.5 by default) and simulated users
    (:mod:`pipelines.simulate`) read it; their report is saved next to the run;
 4. ``promote`` as a Ray job with that report: ``champion`` moves only if the new version wins offline (the
@@ -96,11 +97,13 @@ class Retrain:
         from pipelines.common import tracking
         from pipelines.common.config import RetrieverConfig, load_config
 
+        name = load_config(retriever_config, RetrieverConfig).registry.model_name
+        before = tracking.version_of(name, tracking.CHALLENGER)
         self.submit("retrieval", "--config", str(retriever_config))
         self.submit("promote", "--retriever", "--config", str(retriever_config), stage="promote retriever")
-        name = load_config(retriever_config, RetrieverConfig).registry.model_name
         candidate = tracking.version_of(name, tracking.CHALLENGER)
         assert candidate is not None, "the retrieval stage registered no challenger"
+        assert before is None or candidate.version != before.version, "no new retriever version"
         tags = MlflowClient().get_model_version(name, str(candidate.version)).tags
         return {
             "version": str(candidate.version),
@@ -226,9 +229,8 @@ def main(
     """Retrain on the served logs, test the new version online, promote it only if it wins both ways."""
     console = Console(width=None if sys.stdout.isatty() else 120)
     spec = ClusterSpec(workers=workers, data_dir=data_dir)
-    decision = run_retrain(
-        LocalCluster(), spec, config, train_config, serve_config, console, users, 0.5, retriever_config
-    )
+    files = (config, train_config, serve_config)
+    decision = run_retrain(LocalCluster(), spec, *files, console, users, retriever_config=retriever_config)
     console.print_json(json.dumps(decision))
 
 

@@ -94,8 +94,9 @@ class ModelInfo(BaseModel):
     version: str | None
     retrieval_arm: Literal["suggestions", "friends_only"] = Field(
         "suggestions",
-        description="friends_only: the out-of-network holdout (retrieval.holdout_traffic): friends' posts "
-        "only.",
+        description="The user's arm in the retrieval experiment, assigned independently of the model arm: "
+        "friends_only is the out-of-network holdout (retrieval.holdout_traffic). An assignment, not what "
+        "was served: the chronological arm and fallback feeds carry no suggestions in either.",
     )
 
 

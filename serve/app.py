@@ -11,7 +11,7 @@ retriever or the model runs apart.
                │     RetrievalHost in the same replica: suggestions from its index, pre-ranking
                │
                ├─ retrieval.placement: deployment
-               │     handle.suggest.remote(viewer, now, friends' candidates)   within retrieval.timeout_s
+               │     handle.suggest.remote(viewer, now, friends' candidates, suggest?)   retrieval.timeout_s
                │        ▼
                │     Retriever (autoscaled; its own store copy and RetrievalHost)
                │
@@ -43,6 +43,7 @@ Run, deploy, test::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -180,7 +181,7 @@ class Ranker:
             raise RuntimeError("a background thread of the ranker died")
 
 
-@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
 class Retriever:
     """Friends' candidates → those and the suggestions from its index, pre-ranked
     (``retrieval.placement: deployment``): the viewer tower, the FAISS index and the pre-ranker live here,
@@ -193,18 +194,17 @@ class Retriever:
         clock = Clock(cfg.clock.mode, self.store.as_of_s, cfg.clock.origin_s)
         self.host = RetrievalHost(cfg, self.store, clock)
 
-    async def suggest(self, viewer: int, now_s: float, in_network: Candidates) -> Candidates:
-        index = self.host.slot.current
-        if index is None:
-            return in_network
-        r = self.cfg.retrieval
-        return with_suggestions(
-            self.store, viewer, now_s, r, self.cfg.ranking.max_candidates, index, in_network
-        )
+    async def suggest(self, viewer: int, now_s: float, in_network: Candidates, suggest: bool) -> Candidates:
+        """:func:`with_suggestions` (serve.retrieval) over this replica's index, in a worker thread: the event
+        loop stays free for ``info`` and for taking requests (``max_ongoing_requests`` bounds the queue;
+        a caller past ``retrieval.timeout_s`` has gone on without the answer)."""
+        cfg, index, budget = self.cfg, self.host.slot.current, self.cfg.ranking.max_candidates
+        share = cfg.rerank.suggested.max_share
+        args = (self.store, viewer, now_s, cfg.retrieval, budget, index, in_network, suggest, share)
+        return await asyncio.to_thread(with_suggestions, *args)
 
     async def info(self) -> dict[str, Any] | None:
-        index = self.host.slot.current
-        return {"version": index.version, "posts": len(index)} if index is not None else None
+        return self.host.slot.info()
 
     def check_health(self) -> None:
         if not self.host.watcher.is_alive() or (self.sync is not None and not self.sync.alive()):
@@ -245,7 +245,7 @@ class FeedIngress:
             FeedMetrics(),
             encode_text=self._encode_text,
             retriever=self.retrieval.slot if self.retrieval is not None else None,
-            suggest=self._suggest_remote if retriever is not None else None,
+            suggest_remote=self._suggest_remote if retriever is not None else None,
         )
 
     @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
@@ -258,22 +258,29 @@ class FeedIngress:
         result: Scores = await self.ranker.score.remote(request)
         return result
 
-    async def _suggest_remote(self, viewer: int, now_s: float, in_network: Candidates) -> Candidates:
+    async def _suggest_remote(
+        self, viewer: int, now_s: float, in_network: Candidates, suggest: bool
+    ) -> Candidates:
         assert self.retriever is not None
-        result: Candidates = await self.retriever.suggest.remote(viewer, now_s, in_network)
+        result: Candidates = await self.retriever.suggest.remote(viewer, now_s, in_network, suggest)
         return result
 
     async def _health(self) -> dict[str, Any]:
+        retriever: dict[str, Any] | None
         if self.retriever is not None:
-            retriever = await self.retriever.info.remote()
+            try:  # a Retriever that does not answer is reported, not a failed health check
+                retriever = await asyncio.wait_for(self.retriever.info.remote(), 5.0)
+            except Exception as e:
+                retriever = {"error": f"{type(e).__name__}: {e}"[:300]}
         else:
-            index = self.retrieval.slot.current if self.retrieval is not None else None
-            retriever = {"version": index.version, "posts": len(index)} if index is not None else None
+            retriever = self.retrieval.slot.info() if self.retrieval is not None else None
+        where = {"retrieval_placement": "deployment" if self.retriever is not None else "ingress"}
         if self.host is not None:
-            return {"models": self.host.slots.versions(), "placement": "ingress", "retriever": retriever}
+            models = self.host.slots.versions()
+            return {"models": models, "placement": "ingress", "retriever": retriever, **where}
         assert self.ranker is not None
         models = await self.ranker.versions.remote()
-        return {"models": models, "placement": "deployment", "retriever": retriever}
+        return {"models": models, "placement": "deployment", "retriever": retriever, **where}
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
         with self._encoder_lock:

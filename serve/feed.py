@@ -72,9 +72,9 @@ from serve.validation import ImpressionSigner, contract_problems, references
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[ScoreRequest], Awaitable[Scores]]
-#: The Retriever deployment's step (``retrieval.placement: deployment``): (viewer, now, friends' candidates)
-#: → those and the suggestions, pre-ranked (:func:`serve.retrieval.with_suggestions` over its own index).
-SuggestFn = Callable[[int, float, Candidates], Awaitable[Candidates]]
+#: The Retriever deployment's step (``retrieval.placement: deployment``): (viewer, now, friends' candidates,
+#: suggest or not) → what the ranker scores (:func:`serve.retrieval.with_suggestions` over its own index).
+SuggestFn = Callable[[int, float, Candidates, bool], Awaitable[Candidates]]
 #: At most this many problems are listed in a 422.
 MAX_PROBLEMS = 50
 #: One problem of a rejected event batch: ``{"index": i, "field": name, "error": message}`` (the 422 body).
@@ -214,11 +214,11 @@ class FeedService:
         metrics: FeedMetrics,
         encode_text: Callable[[list[str]], np.ndarray] | None = None,
         retriever: RetrieverSlot | None = None,
-        suggest: SuggestFn | None = None,
+        suggest_remote: SuggestFn | None = None,
     ) -> None:
         self.cfg = cfg
         self.retriever = retriever
-        self.suggest = suggest
+        self.suggest_remote = suggest_remote
         self.store = store
         self.log = serving_log
         self.score = score
@@ -295,8 +295,8 @@ class FeedService:
         cands = retrieve(self.store, viewer, now, self.cfg.retrieval)
         arm = arm_of(viewer, self.cfg.model.challenger_traffic, self.cfg.model.chronological_traffic)
         retrieval_arm = retrieval_arm_of(viewer, self.cfg.retrieval.holdout_traffic)
-        if arm != CHRONOLOGICAL and retrieval_arm != FRIENDS_ONLY:
-            cands = await self._suggest(viewer, now, cands)
+        if arm != CHRONOLOGICAL:  # never ranked: newest first, friends' posts only
+            cands = await self._candidates(viewer, now, cands, suggest=retrieval_arm != FRIENDS_ONLY)
         t1 = time.perf_counter()
         self.metrics.stage("retrieval", (t1 - t0) * 1000)
         scores, fallback = await self._score(ScoreRequest(viewer, cands.post_ids, now, arm))
@@ -352,24 +352,26 @@ class FeedService:
             log.warning("ranking failed (%s: %s); serving reverse-chronological", type(e).__name__, e)
             return None, "ranker_error"
 
-    async def _suggest(self, viewer: int, now: float, cands: Candidates) -> Candidates:
-        """Friends' posts and the retriever's suggestions, pre-ranked to ``ranking.max_candidates`` by
-        two-tower score when more (:func:`serve.retrieval.with_suggestions`), here or in the Retriever
-        deployment (``suggest``, within ``retrieval.timeout_s``); without a retriever, or on an error or
-        timeout, friends' posts only (counted, logged)."""
+    async def _candidates(self, viewer: int, now: float, friends: Candidates, suggest: bool) -> Candidates:
+        """What the ranker scores (:func:`serve.retrieval.with_suggestions`): friends' posts and, with
+        ``suggest``, the retriever's suggestions, pre-ranked to ``ranking.max_candidates``; here, or in the
+        Retriever deployment (``suggest_remote``, within ``retrieval.timeout_s``). On an error or timeout
+        the newest friends' posts within the budget (counted, logged)."""
         cfg = self.cfg
+        budget = cfg.ranking.max_candidates
         try:
-            if self.suggest is not None:
-                return await asyncio.wait_for(self.suggest(viewer, now, cands), cfg.retrieval.timeout_s)
+            if self.suggest_remote is not None:
+                return await asyncio.wait_for(
+                    self.suggest_remote(viewer, now, friends, suggest), cfg.retrieval.timeout_s
+                )
             index = self.retriever.current if self.retriever is not None else None
-            if index is None:
-                return cands
+            share = cfg.rerank.suggested.max_share
             r = cfg.retrieval
-            return with_suggestions(self.store, viewer, now, r, cfg.ranking.max_candidates, index, cands)
+            return with_suggestions(self.store, viewer, now, r, budget, index, friends, suggest, share)
         except Exception as e:  # TimeoutError included: the feed goes on with friends' posts
             log.warning("out-of-network retrieval failed (%s: %s); friends' posts only", type(e).__name__, e)
             self.metrics.event("retrieval_errors", 1)
-            return cands
+            return friends.take(np.arange(min(len(friends.post_ids), budget)))
 
     def _rerank(self, cands: Candidates, scores: Scores | None, ctx: RerankContext) -> Slate:
         """The candidates in final order: by value and re-ranked, or (no scores) newest first with seen

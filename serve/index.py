@@ -16,6 +16,7 @@ request in flight finishes on the index it started with.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,10 @@ class PostIndex:
     kind: str = "flat"  # flat (exact inner product) or hnsw
     hnsw_m: int = 32
     ef_search: int = 128
+    #: (sorted post ids, their ``p / T``) computed when the version was registered (its ``post_index``
+    #: artifact): such posts are indexed without running the post tower.
+    precomputed: tuple[np.ndarray, np.ndarray] | None = None
+    embedded: int = 0  # posts this index ran through the post tower (the others were precomputed)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _entries: _Entries | None = None
 
@@ -126,6 +131,24 @@ class PostIndex:
         vec = np.concatenate(out).astype(np.float32) if out else np.zeros((0, r.dim), np.float32)
         return vec, (np.concatenate(prior).astype(np.float32) if prior else np.zeros(0, np.float32))
 
+    def _vectors(
+        self, store: OnlineStore, ids: np.ndarray, now_s: float, viewer: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``p / T`` and the prior now of ``ids``: the vectors precomputed at registration where there is
+        one, the post tower for the rest."""
+        known_ids, known_vectors = self.precomputed or (np.zeros(0, np.int64), None)
+        at = np.minimum(np.searchsorted(known_ids, ids), max(len(known_ids) - 1, 0))
+        have = known_ids[at] == ids if len(known_ids) else np.zeros(len(ids), bool)
+        if not have.any() or known_vectors is None:
+            self.embedded += len(ids)
+            return self._embed(store, ids, now_s, viewer)
+        vectors = np.zeros((len(ids), self.retriever.dim), np.float32)
+        vectors[have] = known_vectors[at[have]]
+        if (~have).any():
+            vectors[~have] = self._embed(store, ids[~have], now_s, viewer)[0]
+            self.embedded += int((~have).sum())
+        return vectors, self._embed(store, ids, now_s, viewer, vectors=False)[1]
+
     @staticmethod
     def _augmented(vectors: np.ndarray, prior: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.concatenate([vectors, prior[:, None]], axis=1), np.float32)
@@ -142,7 +165,7 @@ class PostIndex:
         fresh, created = fresh[public], post["created_s"][public].astype(np.float64)
         if not len(fresh):
             return 0
-        vectors, prior = self._embed(store, fresh, now_s, viewer)  # outside the lock: the slow part
+        vectors, prior = self._vectors(store, fresh, now_s, viewer)  # outside the lock: the slow part
         with self._lock:
             old = self.entries
             keep = np.array([p not in old.rows for p in fresh.tolist()], bool)  # added meanwhile
@@ -223,18 +246,28 @@ def two_tower_scores(
     return np.asarray(retriever.scores(u, vectors, prior), np.float64)
 
 
-def prerank(store: OnlineStore, viewer: int, now_s: float, index: PostIndex, cands: Any, keep: int) -> Any:
+def prerank(
+    store: OnlineStore,
+    viewer: int,
+    now_s: float,
+    index: PostIndex,
+    cands: Any,
+    keep: int,
+    suggested_share: float = 0.5,
+) -> Any:
     """At most ``keep`` candidates (a :class:`serve.retrieval.Candidates`), in their retrieved order: the
-    suggestions (already capped at ``retrieval.out_of_network``) stay and friends' posts fill the rest by
-    two-tower score. Each source is ranked within itself: the two-tower score leaves the relation out (the
-    training-only context tower took it), so across sources it would drop friends' posts first. Friends'
-    scores are computed here."""
+    best suggestions, at most ``ceil(suggested_share * keep)`` of them unless friends' posts are too few to
+    fill the rest (``rerank.suggested.max_share``: no more than the feed could show), and friends' posts
+    by two-tower score in the room left. Each source is ranked within itself: the two-tower score leaves
+    the relation out (the training-only context tower took it), so across sources it would drop friends'
+    posts first. Friends' scores are computed here."""
     score = np.array(
         cands.retrieval_score if cands.retrieval_score is not None else np.full(len(cands.post_ids), np.nan)
     )
     oon = np.flatnonzero(cands.suggested)
-    oon = oon[np.argsort(-score[oon], kind="stable")[:keep]]
     friends = np.flatnonzero(~cands.suggested)
+    share = max(math.ceil(suggested_share * keep - 1e-9), keep - len(friends))
+    oon = oon[np.argsort(-score[oon], kind="stable")[: min(keep, share)]]
     room = keep - len(oon)
     if len(friends) > room:
         score[friends] = two_tower_scores(index.retriever, store, viewer, cands.post_ids[friends], now_s)
@@ -249,8 +282,9 @@ def prerank(store: OnlineStore, viewer: int, now_s: float, index: PostIndex, can
 class RetrieverSlot:
     """The served retriever version (``name@alias``) and its index, refreshed like the ranker's slots.
 
-    ``resolve(name, alias)`` and ``load(name, version)`` are injectable (tests); by default they read the
-    MLflow registry.
+    ``resolve(name, alias)``, ``load(name, version)`` and ``load_vectors(name, version)`` (the post
+    vectors logged with the version, or None) are injectable (tests); by default they read the MLflow
+    registry (with ``load`` injected and ``load_vectors`` not, there are no precomputed vectors).
     """
 
     def __init__(
@@ -263,8 +297,9 @@ class RetrieverSlot:
         resolve: Callable[[str, str], str | None] | None = None,
         load: Callable[[str, str], Any] | None = None,
         tracking_uri: str | None = None,
+        load_vectors: Callable[[str, str], tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> None:
-        from pipelines.common.tracking import load_retriever_version, version_of
+        from pipelines.common.tracking import load_post_index, load_retriever_version, version_of
 
         self.name, self.alias, self.window_s, self.kind = name, alias, window_s, kind
         if resolve is None or load is None:
@@ -282,6 +317,7 @@ class RetrieverSlot:
 
         self._resolve = resolve or _resolve
         self._load = load or (lambda n, v: load_retriever_version(f"models:/{n}/{v}"))
+        self._load_vectors = load_vectors or (load_post_index if load is None else (lambda n, v: None))
         self.current: PostIndex | None = None
         self._lock = threading.Lock()
 
@@ -297,7 +333,12 @@ class RetrieverSlot:
             if version is None or (self.current is not None and self.current.version == version):
                 return None
             try:
-                fresh = PostIndex(self._load(self.name, version), version, self.window_s, self.kind)
+                retriever = self._load(self.name, version)
+                fresh = PostIndex(retriever, version, self.window_s, self.kind)
+                try:
+                    fresh.precomputed = self._load_vectors(self.name, version)
+                except Exception:  # the index is still built, by the post tower here
+                    log.exception("the post vectors of %s version %s did not load", self.name, version)
                 fresh.catch_up(store, now_s)
             except Exception:
                 log.exception("loading %s version %s failed; keeping the current index", self.name, version)
@@ -309,6 +350,14 @@ class RetrieverSlot:
     def catch_up(self, store: OnlineStore, now_s: float) -> int:
         index = self.current
         return index.catch_up(store, now_s) if index is not None else 0
+
+    def info(self) -> dict[str, Any] | None:
+        """What ``/healthz`` says of it: the version, posts indexed, and how many of them the post tower
+        embedded here (the rest came precomputed with the version)."""
+        index = self.current
+        if index is None:
+            return None
+        return {"version": index.version, "posts": len(index), "embedded_here": index.embedded}
 
     def refresh_priors(self, store: OnlineStore, now_s: float) -> None:
         """The served index's priors as of now, and posts past the window dropped."""

@@ -3,11 +3,13 @@ interaction logs, so the next ``ingest → features → train`` run learns from 
 
 Each writer (one per replica) appends JSON lines to its own files::
 
-    D/raw/impressions/serving/date=YYYY-MM-DD/<writer>.jsonl   the contract's columns (+ arm, model_version)
+    D/raw/impressions/serving/date=YYYY-MM-DD/<writer>.jsonl   the contract's columns (+ arm, model_version,
+                                                               fallback, retrieval_arm, suggested)
     D/raw/engagements/serving/date=YYYY-MM-DD/<writer>.jsonl
     D/raw/posts/serving/date=YYYY-MM-DD/<writer>.jsonl         (+ text_emb: the post's embedding)
 
-Ingestion reads them like any raw file and ignores the extra keys. The same files are how replicas learn
+Ingestion reads them like any raw file and ignores the extra keys (they are there for analysis: which arm
+served what; training does not see them yet). The same files are how replicas learn
 about each other's writes: :class:`LogTailer` reads what every writer appended since its last poll and
 hands it to the online store (a :data:`serve.records.LogRecord` carries a ``kind`` and a unique ``id``;
 applying one twice is a no-op).

@@ -242,17 +242,25 @@ def with_suggestions(
     max_candidates: int,
     index: Any,
     in_network: Candidates,
+    suggest: bool = True,
+    suggested_share: float = 0.5,
 ) -> Candidates:
-    """Friends' posts (``in_network``) and the index's suggestions, pre-ranked to ``max_candidates`` by
-    two-tower score when more (:func:`serve.index.prerank`). The same step wherever the index lives: in
-    the ingress replica, or in the Retriever deployment (``retrieval.placement``)."""
+    """What the ranker scores: friends' posts (``in_network``, newest first) and, with ``suggest``, the
+    index's suggestions (``cfg.out_of_network``), pre-ranked to ``max_candidates`` by two-tower score when
+    more (:func:`serve.index.prerank`; suggestions take the room of the weakest friends' posts, at most
+    ``suggested_share`` of the budget while friends' posts fill the rest). Without an
+    index (None: no retriever loaded) the newest ``max_candidates`` friends' posts. The same step wherever
+    the index lives: in the ingress replica or in the Retriever deployment (``retrieval.placement``), and
+    for both retrieval arms (the holdout passes ``suggest=False``, so both get the same budget)."""
     from serve.index import prerank
 
+    if index is None:
+        return in_network.take(np.arange(min(len(in_network.post_ids), max_candidates)))
     cands = in_network
-    if cfg.out_of_network > 0:
+    if suggest and cfg.out_of_network > 0:
         cands = merge(cands, suggested(store, viewer, now_s, cfg, index, cands))
     if len(cands.post_ids) > max_candidates:
-        cands = prerank(store, viewer, now_s, index, cands, max_candidates)
+        cands = prerank(store, viewer, now_s, index, cands, max_candidates, suggested_share)
     return cands
 
 

@@ -524,6 +524,16 @@ def _retriever_optim() -> OptimConfig:
     return OptimConfig(batch_size=512, epochs=10, id_dropout={}, history_dropout=0.0, patience=2)
 
 
+class PostIndexConfig(StrictConfig):
+    """The registered version's post vectors: every eligible post embedded by a Ray Data job."""
+
+    days: float = Field(
+        7.0, gt=0, le=60, description="Public, undeleted posts of the snapshot's last N days (as served)."
+    )
+    batch_size: int = Field(4096, ge=1, description="Posts per post-tower call.")
+    actors: int = Field(1, ge=1, description="Embedding actors (each loads the online snapshot once).")
+
+
 class RetrieverConfig(StrictConfig):
     """Root of ``configs/retriever.yaml``."""
 
@@ -533,6 +543,7 @@ class RetrieverConfig(StrictConfig):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     evaluate: RetrieverEvalConfig = Field(default_factory=RetrieverEvalConfig)
     registry: RetrieverRegistryConfig = Field(default_factory=RetrieverRegistryConfig)
+    post_index: PostIndexConfig = Field(default_factory=PostIndexConfig)
 
     @model_validator(mode="after")
     def _gate_k_evaluated(self) -> RetrieverConfig:

@@ -30,6 +30,8 @@ DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 #: The servable ranker inside a training checkpoint folder (written by rank 0 each epoch).
 MODEL_FILE = "model.pt"
+#: A retriever version's post vectors in its run (:mod:`pipelines.retrieval.post_index`).
+POST_INDEX_ARTIFACT = "post_index"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -250,3 +252,32 @@ def load_trained(checkpoint_dir: Path) -> Any:
     from models.servable import ServableRanker
 
     return ServableRanker.load(checkpoint_dir / MODEL_FILE)
+
+
+def load_post_index(name: str, version: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The post vectors logged with a registered version (the current MLflow registry): sorted post ids
+    and their ``p / T`` rows; None for a version registered without them."""
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    run_id = MlflowClient().get_model_version(name, version).run_id
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=POST_INDEX_ARTIFACT, dst_path=tmp
+            )
+        except Exception:  # a version registered without vectors (or by an older pipeline)
+            return None
+        files = sorted(Path(path).glob("*.parquet"))
+        if not files:
+            return None
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+    ids = table.column("post_id").to_numpy().astype(np.int64)
+    vec = table.column("vector").combine_chunks()
+    vectors = vec.values.to_numpy().reshape(-1, vec.type.list_size).astype(np.float32)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], vectors[order]

@@ -1,6 +1,7 @@
 """The retrieval stage: train the two-tower retriever on Ray Train (TorchRec), measure its recall on the
 test split beside the peers, log to MLflow and register a ``feed-retriever`` version (alias
-``challenger``; the gate in :mod:`pipelines.promote.gate` decides ``champion``)."""
+``challenger``; the gate in :mod:`pipelines.promote.gate` decides ``champion``) with its post vectors
+(a Ray Data job, :mod:`pipelines.retrieval.post_index`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from pipelines.common.config import RetrieverConfig
 from pipelines.common.tracking import MODEL_FILE
+from pipelines.retrieval.post_index import log_post_index
 from pipelines.retrieval.recall import Recall, evaluate_recall
 from pipelines.retrieval.setup import RetrieverTraining, build_setup
 from pipelines.train.trainer import best_checkpoint, fit, run_name
@@ -65,6 +67,8 @@ def run(cfg: RetrieverConfig, data_dir: Path, resume: bool = False) -> Published
         client = MlflowClient()
         client.set_registered_model_alias(model, tracking.CHALLENGER, version)
         client.set_model_version_tag(model, version, "eval_set", recall.eval_set)
+        posts = log_post_index(data_dir, checkpoint / MODEL_FILE, cfg.post_index)
+        client.set_model_version_tag(model, version, "post_index.posts", str(posts))
         for k, v in recall.recall["retriever"].items():
             client.set_model_version_tag(model, version, f"recall_at_{k}", f"{v:.4f}")
     log.info("registered %s version %s (alias %s)", model, version, tracking.CHALLENGER)

@@ -63,7 +63,11 @@ def test_the_retrieval_holdout_splits_users_apart_from_the_model_arms() -> None:
     users = range(8000)
     holdout = np.array([retrieval_arm_of(u, 0.5) == "friends_only" for u in users])
     assert abs(holdout.mean() - 0.5) < 0.02
-    assert [retrieval_arm_of(u, 0.5) for u in users] == [retrieval_arm_of(u, 0.5) for u in users]
+    # Pinned: a user's arm must not move between releases (a changed salt or hash would reshuffle a
+    # running experiment).
+    assert [retrieval_arm_of(u, 0.5) == "friends_only" for u in range(6)] == [0, 1, 1, 1, 1, 0]
+    # A larger holdout only adds users to it.
+    assert all(retrieval_arm_of(u, 0.6) == "friends_only" for u in users if holdout[u])
     assert all(retrieval_arm_of(u, 0.0) == "suggestions" for u in users)
     # Independent of the model experiment: the holdout is half of the chronological arm too.
     chrono = np.array([arm_of(u, 0.0, 0.5) == "chronological" for u in users])

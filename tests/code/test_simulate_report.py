@@ -34,7 +34,7 @@ def test_a_better_arm_gets_an_interval_above_zero_and_equal_arms_straddle_it() -
 
 
 def test_the_retrieval_experiment_is_compared_with_its_holdout() -> None:
-    cfg = SimConfig(bootstrap=200, seed=2, split="retrieval")
+    cfg = SimConfig(bootstrap=200, seed=2)
     rep = report(users("suggestions", 200, 0.2, 1) + users("friends_only", 200, 0.1, 2), cfg)
     assert rep["control"] == "friends_only"
     assert set(rep["vs_control"]) == {"suggestions"}

@@ -20,6 +20,9 @@ from models.retriever import (
     in_batch_softmax,
 )
 from pipelines.common.config import RetrieverConfig, load_config
+from pipelines.retrieval.post_index import eligible_posts
+from serve.index import PostIndex, RetrieverSlot
+from serve.store import EmbeddedStore
 from tests.conftest import REPO
 
 
@@ -185,6 +188,7 @@ def test_retriever_stage_trains_registers_and_beats_random(built_world: Path, tm
 
     d = tmp_path / "d"
     shutil.copytree(built_world / "features", d / "features")
+    shutil.copytree(built_world / "online", d / "online")
     cfg = load_config(
         REPO / "configs" / "retriever.yaml",
         RetrieverConfig,
@@ -207,6 +211,27 @@ def test_retriever_stage_trains_registers_and_beats_random(built_world: Path, tm
         assert r.recall["retriever"][50] > r.recall["random"][50]
         version = MlflowClient().get_model_version_by_alias("feed-retriever", tracking.CHALLENGER)
         assert str(version.version) == published.version
+        # Its post vectors (a Ray Data job): every eligible post, equal to what a replica's post tower
+        # computes; a replica serving the version runs none of them through the tower again.
+        vectors = tracking.load_post_index("feed-retriever", published.version)
+        store = EmbeddedStore.load(d)
+        eligible = eligible_posts(store, cfg.post_index.days).tolist()
+        assert vectors is not None
+        assert len(eligible) > 20
+        assert set(vectors[0].tolist()) == set(eligible)
+        assert version.tags["post_index.posts"] == str(len(eligible))
+        window = cfg.post_index.days * 86400
+        slot = RetrieverSlot("feed-retriever", tracking.CHALLENGER, window, "flat", d)
+        slot.refresh(store, store.as_of_s)
+        assert slot.current is not None
+        assert sorted(slot.current.entries.ids.tolist()) == sorted(eligible)
+        assert slot.current.embedded == 0
+        here = PostIndex(slot.current.retriever, "here", window)
+        here.catch_up(store, store.as_of_s)
+        assert here.embedded == len(eligible)
+        rows = [here.entries.rows[p] for p in eligible]
+        logged = vectors[1][np.searchsorted(vectors[0], eligible)]
+        assert np.allclose(here.entries.vectors[rows], logged, atol=1e-4)
         served = tracking.load_retriever_version(f"models:/feed-retriever/{published.version}")
         local = ServableRetriever.load(published.checkpoint / tracking.MODEL_FILE)
         v = {c: np.ones(2) for c in local.viewer_layout.dense}

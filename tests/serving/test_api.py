@@ -26,7 +26,12 @@ def test_feed_returns_visible_ranked_items_with_model_and_paging(feed: Feed, sto
     body = r.json()
     assert body["user_id"] == user
     assert not body["fallback"]
-    assert body["model"] == {"name": "feed-ranker", "arm": CHAMPION, "version": feed.champion}
+    assert body["model"] == {
+        "name": "feed-ranker",
+        "arm": CHAMPION,
+        "version": feed.champion,
+        "retrieval_arm": "suggestions",
+    }
     items = body["items"]
     assert len(items) == 3
     assert [it["position"] for it in items] == [0, 1, 2]

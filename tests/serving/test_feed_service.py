@@ -152,7 +152,12 @@ def test_the_chronological_holdout_arm_is_never_ranked(world: Path) -> None:
     viewer = viewer_with_posts(svc.store)
     out = asyncio.run(svc.feed(viewer, 10, None))
     assert calls == []  # no model call for the holdout
-    assert dataclasses.asdict(out.model) == {"name": "feed-ranker", "arm": "chronological", "version": None}
+    assert dataclasses.asdict(out.model) == {
+        "name": "feed-ranker",
+        "arm": "chronological",
+        "version": None,
+        "retrieval_arm": "suggestions",  # the assignment; this arm gets friends' posts whatever it is
+    }
     assert not out.fallback  # by design, not a failure
     created = [it.created_at for it in out.items if "seen" not in it.tags]
     assert created == sorted(created, reverse=True)

@@ -6,6 +6,7 @@ Deployed beside the session's ``feed`` app (same Serve instance) as the app ``mi
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def register_retriever(data_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def mixed(feed: Feed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feed]:
+def mixed(feed: Feed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Feed, str]]:
+    """The app, and the retriever version it serves."""
     from ray import serve
 
     from serve.app import compose
@@ -48,7 +50,7 @@ def mixed(feed: Feed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feed
     for sub in ("features", "online"):
         shutil.copytree(feed.data_dir / sub, d / sub)
     shutil.copy(feed.data_dir / "mlflow.db", d / "mlflow.db")
-    register_retriever(d)
+    version = register_retriever(d)
     small = [
         {"name": n, "ray_actor_options": {"num_cpus": 0.1}} for n in ("FeedIngress", "Ranker", "Retriever")
     ]
@@ -57,26 +59,45 @@ def mixed(feed: Feed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feed
         "auth": {"secret": SECRET},
         "store": {"poll_s": 0.2},
         "retrieval": {"placement": "deployment", "timeout_s": 10.0, "out_of_network": 50},
-        "ranking": {"placement": "deployment", "timeout_s": 10.0},
+        # A budget below friends' posts + suggestions: pre-ranking runs in the Retriever too.
+        "ranking": {"placement": "deployment", "timeout_s": 10.0, "max_candidates": 30},
     }
     serve.run(compose(args, small), name="mixed", route_prefix="/mixed")
-    yield Feed(feed.base, d, feed.auth, feed.champion, feed.challenger, feed.session)
+    # HAProxy learns a new app's route by a config reload: wait until /mixed answers from this app, then
+    # let the reloads settle (as the availability tests do).
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        r = requests.get(f"{feed.base}/mixed/healthz", timeout=30)
+        if r.status_code == 200 and r.json().get("retrieval_placement") == "deployment":
+            break
+        time.sleep(0.5)
+    time.sleep(5)
+    yield Feed(feed.base, d, feed.auth, feed.champion, feed.challenger, feed.session), version
     serve.delete("mixed")
 
 
-def test_the_feed_gets_suggestions_from_the_retriever_deployment(mixed: Feed) -> None:
-    health = requests.get(f"{mixed.base}/mixed/healthz", timeout=30).json()
-    assert health["placement"] == "deployment"
-    assert health["retriever"]["version"] == "1"
+def test_the_feed_gets_suggestions_from_the_retriever_deployment(mixed: tuple[Feed, str]) -> None:
+    app, version = mixed
+    health = requests.get(f"{app.base}/mixed/healthz", timeout=30).json()
+    assert health["retrieval_placement"] == "deployment"
+    assert health["retriever"]["version"] == version  # the one registered above
     assert health["retriever"]["posts"] > 0
-    store = EmbeddedStore.load(mixed.data_dir)
+    store = EmbeddedStore.load(app.data_dir)
     sources: set[str] = set()
     for u in users_with_feeds(store, 6):
-        r = mixed.get(u, prefix="/mixed", limit=50)
+        r = app.get(u, prefix="/mixed", limit=50)
+        deadline = time.time() + 30
+        while r.status_code == 404 and r.json() == {"detail": "Not Found"} and time.time() < deadline:
+            # Not this app's answer: with the replica marked down, HAProxy's backup (Serve's own proxy)
+            # can send a prefixed app's path to the app at "/" for a while (seen in the full suite, after
+            # other tests killed replicas). Retried; a 404 from this app would name the user.
+            time.sleep(1)
+            r = app.get(u, prefix="/mixed", limit=50)
         assert r.status_code == 200, r.text
         body = r.json()
         assert not body["fallback"]
         assert body["model"]["retrieval_arm"] == "suggestions"
+        assert len(body["items"]) <= 30
         friends = set(store.friends(u)[0].tolist())
         for it in body["items"]:
             sources.add(it["source"])

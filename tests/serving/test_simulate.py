@@ -34,3 +34,9 @@ def test_simulated_users_read_engage_and_are_reported_per_arm(feed: Feed) -> Non
     views = [r for r in logged if r["type"] == "view"]
     assert sum(a["viewed"] for a in arms.values()) <= len(views)
     assert "CTR" in markdown(rep)
+    # Split by the retrieval experiment instead: this feed has no holdout, so one arm, and the users of
+    # the first run are not sampled again.
+    by_retrieval = cfg.model_copy(update={"users": 4, "max_sessions": 1, "split": "retrieval"})
+    again = simulate(feed.base, feed.data_dir, tiny_config(), SECRET, by_retrieval, set(rep["user_ids"]))
+    assert set(again["arms"]) == {"suggestions"}
+    assert not set(again["user_ids"]) & set(rep["user_ids"])

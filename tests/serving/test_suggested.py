@@ -97,7 +97,13 @@ def test_without_out_of_network_the_feed_is_friends_only(world: Path) -> None:
 def test_the_holdout_arm_gets_friends_posts_only_and_says_so(world: Path) -> None:
     from serve.ranking import retrieval_arm_of
 
-    svc = with_retriever(world, {"1": random_retriever(world)}, ["1"], retrieval={"holdout_traffic": 0.5})
+    svc = with_retriever(
+        world,
+        {"1": random_retriever(world)},
+        ["1"],
+        retrieval={"holdout_traffic": 0.5},
+        ranking={"max_candidates": 6},
+    )
     assert isinstance(svc.store, EmbeddedStore)
     seen = set()
     for viewer in svc.store.user_ids()[:60].tolist():
@@ -112,6 +118,7 @@ def test_the_holdout_arm_gets_friends_posts_only_and_says_so(world: Path) -> Non
         if arm == "friends_only":
             assert sources <= {"friends"}
         seen.add((arm, "suggested" in sources))
+        assert len(svc._pages[out.request_id].post_ids) <= 6  # one candidate budget for both arms
         logged = [imp.log_record() for imp in out.impressions]
         assert all(r["retrieval_arm"] == arm for r in logged)
         assert [r["suggested"] for r in logged] == [it.source == "suggested" for it in out.items]
@@ -131,26 +138,26 @@ def test_suggestions_from_elsewhere_arrive_and_a_slow_or_failing_retriever_leave
     index = remote.retriever.current
     calls = []
 
-    async def suggest(viewer: int, now: float, cands: Candidates) -> Candidates:
+    async def suggest(viewer: int, now: float, cands: Candidates, with_oon: bool) -> Candidates:
         calls.append(viewer)
         cfg = remote.cfg
-        return with_suggestions(remote.store, viewer, now, cfg.retrieval, 2000, index, cands)
+        return with_suggestions(remote.store, viewer, now, cfg.retrieval, 2000, index, cands, with_oon)
 
-    async def slow(viewer: int, now: float, cands: Candidates) -> Candidates:
+    async def slow(viewer: int, now: float, cands: Candidates, with_oon: bool) -> Candidates:
         await asyncio.sleep(2)
-        return await suggest(viewer, now, cands)
+        return await suggest(viewer, now, cands, with_oon)
 
-    async def failing(viewer: int, now: float, cands: Candidates) -> Candidates:
+    async def failing(viewer: int, now: float, cands: Candidates, with_oon: bool) -> Candidates:
         raise ConnectionError("the Retriever replica is gone")
 
     svc = service(world, constant_scores(), retrieval={"timeout_s": 0.2})
     viewer = viewer_with_posts(svc.store)
-    svc.suggest = suggest
+    svc.suggest_remote = suggest
     out = asyncio.run(svc.feed(viewer, 50, None))
     assert calls == [viewer]
     assert {it.source for it in out.items} == {"friends", "suggested"}
     for broken in (slow, failing):
-        svc.suggest = broken
+        svc.suggest_remote = broken
         out = asyncio.run(svc.feed(viewer, 50, None))
         assert not out.fallback
         assert out.items
@@ -282,3 +289,9 @@ def test_preranking_keeps_the_suggestions_and_the_best_friends_posts(world: Path
     order = {p: i for i, p in enumerate(both.post_ids.tolist())}
     assert [order[p] for p in out.post_ids.tolist()] == sorted(order[p] for p in out.post_ids.tolist())
     assert out.dropped["preranked_out"] == len(both.post_ids) - n_oon - 2
+    # A budget the suggestions alone would fill: they get at most their share, friends' posts the rest.
+    tight = prerank(store, viewer, now, index, both, 4, suggested_share=0.5)
+    assert int(tight.suggested.sum()) == 2
+    assert int((~tight.suggested).sum()) == 2
+    only = prerank(store, viewer, now, index, both.take(np.flatnonzero(both.suggested)), 2)
+    assert len(only.post_ids) == 2  # no friends' posts to take the room: suggestions fill it

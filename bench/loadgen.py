@@ -1,0 +1,218 @@
+"""Open-loop load against the feed: Poisson arrivals at a fixed offered rate, in a process of its own.
+
+A closed-loop client (send, wait, send again) on a saturated machine measures its own queue: p50 ≈
+clients / QPS whatever the server does. Here requests *arrive* at the offered rate whether or not earlier
+ones have been answered (exponential gaps, seeded), as users do and as MLPerf's server scenario sends
+queries. A request's latency counts from its scheduled arrival, so a client that falls behind its own
+schedule (coordinated omission) still charges the wait to the server; how far behind it fell is reported
+(``lag_p99_ms``), and so is the CPU this process used, since it shares the cores with the server.
+
+``python -m bench.loadgen --base URL --users-file F --qps 40 --seconds 15`` prints one JSON line: the
+step's percentiles, status counts, fallbacks and the per-stage medians of the feed's own
+``Server-Timing``. :func:`step` runs it as a subprocess; :func:`sweep` steps the offered load up until the
+tail passes a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+#: The bounds whose highest sustained QPS a sweep reports.
+BOUNDS_MS = (50.0, 100.0)
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    """``retrieval;dur=3.1, ranking;dur=7.2`` → ``{"retrieval": 3.1, "ranking": 7.2}``."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        for attr in rest.split(";"):
+            k, _, v = attr.strip().partition("=")
+            if k == "dur" and name:
+                with contextlib.suppress(ValueError):
+                    out[name] = float(v)
+    return out
+
+
+async def _run(
+    base: str, users: list[tuple[int, str]], qps: float, seconds: float, timeout_s: float, seed: int
+) -> dict[str, Any]:
+    import aiohttp
+
+    rng = np.random.default_rng(seed)
+    n = max(1, int(qps * seconds))
+    arrivals = np.cumsum(rng.exponential(1.0 / qps, n))
+    arrivals = arrivals[arrivals < seconds]
+    picks = rng.integers(0, len(users), len(arrivals))
+    latency: list[float] = []
+    lag: list[float] = []
+    status: dict[str, int] = {}
+    fallbacks = 0
+    stages: dict[str, list[float]] = {}
+    retry_after: list[float] = []
+
+    async def one(session: aiohttp.ClientSession, at: float, user: int, token: str, t0: float) -> None:
+        nonlocal fallbacks
+        lag.append(time.perf_counter() - (t0 + at))
+        try:
+            async with session.get(
+                f"{base}/feed/{user}",
+                params={"limit": "20"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as r:
+                body = await r.read()
+                key = str(r.status)
+                if r.status == 200:
+                    fallbacks += bool(json.loads(body).get("fallback"))
+                    for k, v in _server_timing(r.headers.get("Server-Timing", "")).items():
+                        stages.setdefault(k, []).append(v)
+                elif "Retry-After" in r.headers:
+                    retry_after.append(float(r.headers["Retry-After"]))
+        except TimeoutError:
+            key = "timeout"
+        except aiohttp.ClientError as e:
+            key = type(e).__name__
+        status[key] = status.get(key, 0) + 1
+        if key == "200":
+            latency.append(time.perf_counter() - (t0 + at))
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        t0 = time.perf_counter()
+        for at, k in zip(arrivals.tolist(), picks.tolist(), strict=True):
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            user, token = users[k]
+            tasks.append(asyncio.create_task(one(session, at, user, token, t0)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    lat = np.array(latency) * 1000
+    sent = len(arrivals)
+
+    def pct(a: np.ndarray, q: float) -> float:
+        return float(np.percentile(a, q)) if len(a) else float("nan")
+
+    return {
+        "offered_qps": qps,
+        "sent": sent,
+        "ok": int(status.get("200", 0)),
+        "answered_qps": status.get("200", 0) / wall,
+        "status": status,
+        "fallbacks": fallbacks,
+        "p50": pct(lat, 50),
+        "p90": pct(lat, 90),
+        "p99": pct(lat, 99),
+        "lag_p99_ms": pct(np.array(lag) * 1000, 99),
+        "stages_p50_ms": {k: float(np.median(v)) for k, v in sorted(stages.items())},
+        "retry_after_s": float(np.median(retry_after)) if retry_after else None,
+        "wall_s": wall,
+    }
+
+
+def step(
+    base: str,
+    users: list[tuple[int, str]],
+    qps: float,
+    seconds: float,
+    timeout_s: float = 10.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One load step from a separate process (its own event loop and GIL); adds the CPU it used as
+    ``client_cpu`` (cores, averaged over the step)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(users, f)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--base",
+        base,
+        "--users-file",
+        f.name,
+        "--qps",
+        str(qps),
+        "--seconds",
+        str(seconds),
+        "--timeout-s",
+        str(timeout_s),
+        "--seed",
+        str(seed),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def sweep(
+    base: str,
+    users: list[tuple[int, str]],
+    rates: list[float],
+    seconds: float,
+    stop_p99_ms: float = 1000.0,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Steps of rising offered load, until a step's p99 passes ``stop_p99_ms`` or 5% of it fails."""
+    out = []
+    for i, qps in enumerate(rates):
+        r = step(base, users, qps, seconds, seed=i)
+        out.append(r)
+        log(
+            f"  offered {qps:>5.0f} QPS: answered {r['answered_qps']:.1f}, p50 {r['p50']:.1f} / p99 "
+            f"{r['p99']:.1f} ms, status {r['status']}, fallbacks {r['fallbacks']}, client CPU "
+            f"{r['client_cpu']:.2f}"
+        )
+        failed = r["sent"] - r["ok"]
+        if not r["p99"] <= stop_p99_ms or failed > 0.05 * r["sent"]:
+            break
+    return out
+
+
+def capacity(steps: list[dict[str, Any]], bound_ms: float) -> float | None:
+    """The highest offered QPS whose step answered everything (no errors, no fallbacks) with p99 within
+    ``bound_ms``; None if no step did."""
+    good = [
+        s["offered_qps"]
+        for s in steps
+        if s["p99"] <= bound_ms and s["ok"] == s["sent"] and s["fallbacks"] == 0
+    ]
+    return max(good) if good else None
+
+
+def main(
+    base: Annotated[str, typer.Option()],
+    users_file: Annotated[Path, typer.Option(help="JSON list of [user id, bearer token].")],
+    qps: Annotated[float, typer.Option()],
+    seconds: Annotated[float, typer.Option()] = 15.0,
+    timeout_s: Annotated[float, typer.Option()] = 10.0,
+    seed: int = 0,
+) -> None:
+    import psutil
+
+    users = [(int(u), str(t)) for u, t in json.loads(users_file.read_text())]
+    me = psutil.Process()
+    c0, t0 = me.cpu_times(), time.perf_counter()
+    out = asyncio.run(_run(base, users, qps, seconds, timeout_s, seed))
+    c1 = me.cpu_times()
+    out["client_cpu"] = (c1.user + c1.system - c0.user - c0.system) / (time.perf_counter() - t0)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    typer.run(main)
