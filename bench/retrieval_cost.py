@@ -72,6 +72,28 @@ def services(data_dir: Path) -> tuple[Any, Any]:
     return feed(r.out_of_network), feed(0)
 
 
+def index_build(data_dir: Path, alias: str, repeats: int = 3) -> dict[str, Any]:
+    """Seconds for a replica to build its index (:meth:`serve.index.RetrieverSlot.refresh`) for the version
+    behind ``alias``: from the post vectors logged with it, and running the post tower itself."""
+    import statistics
+
+    from serve.index import RetrieverSlot
+    from serve.store import EmbeddedStore
+
+    store = EmbeddedStore.load(data_dir)
+    now = store.as_of_s + 60
+    times: dict[str, list[float]] = {"logged vectors": [], "post tower here": []}
+    info: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, load in (("logged vectors", None), ("post tower here", lambda n, v: None)):
+            slot = RetrieverSlot("feed-retriever", alias, 7 * 86400, "flat", data_dir, load_vectors=load)
+            t = time.perf_counter()
+            slot.refresh(store, now)
+            times[name].append(time.perf_counter() - t)
+            info[name] = slot.info()
+    return {k: {"s": statistics.median(v), **(info[k] or {})} for k, v in times.items()}
+
+
 def placements(data_dir: Path, users: list[int], rounds: int) -> dict[str, list[float]]:
     """Feed latency (ms) over HTTP for ``users``, per ``retrieval.placement``, one request at a time."""
     import secrets
@@ -133,6 +155,9 @@ def main(
     per_bucket: Annotated[int, typer.Option(help="Viewers per bucket.")] = 20,
     repeats: Annotated[int, typer.Option(help="First pages per viewer and feed.")] = 5,
     rounds: Annotated[int, typer.Option(help="Over HTTP: feeds per viewer and placement.")] = 10,
+    index_alias: Annotated[str, typer.Option(help="Index build: the retriever version's alias.")] = (
+        "champion"
+    ),
     out: Annotated[Path | None, typer.Option(help="Markdown file to write the section into.")] = None,
 ) -> None:
     from pipelines.common import tracking
@@ -141,6 +166,7 @@ def main(
     t0 = time.time()
     with tracking.pointed_at(tracking.tracking_uri(data_dir)):
         mixed, friends_only = services(data_dir)
+        build = index_build(data_dir, index_alias)
     store = mixed.store
     now = store.as_of_s + 60
     sizes = {int(u): len(retrieve(store, int(u), now, RetrievalConfig()).post_ids) for u in store.user_ids()}
@@ -174,6 +200,19 @@ def main(
                 f"| {lo}–{hi} | {len(users)} | {name} | {np.mean(g['candidates']):.0f} | "
                 f"{np.percentile(total, 50):.1f} | {np.percentile(total, 99):.1f} | {stages} |"
             )
+    lines += [
+        "",
+        f"A replica building its index for `feed-retriever@{index_alias}` (`RetrieverSlot.refresh`, median "
+        "of 3): from the post vectors logged with the version (`pipelines/retrieval/post_index.py`), and "
+        "running the post tower itself:",
+        "",
+        "| index from | seconds | posts | embedded by the replica |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {k} | {v['s']:.3f} | {v.get('posts', '–')} | {v.get('embedded_here', '–')} |"
+            for k, v in build.items()
+        ),
+    ]
     heavy = [u for u, n in sizes.items() if BUCKETS[-1][0] <= n < BUCKETS[-1][1]][:per_bucket]
     lat = placements(data_dir, heavy, rounds)
     lines += [
@@ -193,7 +232,8 @@ def main(
         [
             "## Retrieval cost (issue 17)",
             "",
-            f"`python -m bench.retrieval_cost --data-dir {data_dir}`, {dt.date.today()}, {machine()}; "
+            f"`python -m bench.retrieval_cost --data-dir {data_dir} --index-alias {index_alias}`, "
+            f"{dt.date.today()}, {machine()}; "
             f"{time.time() - t0:.0f} s. One process, one request at a time, torch on 1 thread: the feed "
             "pipeline (`FeedService`, the registered ranker and retriever, configs/serve.yaml) on the demo "
             f"world; each viewer's first page {repeats} times from each feed, alternating. 'mixed' adds "
