@@ -1,26 +1,27 @@
-"""Serving figures: ``python -m bench.serve_latency`` (part of ``make bench``).
+"""Serving under load: ``python -m bench.serve_latency`` (part of ``make bench``).
 
-Over real HTTP with a real trained ranker, on a denser synthetic world than the demo's (so viewers with
-~500, ~1,000 and ~2,000 candidate posts exist), in one run and on one machine, side by side:
+Over real HTTP with the real trained models, on a denser synthetic world than the demo's (viewers with
+~500, ~1,000 and ~2,000 candidates: friends' posts plus the retriever's 200 suggestions), in one run and on
+one machine, side by side:
 
-1. the Ray Serve app (``serve.app``, configs/serve.yaml) on a Ray started as for serving
-   (:func:`serve.runtime.ray_serve_env`: direct ingress, behind HAProxy when installed):
-   ``ranking.placement: ingress`` (the model in the FeedIngress replica) and ``ranking.placement:
-   deployment`` (FeedIngress → Ranker through a handle); and, for reference, the same app on a Ray with
-   Serve's defaults (every request through the Python Serve proxy);
-2. the same pipeline (``serve.feed.FeedService``, the same FastAPI routes) in one process behind plain
-   uvicorn, the ranker called in-process;
-3. the bare ranker on the same candidates: ``ServableRanker.predict`` (collate + forward) on feature
-   columns assembled beforehand, and feature assembly + predict (what the ranking stage does).
+1. the Ray Serve app as ``configs/serve.yaml`` deploys it (its deployments, replicas and autoscaling), on
+   a Ray started for serving (:func:`serve.runtime.ray_serve_env`: direct ingress, behind HAProxy when
+   installed);
+2. the same pipeline (``serve.feed.FeedService``, the same routes, the retriever's index) in one process
+   behind plain uvicorn (:mod:`bench.plain_feed_server`);
+3. the bare ranker on the same candidates: ``ServableRanker.predict`` (collate + forward) on columns
+   assembled beforehand, and feature assembly + predict (what the ranking stage does).
 
-Clients are closed-loop (each sends its next request when the previous answers) from this process with
-aiohttp, on the same 2 cores as the servers. Latency p50/p99 and QPS per number of clients and candidate
-bucket. Writes the "Serving (issue 4)" section of ``--out``.
+Load is **open-loop** (:mod:`bench.loadgen`): Poisson arrivals at a fixed offered rate from a process of
+its own, stepped up until p99 passes a second or 5% fail. Per step: answered QPS, p50/p90/p99 from each
+request's scheduled arrival, errors, fallbacks, the load generator's CPU, and the medians of the feed's
+own stage timings (``Server-Timing``). The capacity of a system is the highest offered rate answered in
+full (no error, no fallback) with p99 within 50 ms (and within 100 ms). Writes the "Serving under load
+(issue 18)" section of ``--out``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -42,7 +43,6 @@ from bench.report import machine, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKETS = (500, 1000, 2000)
-CLIENTS = (1, 8, 32)
 WORLD = {
     "synth.users": 3000,
     "synth.mean_degree": 110.0,
@@ -59,39 +59,56 @@ def free_port() -> int:
 
 def build_world(data_dir: Path) -> None:
     """Synth → ingest → features → train (1 epoch) → champion, unless ``data_dir`` already has one."""
+    from mlflow import MlflowClient
+
     from pipelines.common import tracking
-    from pipelines.common.config import DataConfig, TrainConfig, load_config
+    from pipelines.common.config import DataConfig, RetrieverConfig, TrainConfig, load_config
     from pipelines.common.runtime import ray_session
     from pipelines.features.stage import run as features
     from pipelines.ingest.stage import run as ingest
+    from pipelines.retrieval.stage import run as train_retriever
     from pipelines.synth.stage import run as synth
     from pipelines.train.stage import run as train_and_publish
 
     tracking.configure(data_dir)
-    if (data_dir / "online" / "manifest.json").exists() and tracking.version_of("feed-ranker", "champion"):
-        return
-    cfg = load_config(REPO / "configs" / "data.yaml", DataConfig, WORLD)
-    train_cfg = load_config(
-        REPO / "configs" / "train.yaml", TrainConfig, {"optim.epochs": 1, "experiment": "bench-serve"}
-    )
-    with ray_session():
-        synth(cfg.synth, data_dir)
-        ingest(cfg.ingest, data_dir)
-        features(cfg.features, data_dir)
-        published = train_and_publish(train_cfg, data_dir)
-    from mlflow import MlflowClient
-
-    MlflowClient().set_registered_model_alias("feed-ranker", "champion", str(published.version))
+    ready = (data_dir / "online" / "manifest.json").exists()
+    if not (ready and tracking.version_of("feed-ranker", "champion")):
+        cfg = load_config(REPO / "configs" / "data.yaml", DataConfig, WORLD)
+        train_cfg = load_config(
+            REPO / "configs" / "train.yaml", TrainConfig, {"optim.epochs": 1, "experiment": "bench-serve"}
+        )
+        with ray_session():
+            synth(cfg.synth, data_dir)
+            ingest(cfg.ingest, data_dir)
+            features(cfg.features, data_dir)
+            published = train_and_publish(train_cfg, data_dir)
+        MlflowClient().set_registered_model_alias("feed-ranker", "champion", str(published.version))
+    if not tracking.version_of("feed-retriever", "champion"):  # the feed as served: with suggestions
+        r_cfg = load_config(
+            REPO / "configs" / "retriever.yaml",
+            RetrieverConfig,
+            {"optim.epochs": 2, "experiment": "bench-serve-retriever"},
+        )
+        with ray_session():
+            retriever = train_retriever(r_cfg, data_dir)
+        MlflowClient().set_registered_model_alias("feed-retriever", "champion", retriever.version)
 
 
 def pick_viewers(data_dir: Path, per_bucket: int = 32) -> dict[int, list[int]]:
-    """Viewers whose candidate count is within ±15% of each bucket (capped at 2,000 by retrieval)."""
+    """Viewers whose candidate count (friends' posts + ``retrieval.out_of_network`` suggestions, at most
+    ``ranking.max_candidates``) is within ±15% of each bucket."""
+    from serve.config import load_serve_yaml
     from serve.retrieval import RetrievalConfig, retrieve
     from serve.store import EmbeddedStore
 
+    _, cfg = load_serve_yaml(REPO / "configs" / "serve.yaml")
+    extra, cap = cfg.retrieval.out_of_network, cfg.ranking.max_candidates
     store = EmbeddedStore.load(data_dir)
     now = store.as_of_s + 60
-    sizes = {int(u): len(retrieve(store, int(u), now, RetrievalConfig()).post_ids) for u in store.user_ids()}
+    sizes = {
+        int(u): min(cap, len(retrieve(store, int(u), now, RetrievalConfig()).post_ids) + extra)
+        for u in store.user_ids()
+    }
     out = {}
     for b in BUCKETS:
         lo, hi = (0.85 * b, 1.15 * b) if b < 2000 else (1900, 2000)
@@ -105,16 +122,20 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
     import torch
 
     from pipelines.common.tracking import configure
-    from serve.config import ModelSlotConfig
+    from serve.config import ModelSlotConfig, load_serve_yaml
     from serve.features import assemble
+    from serve.index import RetrieverSlot
     from serve.ranking import ModelSlots, Scorer
     from serve.records import ScoreRequest
-    from serve.retrieval import RetrievalConfig, retrieve
+    from serve.retrieval import retrieve, with_suggestions
     from serve.store import EmbeddedStore
 
     torch.set_num_threads(1)
     configure(data_dir)
+    _, cfg = load_serve_yaml(REPO / "configs" / "serve.yaml")
     store = EmbeddedStore.load(data_dir)
+    index = RetrieverSlot("feed-retriever", "champion", 7 * 86400, "flat", data_dir)
+    index.refresh(store, store.as_of_s + 60)
     slots = ModelSlots(ModelSlotConfig(), data_dir)
     slots.refresh()
     model = slots.get("champion")
@@ -125,7 +146,9 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
     for b, users in viewers.items():
         fwd, full, n = [], [], []
         for u in users[:8]:
-            ids = retrieve(store, u, now, RetrievalConfig()).post_ids
+            r, budget = cfg.retrieval, cfg.ranking.max_candidates
+            friends = retrieve(store, u, now, r)
+            ids = with_suggestions(store, u, now, r, budget, index.current, friends).post_ids  # as served
             cols = assemble(store, u, ids, now)
             model.ranker.predict(cols)  # warm
             for _ in range(5):
@@ -144,58 +167,6 @@ def bare_forward(data_dir: Path, viewers: dict[int, list[int]]) -> dict[int, dic
     return out
 
 
-async def _load(base: str, tokens: dict[int, str], users: list[int], clients: int, seconds: float) -> dict:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    fallbacks = 0
-    stop = time.perf_counter() + seconds
-
-    async def client(k: int, session: aiohttp.ClientSession) -> None:
-        nonlocal errors, fallbacks
-        i = k
-        while time.perf_counter() < stop:
-            u = users[i % len(users)]
-            i += clients
-            t = time.perf_counter()
-            async with session.get(
-                f"{base}/feed/{u}", params={"limit": "20"}, headers={"Authorization": f"Bearer {tokens[u]}"}
-            ) as r:
-                body = await r.json()
-                if r.status != 200:
-                    errors += 1
-                    continue
-                fallbacks += bool(body["fallback"])
-            latencies.append(time.perf_counter() - t)
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-        await asyncio.gather(*(client(k, session) for k in range(clients)))
-    lat = np.array(latencies) * 1000
-    return {
-        "n": len(lat),
-        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-        "qps": len(lat) / seconds,
-        "errors": errors,
-        "fallbacks": fallbacks,
-    }
-
-
-def measure(base: str, tokens: dict[int, str], viewers: dict[int, list[int]], seconds: float) -> list[dict]:
-    rows = []
-    for b in BUCKETS:
-        users = viewers[b]
-        if not users:
-            continue
-        asyncio.run(_load(base, tokens, users, 2, 2.0))  # warm-up
-        for c in CLIENTS:
-            r = asyncio.run(_load(base, tokens, users, c, seconds))
-            rows.append({"bucket": b, "clients": c, **r})
-            print(f"  {b:>5} candidates, {c:>2} clients: {r}", flush=True)
-    return rows
-
-
 def serve_args(data_dir: Path, secret: str, placement: str) -> dict[str, Any]:
     from pipelines.common.tracking import tracking_uri
     from serve.config import load_serve_yaml
@@ -209,10 +180,30 @@ def serve_args(data_dir: Path, secret: str, placement: str) -> dict[str, Any]:
     return args
 
 
-def serve_rows(
-    data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, mode: str
-) -> dict[str, list]:
-    """``mode``: ``tuned`` (Ray started with :func:`serve.runtime.ray_serve_env`) or ``default``."""
+DEFAULT_RATES = "10,20,30,40,50,60,80,100,120,150,200"
+
+
+def _users(viewers: list[int], tokens: dict[int, str]) -> list[tuple[int, str]]:
+    return [(u, tokens[u]) for u in viewers]
+
+
+def sweeps(base: str, tokens: dict, viewers: dict, seconds: float, rates: list[float]) -> dict[int, list]:
+    """Per candidate bucket, the open-loop sweep (after a short warm-up at a low rate)."""
+    from bench.loadgen import step, sweep
+
+    out = {}
+    for b in BUCKETS:
+        if not viewers[b]:
+            continue
+        users = _users(viewers[b], tokens)
+        step(base, users, 5.0, 3.0)  # warm: models, caches, HAProxy's view of the replicas
+        print(f" ~{b} candidates", flush=True)
+        out[b] = sweep(base, users, rates, seconds)
+    return out
+
+
+def serve_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list) -> dict:
+    """The app as configs/serve.yaml deploys it, on a Ray started for serving."""
     from ray import serve
 
     from pipelines.common.runtime import ray_session
@@ -222,24 +213,18 @@ def serve_rows(
 
     doc, _ = load_serve_yaml(REPO / "configs" / "serve.yaml")
     deployments = doc["applications"][0].get("deployments")
-    placements = ("ingress", "deployment") if mode == "tuned" else ("ingress",)
-    env = ray_serve_env(drain_s=1.0) if mode == "tuned" else {}
-    out = {}
-    with ray_session(env=env):
+    with ray_session(env=ray_serve_env(drain_s=1.0)):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for placement in placements:
-            print(f"Ray Serve ({mode}), ranking.placement={placement}", flush=True)
-            serve.run(
-                compose(serve_args(data_dir, secret, placement), deployments), name="feed", route_prefix="/"
-            )
-            out[f"{mode}-{placement}"] = measure(f"http://127.0.0.1:{port}", tokens, viewers, seconds)
-            serve.delete("feed")
+        print("Ray Serve (configs/serve.yaml)", flush=True)
+        app = compose(serve_args(data_dir, secret, "ingress"), deployments)
+        serve.run(app, name="feed", route_prefix="/")
+        out = sweeps(f"http://127.0.0.1:{port}", tokens, viewers, seconds, rates)
         serve.shutdown()
     return out
 
 
-def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float) -> list[dict]:
+def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list) -> dict:
     import requests
 
     port = free_port()
@@ -248,7 +233,7 @@ def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
         [sys.executable, "-m", "bench.plain_feed_server", str(data_dir), secret, str(port)], env=env
     )
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while time.time() < deadline:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
@@ -256,120 +241,77 @@ def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
             except requests.RequestException:
                 time.sleep(1)
         print("plain uvicorn, one process", flush=True)
-        return measure(f"http://127.0.0.1:{port}", tokens, viewers, seconds)
+        return sweeps(f"http://127.0.0.1:{port}", tokens, viewers, seconds, rates)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def section(rows: dict[str, list[dict]], bare: dict[int, dict[str, float]], seconds: float, cmd: str) -> str:
+NAMES = {"serve": "Ray Serve (configs/serve.yaml)", "plain": "plain uvicorn, 1 process"}
+
+
+def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: float, cmd: str) -> str:
+    from bench.loadgen import BOUNDS_MS, capacity
+
     lines = [
-        "## Serving (issue 4)",
+        "## Serving under load (issue 18)",
         "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}, with `{cmd}`: one run, every system on the "
-        f"same viewers, {seconds:.0f} s of closed-loop load per cell after a warm-up, clients in the same "
-        "process as the load generator (aiohttp) on the same 2 cores as the servers. "
-        "`GET /feed/{id}?limit=20` with a bearer token; the full pipeline (retrieval, features, ranking, "
-        "re-ranking, page, impression "
-        "log). World: the demo generator with "
+        f"Measured {dt.date.today().isoformat()} on {machine()}, with `{cmd}`: one run, both systems on "
+        f"the same viewers; open-loop load (`bench.loadgen`: Poisson arrivals at the offered rate from a "
+        f"process of its own, on the same cores as the servers), {seconds:.0f} s per step, stepped up until "
+        "p99 passed 1 s or 5% failed. `GET /feed/{id}?limit=20` with a bearer token: the full pipeline "
+        "(retrieval with the retriever's suggestions, features, ranking, re-ranking, page, impression log). "
+        "World: the demo generator with "
         + ", ".join(f"{k.split('.')[1]}={v}" for k, v in WORLD.items())
-        + "; a ranker trained on it (1 epoch) as champion.",
-        "",
-        "*Direct ingress*: Ray started with `serve.runtime.ray_serve_env()` (Ray Serve's "
-        "throughput-optimized mode: the FeedIngress replica serves HTTP itself, user code on its event "
-        "loop, gRPC between deployments), "
+        + "; a ranker (1 epoch) and a retriever trained on it as champions. Ray Serve: "
         + (
-            f"clients on the Serve HTTP port, which HAProxy (`{shutil.which('haproxy')}`) forwards to the "
-            "replica."
+            f"direct ingress behind HAProxy (`{shutil.which('haproxy')}`)."
             if shutil.which("haproxy")
-            else "clients on the Serve HTTP port (the Python proxy; no haproxy installed)."
-        )
-        + " *Ray Serve defaults*: the same app on a Ray started without those settings.",
+            else "direct ingress, Serve's Python proxy in front (no haproxy installed)."
+        ),
         "",
-        "| system | candidates | clients | p50 ms | p99 ms | QPS | errors | fallbacks |",
-        "|---|---|---|---|---|---|---|---|",
+        "Capacity: the highest offered QPS answered in full (no error, no fallback) with p99 within the "
+        "bound.",
+        "",
+        "| system | candidates | " + " | ".join(f"QPS at p99 ≤ {b:.0f} ms" for b in BOUNDS_MS) + " |",
+        "|---|---|" + "---:|" * len(BOUNDS_MS),
     ]
-    names = {
-        "tuned-ingress": "Ray Serve, direct ingress, ranker in ingress",
-        "tuned-deployment": "Ray Serve, direct ingress, ranker deployment",
-        "default-ingress": "Ray Serve defaults (Serve proxy), ranker in ingress",
-        "plain": "plain uvicorn, 1 process",
-    }
-    for key, rs in rows.items():
-        for r in rs:
-            lines.append(
-                f"| {names[key]} | ~{r['bucket']} | {r['clients']} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                f"{r['qps']:.0f} | {r['errors']} | {r['fallbacks']} |"
-            )
+    for key, by_bucket in rows.items():
+        for b, steps in by_bucket.items():
+            caps = [capacity(steps, bound) for bound in BOUNDS_MS]
+            cells = " | ".join("–" if c is None else f"{c:.0f}" for c in caps)
+            lines.append(f"| {NAMES[key]} | ~{b} | {cells} |")
+    all_steps = [s for by in rows.values() for st in by.values() for s in st]
+    stage_names = sorted({k for s in all_steps for k in s["stages_p50_ms"]})
+    lines += [
+        "",
+        "Every step (latency from the scheduled arrival; stages: the medians of the feed's `Server-Timing`, "
+        "answered requests only; client CPU: cores the load generator used):",
+        "",
+        "| system | candidates | offered QPS | answered QPS | p50 ms | p90 ms | p99 ms | errors | "
+        "fallbacks | client CPU | " + " | ".join(f"{k} ms" for k in stage_names) + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names),
+    ]
+    for key, by_bucket in rows.items():
+        for b, steps in by_bucket.items():
+            for s in steps:
+                errors = s["sent"] - s["ok"]
+                stages = " | ".join(f"{s['stages_p50_ms'].get(k, float('nan')):.1f}" for k in stage_names)
+                lines.append(
+                    f"| {NAMES[key]} | ~{b} | {s['offered_qps']:.0f} | {s['answered_qps']:.1f} | "
+                    f"{s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | {errors} | {s['fallbacks']} | "
+                    f"{s['client_cpu']:.2f} | {stages} |"
+                )
     lines += [
         "",
         "Bare ranker on the same candidates (median of 5 calls × 8 viewers, 1 torch thread):",
         "",
-        "| candidates | predict ms (collate + forward) | features + predict ms "
-        "| Serve (ingress) p50 at 1 client / predict | / features + predict |",
-        "|---|---|---|---|---|",
+        "| candidates | predict ms (collate + forward) | features + predict ms |",
+        "|---|---|---|",
     ]
-    for b, v in bare.items():
-        one = next((r for r in rows.get("tuned-ingress", []) if r["bucket"] == b and r["clients"] == 1), None)
-        ratio = f"{one['p50'] / v['forward_ms']:.1f}×" if one else "–"
-        ratio2 = f"{one['p50'] / v['features_forward_ms']:.1f}×" if one else "–"
-        cells = (
-            f"{v['candidates']:.0f}",
-            f"{v['forward_ms']:.1f}",
-            f"{v['features_forward_ms']:.1f}",
-            ratio,
-            ratio2,
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += targets(rows, bare)
+    for v in bare.values():
+        lines.append(f"| {v['candidates']:.0f} | {v['forward_ms']:.1f} | {v['features_forward_ms']:.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def targets(rows: dict[str, list[dict]], bare: dict[int, dict[str, float]]) -> list[str]:
-    """Issue 4's targets against this run, and what the rows say about where the time goes."""
-
-    def cell(key: str, bucket: int, clients: int) -> dict | None:
-        return next((r for r in rows.get(key, []) if r["bucket"] == bucket and r["clients"] == clients), None)
-
-    tuned8, tuned1 = cell("tuned-ingress", 1000, 8), cell("tuned-ingress", 1000, 1)
-    default1, default8 = cell("default-ingress", 1000, 1), cell("default-ingress", 1000, 8)
-    plain1, plain8 = cell("plain", 1000, 1), cell("plain", 1000, 8)
-    if not (tuned8 and tuned1 and 1000 in bare):
-        return []
-    fwd, full = bare[1000]["forward_ms"], bare[1000]["features_forward_ms"]
-    p99_ok, ratio = tuned8["p99"] <= 50, tuned1["p50"] / fwd
-    out = [
-        "",
-        f"**Against the targets of issue 4** (~1,000 candidates): p99 at 8 clients {tuned8['p99']:.0f} ms "
-        f"(target ≤ 50 ms: {'met' if p99_ok else 'missed'}); p50 at 1 client {tuned1['p50']:.1f} ms = "
-        f"{ratio:.1f}× the bare `predict` of {fwd:.1f} ms (target ≤ 2×: {'met' if ratio <= 2 else 'missed'}; "
-        f"{tuned1['p50'] / full:.1f}× features + predict).",
-        "",
-    ]
-    if default1 and default8:
-        out.append(
-            "- *Serve's request path.* Direct ingress (and HAProxy when installed) instead of the Python "
-            f"proxy: 1-client p50 {default1['p50']:.1f} → {tuned1['p50']:.1f} ms, 8-client throughput "
-            f"{default8['qps']:.0f} → {tuned8['qps']:.0f} QPS."
-        )
-    if plain1 and plain8:
-        out.append(
-            "- *What is left is the pipeline's CPU.* One uvicorn process with the same code: "
-            f"{plain1['p50']:.1f} ms at 1 client, {plain8['qps']:.0f} QPS at 8. With 8 closed-loop clients "
-            "on 2 cores shared with the load generator the server saturates, so p50 ≈ 8 / QPS: a p99 ≤ 50 ms "
-            "at 8 clients needs ≥ ~160 QPS, i.e. ≤ ~12 ms of CPU per 1,000-candidate feed *including* HTTP, "
-            f"while features + forward alone take {full:.1f} ms on one core."
-        )
-    out.append(
-        "- *In-process work per feed* (this change): post features gathered as one record per post "
-        "instead of ~30 column copies, visibility as integer codes, author diversity as one vectorized sort "
-        "instead of a heap loop, the impression log written by a group-commit thread after the response."
-    )
-    out.append(
-        "- *A separate Ranker deployment* adds a hop (ids in, probabilities out) and only pays when the "
-        "model scales apart from the ingress (GPUs); `ranking.placement: ingress` is the default."
-    )
-    return out
 
 
 def main(
@@ -379,12 +321,13 @@ def main(
     out: Annotated[Path, typer.Option(help="Markdown file to write the section into.")] = Path(
         "bench/RESULTS.md"
     ),
-    seconds: Annotated[float, typer.Option(help="Load per cell.")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="Seconds per load step.")] = 12.0,
+    rates: Annotated[str, typer.Option(help="Offered QPS steps (comma-separated).")] = DEFAULT_RATES,
     serve_mode: Annotated[
-        str | None, typer.Option(hidden=True, help="Internal: measure one Ray Serve mode into --out (JSON).")
-    ] = None,
+        bool, typer.Option(hidden=True, help="Internal: measure Ray Serve into --out (JSON).")
+    ] = False,
 ) -> None:
-    """Measure feed latency and throughput: Ray Serve vs one uvicorn process vs the bare ranker."""
+    """Open-loop load on Ray Serve and on one uvicorn process; the bare ranker beside."""
     from pipelines.common.runtime import setup_logging
     from serve.auth import TokenAuth
 
@@ -397,21 +340,22 @@ def main(
     secret = os.environ.get("BENCH_SECRET") or secrets.token_urlsafe(32)
     auth = TokenAuth(secret)
     tokens = {u: auth.mint(u, ttl_s=7200) for us in viewers.values() for u in us}
-    if serve_mode:  # one mode, in its own process: Ray Serve reads its settings at import and start
-        out.write_text(json.dumps(serve_rows(data_dir, secret, tokens, viewers, seconds, serve_mode)))
+    steps = [float(r) for r in rates.split(",")]
+    if serve_mode:  # in its own process: Ray Serve reads its settings at import and start
+        out.write_text(json.dumps(serve_rows(data_dir, secret, tokens, viewers, seconds, steps)))
         return
     bare = bare_forward(data_dir, viewers)
     print(bare, flush=True)
-    rows: dict[str, list[dict]] = {}
-    for mode in ("tuned", "default"):
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, "-m", "bench.serve_latency", "--data-dir", str(data_dir)]
-            cmd += ["--seconds", str(seconds), "--serve-mode", mode, "--out", f.name]
-            subprocess.run(cmd, check=True, env={**os.environ, "BENCH_SECRET": secret})
-            rows.update(json.loads(Path(f.name).read_text()))
-    rows["plain"] = plain_rows(data_dir, secret, tokens, viewers, seconds)
-    write_section(out, section(rows, bare, seconds, "python -m bench.serve_latency"))
-    print(section(rows, bare, seconds, "python -m bench.serve_latency"))
+    rows: dict[str, dict] = {}
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, "-m", "bench.serve_latency", "--data-dir", str(data_dir), "--serve-mode"]
+        cmd += ["--seconds", str(seconds), "--rates", rates, "--out", f.name]
+        subprocess.run(cmd, check=True, env={**os.environ, "BENCH_SECRET": secret})
+        rows["serve"] = {int(k): v for k, v in json.loads(Path(f.name).read_text()).items()}
+    rows["plain"] = plain_rows(data_dir, secret, tokens, viewers, seconds, steps)
+    text = section(rows, bare, seconds, "python -m bench.serve_latency")
+    write_section(out, text)
+    print(text)
 
 
 if __name__ == "__main__":
