@@ -60,8 +60,8 @@ class PostIndex:
     vector over the temperature, and its prior as of the last refresh), so that the inner product with a
     viewer's ``[u, 1]`` is the two-tower score ``u · p / T + b`` itself: the index ranks by the whole
     score, not by ``u · p`` alone. :meth:`refresh` recomputes the priors (they move with age and counters)
-    and drops posts older than the window, rebuilding the index; a search returns ``u · p / T`` for the
-    caller to add the prior of now.
+    and drops posts older than the window, rebuilding the index; a search ranks with the priors of the last
+    refresh (``retrieval.prior_refresh_s``, a minute by default: a post's age is in hours).
 
     Thread-safe: the watcher thread and ``POST /posts`` add posts while requests search. Embedding runs
     outside the lock; adding, rebuilding and searching hold it (FAISS allows concurrent searches, not a
@@ -211,8 +211,8 @@ class PostIndex:
             self._entries = _Entries(index, ids, vectors, prior, created, rows)
 
     def search(self, viewer_vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` posts with the highest ``u · p / T + b`` (b as stored): ids, and ``u · p / T`` of each
-        (the caller adds the prior of now). Fewer when fewer exist."""
+        """The ``k`` posts with the highest two-tower score ``u · p / T + b`` (b: the prior as of the last
+        :meth:`refresh`): their ids and those scores. Fewer when fewer exist."""
         if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         query = np.ascontiguousarray(np.append(viewer_vector, 1.0)[None, :], np.float32)
@@ -220,12 +220,9 @@ class PostIndex:
             e = self.entries
             if len(e.ids) == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            _, ids = e.index.search(query, k)
+            scores, ids = e.index.search(query, k)
         keep = ids[0] >= 0
-        ids = ids[0][keep].astype(np.int64)
-        rows = np.array([e.rows[int(p)] for p in ids.tolist()], np.int64)
-        dots = e.vectors[rows] @ np.asarray(viewer_vector, np.float32) if len(rows) else np.zeros(0)
-        return ids, np.asarray(dots, np.float32)
+        return ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
 
 
 def viewer_vector(retriever: Any, store: OnlineStore, viewer: int, now_s: float) -> np.ndarray:

@@ -80,8 +80,8 @@ class RetrievalConfig(StrictConfig, frozen=True):
         60.0,
         gt=0,
         le=86400,
-        description="How often the indexed posts' priors (age, counters) are recomputed and the exact index "
-        "rebuilt with them; a search re-scores what it returns with the priors of now either way.",
+        description="How often the indexed posts' priors (age, counters) are recomputed and the index "
+        "rebuilt with them; suggestions are ranked with the priors of the last refresh.",
     )
 
 
@@ -197,12 +197,12 @@ def suggested(
 ) -> Candidates:
     """Out-of-network candidates from ``index`` (a :class:`serve.index.PostIndex`): its top posts for the
     viewer's vector (``cfg.out_of_network`` after the rules, asked ``oversample`` times as many), public
-    only, by nobody the viewer follows, blocks or is blocked by, re-scored with each post's prior now."""
-    from serve.index import tower_columns, viewer_vector
+    only, by nobody the viewer follows, blocks or is blocked by; ranked by the index's score (its priors
+    as of the last refresh, every ``cfg.prior_refresh_s``)."""
+    from serve.index import viewer_vector
 
-    retriever = index.retriever
-    u = viewer_vector(retriever, store, viewer, now_s)
-    ids, dots = index.search(u, int(cfg.out_of_network * cfg.oversample))
+    u = viewer_vector(index.retriever, store, viewer, now_s)
+    ids, score = index.search(u, int(cfg.out_of_network * cfg.oversample))
     friends, since = store.friends(viewer)
     friends = friends[since < now_s]
     blocked = store.blocked_with(viewer)
@@ -215,12 +215,7 @@ def suggested(
     keep &= ~not_public
     dropped["in_network"] = int((keep & in_net).sum())
     keep &= ~in_net
-    ids, dots = ids[keep], dots[keep]
-    if len(ids):  # the search's u · p / T plus each post's prior now
-        state_cols = tower_columns(store, viewer, ids, now_s)
-        score = dots + retriever.prior({c: state_cols[c] for c in retriever.prior_columns}, len(ids))
-    else:
-        score = np.zeros(0, np.float32)
+    ids, score = ids[keep], score[keep]
     order = np.argsort(-score, kind="stable")[: cfg.out_of_network]
     ids, score = ids[order], score[order]
     return Candidates(
