@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench.report import machine, write_section
+from bench.report import machine, publish
 from bench.retrieval import OracleBench, load_retriever, top
 from pipelines.common.runtime import REPO
 
@@ -183,9 +183,7 @@ def main(
             "",
         ]
     )
-    print(section)
-    if out is not None:
-        write_section(out, section)
+    publish(section, out)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,18 @@ def write_section(out: Path, section: str) -> None:
     """Replace the section whose ``## `` title line matches ``section``'s first line, or append it."""
     title = section.splitlines()[0]
     text = out.read_text() if out.exists() else "# Benchmark results\n\n"
+    section = section.rstrip("\n") + "\n"
     if title in text:
         head, _, rest = text.partition(title)
         nxt = rest.find("\n## ")
-        text = head + section + (rest[nxt + 1 :] if nxt >= 0 else "")
+        text = head + section + ("\n" + rest[nxt + 1 :] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     out.write_text(text)
+
+
+def publish(section: str, out: Path | None) -> None:
+    """Print a benchmark's section and, given ``out``, write it there (:func:`write_section`)."""
+    print(section)
+    if out is not None:
+        write_section(out, section)

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench.report import machine, write_section
+from bench.report import machine, publish
 from pipelines.common.runtime import REPO
 
 KS = (50, 200, 1000)
@@ -389,9 +389,7 @@ def main(
             "",
         ]
     )
-    print(section)
-    if out is not None:
-        write_section(out, section)
+    publish(section, out)
 
 
 if __name__ == "__main__":

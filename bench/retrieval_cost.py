@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bench.report import machine, write_section
+from bench.report import machine, publish
 from pipelines.common.runtime import REPO
 
 #: Friends' posts per viewer: the buckets' bounds.
@@ -88,8 +88,10 @@ def index_build(data_dir: Path, alias: str, repeats: int = 3) -> dict[str, Any]:
         for name, load in (("logged vectors", None), ("post tower here", lambda n, v: None)):
             slot = RetrieverSlot("feed-retriever", alias, 7 * 86400, "flat", data_dir, load_vectors=load)
             t = time.perf_counter()
-            slot.refresh(store, now)
+            built = slot.refresh(store, now)
             times[name].append(time.perf_counter() - t)
+            if built is None:
+                raise SystemExit(f"feed-retriever@{alias}: the index was not built (see the log)")
             info[name] = slot.info()
     return {k: {"s": statistics.median(v), **(info[k] or {})} for k, v in times.items()}
 
@@ -244,9 +246,7 @@ def main(
             "",
         ]
     )
-    print(section)
-    if out is not None:
-        write_section(out, section)
+    publish(section, out)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def pick_viewers(data_dir: Path, per_bucket: int = 32) -> dict[int, list[int]]:
     """Viewers whose candidate count (friends' posts + ``retrieval.out_of_network`` suggestions, at most
     ``ranking.max_candidates``) is within ±15% of each bucket."""
     from serve.config import load_serve_yaml
-    from serve.retrieval import RetrievalConfig, retrieve
+    from serve.retrieval import retrieve
     from serve.store import EmbeddedStore
 
     _, cfg = load_serve_yaml(REPO / "configs" / "serve.yaml")
@@ -106,7 +106,7 @@ def pick_viewers(data_dir: Path, per_bucket: int = 32) -> dict[int, list[int]]:
     store = EmbeddedStore.load(data_dir)
     now = store.as_of_s + 60
     sizes = {
-        int(u): min(cap, len(retrieve(store, int(u), now, RetrievalConfig()).post_ids) + extra)
+        int(u): min(cap, len(retrieve(store, int(u), now, cfg.retrieval).post_ids) + extra)
         for u in store.user_ids()
     }
     out = {}
@@ -270,8 +270,8 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
             else "direct ingress, Serve's Python proxy in front (no haproxy installed)."
         ),
         "",
-        "Capacity: the highest offered QPS answered in full (no error, no fallback) with p99 within the "
-        "bound.",
+        "Capacity: the offered QPS (arrivals drawn, per second) of the last step of the unbroken run from "
+        "the lowest rate up that was answered in full (no error, no fallback) with p99 within the bound.",
         "",
         "| system | candidates | " + " | ".join(f"QPS at p99 ≤ {b:.0f} ms" for b in BOUNDS_MS) + " |",
         "|---|---|" + "---:|" * len(BOUNDS_MS),
@@ -279,7 +279,7 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
     for key, by_bucket in rows.items():
         for b, steps in by_bucket.items():
             caps = [capacity(steps, bound) for bound in BOUNDS_MS]
-            cells = " | ".join("–" if c is None else f"{c:.0f}" for c in caps)
+            cells = " | ".join("–" if c is None else f"{c:.1f}" for c in caps)
             lines.append(f"| {NAMES[key]} | ~{b} | {cells} |")
     all_steps = [s for by in rows.values() for st in by.values() for s in st]
     stage_names = sorted({k for s in all_steps for k in s["stages_p50_ms"]})
@@ -298,7 +298,7 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
                 errors = s["sent"] - s["ok"]
                 stages = " | ".join(f"{s['stages_p50_ms'].get(k, float('nan')):.1f}" for k in stage_names)
                 lines.append(
-                    f"| {NAMES[key]} | ~{b} | {s['offered_qps']:.0f} | {s['answered_qps']:.1f} | "
+                    f"| {NAMES[key]} | ~{b} | {s['offered_qps']:.1f} | {s['answered_qps']:.1f} | "
                     f"{s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | {errors} | {s['fallbacks']} | "
                     f"{s['client_cpu']:.2f} | {stages} |"
                 )
@@ -321,7 +321,7 @@ def main(
     out: Annotated[Path, typer.Option(help="Markdown file to write the section into.")] = Path(
         "bench/RESULTS.md"
     ),
-    seconds: Annotated[float, typer.Option(help="Seconds per load step.")] = 12.0,
+    seconds: Annotated[float, typer.Option(help="Seconds per load step.")] = 30.0,
     rates: Annotated[str, typer.Option(help="Offered QPS steps (comma-separated).")] = DEFAULT_RATES,
     serve_mode: Annotated[
         bool, typer.Option(hidden=True, help="Internal: measure Ray Serve into --out (JSON).")

@@ -1,12 +1,13 @@
 """Out-of-network retrieval: the registered two-tower retriever and a FAISS index of post vectors.
 
 :class:`PostIndex` holds one retriever version and the vectors of the public posts of the retrieval
-window, embedded by its post tower (:meth:`models.retriever.ServableRetriever.embed_posts`) from the online
-store's columns. It is built for that version when the version is loaded, and :meth:`PostIndex.catch_up`
-embeds and adds the posts created since (this replica's ``POST /posts`` at once, other replicas' when
-their records reach this store), so a new post is retrievable within seconds of existing. A search
-returns the top posts by ``u · p / T`` (exact inner product, or HNSW at scale); the caller adds each
-returned post's prior (its state now) and applies the visibility rules.
+window (the ones logged with the version at registration, and its post tower,
+:meth:`models.retriever.ServableRetriever.embed_posts`, for the posts that came later), each with its
+prior. It is built for that version when the version is loaded, and :meth:`PostIndex.catch_up` adds the
+posts created since (this replica's ``POST /posts`` at once, other replicas' when their records reach
+this store), so a new post is retrievable within seconds of existing. A search returns the top posts by
+the whole two-tower score ``u · p / T + prior`` (exact inner product, or HNSW at scale), the priors as of
+the last refresh; the caller applies the visibility rules.
 
 :class:`RetrieverSlot` resolves the ``feed-retriever`` alias like :class:`serve.ranking.ModelSlots` does for
 the ranker: a new version's index is built aside and swapped in with one reference assignment, so a

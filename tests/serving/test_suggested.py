@@ -255,6 +255,27 @@ def test_the_index_ranks_by_the_whole_two_tower_score(world: Path) -> None:
     assert index.search(viewer_vector(retriever, store, viewer, now), 5)[0].tolist() == []
 
 
+def test_an_hnsw_index_returns_the_same_scores(world: Path) -> None:
+    """``retrieval.index: hnsw`` holds the same ``[p / T, prior]`` rows: what it returns carries the exact
+    two-tower score, and on a small corpus it finds (nearly) the exact top."""
+    from serve.index import PostIndex, two_tower_scores, viewer_vector
+    from serve.store import EmbeddedStore as Store
+
+    store = Store.load(world)
+    now = store.as_of_s + 60
+    retriever = random_retriever(world)
+    index = PostIndex(retriever, "1", 7 * 86400, kind="hnsw")
+    index.catch_up(store, now)
+    viewer = int(store.user_ids()[0])
+    ids = np.array(sorted(index.indexed), np.int64)
+    scored = two_tower_scores(retriever, store, viewer, ids, now)
+    brute = dict(zip(ids.tolist(), scored.tolist(), strict=True))
+    got, scores = index.search(viewer_vector(retriever, store, viewer, now), 20)
+    assert np.allclose(scores, [brute[p] for p in got.tolist()], atol=1e-3)
+    exact = set(sorted(brute, key=brute.__getitem__, reverse=True)[:20])
+    assert len(exact & set(got.tolist())) >= 18
+
+
 def two_tower_columns(store: Any, viewer: int, ids: np.ndarray, now: float, retriever: Any) -> dict[str, Any]:
     from serve.index import tower_columns
 

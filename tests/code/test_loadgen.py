@@ -1,0 +1,40 @@
+"""The open-loop load generator's arithmetic: capacity is an unbroken run of passing steps from the
+lowest rate, and the feed's Server-Timing header is read into stage durations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.loadgen import _server_timing, capacity, poisson_arrivals
+
+
+def step(qps: float, p99: float, ok: int = 100, sent: int = 100, fallbacks: int = 0) -> dict:
+    return {"offered_qps": qps, "p99": p99, "ok": ok, "sent": sent, "fallbacks": fallbacks}
+
+
+def test_capacity_is_the_top_of_the_unbroken_run_of_passing_steps() -> None:
+    steps = [step(10, 40), step(20, 48), step(30, 70), step(40, 45)]  # 40 passes again: noise
+    assert capacity(steps, 50) == 20
+    assert capacity(steps, 100) == 40
+    assert capacity([step(10, 60), step(20, 40)], 50) is None  # the lowest failed: no capacity
+    assert capacity([step(10, 40, ok=99)], 50) is None  # an error is a failed step
+    assert capacity([step(10, 40, fallbacks=1)], 50) is None  # so is a fallback feed
+
+
+def test_server_timing_is_read_into_stage_durations() -> None:
+    header = "retrieval;dur=3.10, ranking;dur=7.25, rerank;dur=0.90, total;dur=11.4, bad;dur=x"
+    assert _server_timing(header) == {"retrieval": 3.1, "ranking": 7.25, "rerank": 0.9, "total": 11.4}
+    assert _server_timing("") == {}
+
+
+def test_arrivals_are_a_poisson_process_over_the_whole_step() -> None:
+    rng = np.random.default_rng(0)
+    counts = [len(poisson_arrivals(40.0, 30.0, rng)) for _ in range(20)]
+    assert abs(np.mean(counts) - 1200) < 3 * np.sqrt(1200 / 20)  # mean rate x seconds
+    one = poisson_arrivals(40.0, 30.0, rng)
+    assert one.min() >= 0
+    assert one.max() < 30.0
+    assert one.max() > 29.0  # the schedule reaches the end of the step
+    assert np.all(np.diff(one) > 0)
+    halves = np.histogram(one, bins=2, range=(0, 30))[0]
+    assert abs(halves[0] - halves[1]) < 5 * np.sqrt(len(one))  # not squeezed into a part of the step
