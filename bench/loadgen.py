@@ -31,7 +31,7 @@ import typer
 BOUNDS_MS = (50.0, 100.0)
 
 
-def _server_timing(header: str) -> dict[str, float]:
+def server_timing(header: str) -> dict[str, float]:
     """``retrieval;dur=3.1, ranking;dur=7.2`` → ``{"retrieval": 3.1, "ranking": 7.2}``."""
     out = {}
     for part in header.split(","):
@@ -84,7 +84,7 @@ async def _run(
                 key = str(r.status)
                 if r.status == 200:
                     fallbacks += bool(json.loads(body).get("fallback"))
-                    for k, v in _server_timing(r.headers.get("Server-Timing", "")).items():
+                    for k, v in server_timing(r.headers.get("Server-Timing", "")).items():
                         stages.setdefault(k, []).append(v)
                 elif "Retry-After" in r.headers:
                     with contextlib.suppress(ValueError):  # seconds, or an HTTP date (not counted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.loadgen import _server_timing, capacity, poisson_arrivals
+from bench.loadgen import capacity, poisson_arrivals, server_timing
 
 
 def step(qps: float, p99: float, ok: int = 100, sent: int = 100, fallbacks: int = 0) -> dict:
@@ -23,8 +23,8 @@ def test_capacity_is_the_top_of_the_unbroken_run_of_passing_steps() -> None:
 
 def test_server_timing_is_read_into_stage_durations() -> None:
     header = "retrieval;dur=3.10, ranking;dur=7.25, rerank;dur=0.90, total;dur=11.4, bad;dur=x"
-    assert _server_timing(header) == {"retrieval": 3.1, "ranking": 7.25, "rerank": 0.9, "total": 11.4}
-    assert _server_timing("") == {}
+    assert server_timing(header) == {"retrieval": 3.1, "ranking": 7.25, "rerank": 0.9, "total": 11.4}
+    assert server_timing("") == {}
 
 
 def test_arrivals_are_a_poisson_process_over_the_whole_step() -> None:
