@@ -71,7 +71,8 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 
 def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float) -> dict[str, Any]:
     """Model input columns (length N = len(post_ids)) plus ``author_id`` and a few explanation signals:
-    ids and codes, viewer, post, friends' engagement, author, affinity, relations, content."""
+    the viewer's own columns (:func:`viewer_columns`, computed once and repeated), post, friends'
+    engagement, author, affinity, relations, content."""
     n = len(post_ids)
     counters = [f"p_{what}_{w}" for w in counter_windows(store.windows) for what in ("impressions", *ACTIONS)]
     post = store.posts(post_ids, [*POST_COLUMNS, *counters])  # every column (N, ...)
@@ -80,12 +81,16 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     auth = store.users(authors)  # every column (N, ...); found False for an unknown author
     codes, counts = post["topic_codes"], post["n_topics"]  # (N, T) int64, (N,) int64
     topics = codes[np.arange(codes.shape[1])[None, :] < counts[:, None]]  # (sum counts,) each row's, in order
-    cols: dict[str, Any] = _ids_and_codes(viewer, post_ids, post, user, auth, topics)
-    rep = lambda x: np.repeat(np.asarray(x, np.float32), n)  # noqa: E731  # scalar → (N,) float32
-    for k in VIEWER_SCALARS:
-        cols[k] = rep(user[k][0])
-    cols["u_tenure_days"] = rep(np.log1p(max(now_s - float(user["joined_s"][0]), 0) / 86400))
-    cols["u_age"] = rep(max(int(user["age"][0]), 0) / 100.0)
+    cols: dict[str, Any] = {
+        k: np.repeat(v, n, axis=0) for k, v in viewer_columns(store, viewer, now_s, user).items()
+    }
+    cols.update(
+        sp_author=authors.astype(np.int64),
+        sp_post=np.asarray(post_ids, np.int64),
+        sp_author_city=np.where(auth["found"], auth["city_code"], 0).astype(np.int64),
+        sp_modality=post["modality_code"].astype(np.int64),
+        sp_topics=Jagged(topics.astype(np.int64), counts.astype(np.int64)),
+    )
     # Post: age now, counters (counts → log1p), friends' engagement windows.
     cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)  # (N,) float32
     for k in counters:
@@ -102,31 +107,34 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     return cols
 
 
-def _ids_and_codes(
-    viewer: int,
-    post_ids: np.ndarray,
-    post: dict[str, np.ndarray],
-    user: dict[str, np.ndarray],
-    auth: dict[str, np.ndarray],
-    topics: np.ndarray,
-) -> dict[str, Any]:
-    """The sparse features: ids and categorical codes, each (N,) int64 (0 = unknown), topics jagged."""
-    n = len(post_ids)
+def viewer_columns(
+    store: OnlineStore, viewer: int, now_s: float, user: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The viewer's own input columns, one row each (``(1, ...)``): the id and profile codes, activity
+    scalars, tenure and age now, topic and modality shares. What the viewer tower reads, and what
+    :func:`assemble` repeats over a request's candidates (``user``: the viewer's store row, when read
+    already)."""
+    user = store.users(np.array([viewer], np.int64)) if user is None else user
     age = int(user["age"][0])
     bucket = int(np.searchsorted(AGE_BUCKETS, age, side="right") + 1) if age > 0 else 0
-    return {
-        "sp_viewer": np.full(n, viewer, np.int64),
-        "sp_author": post["author_id"].astype(np.int64),
-        "sp_post": np.asarray(post_ids, np.int64),
-        "sp_city": np.full(n, int(user["city_code"][0]), np.int64),
-        "sp_author_city": np.where(auth["found"], auth["city_code"], 0).astype(np.int64),
-        "sp_gender": np.full(n, int(user["gender_code"][0]), np.int64),
-        "sp_school": np.full(n, int(user["school_code"][0]), np.int64),
-        "sp_work": np.full(n, int(user["work_code"][0]), np.int64),
-        "sp_age_bucket": np.full(n, bucket, np.int64),
-        "sp_modality": post["modality_code"].astype(np.int64),
-        "sp_topics": Jagged(topics.astype(np.int64), post["n_topics"].astype(np.int64)),
+    one = lambda x: np.array([x], np.float32)  # noqa: E731  # scalar → (1,) float32
+    code = lambda x: np.array([int(x)], np.int64)  # noqa: E731  # code → (1,) int64 (0 = unknown)
+    cols: dict[str, np.ndarray] = {
+        "sp_viewer": code(viewer),
+        "sp_city": code(user["city_code"][0]),
+        "sp_gender": code(user["gender_code"][0]),
+        "sp_school": code(user["school_code"][0]),
+        "sp_work": code(user["work_code"][0]),
+        "sp_age_bucket": code(bucket),
     }
+    for k in VIEWER_SCALARS:
+        cols[k] = one(user[k][0])
+    cols["u_tenure_days"] = one(np.log1p(max(now_s - float(user["joined_s"][0]), 0) / 86400))
+    cols["u_age"] = one(max(age, 0) / 100.0)
+    cols["u_topic_share"] = np.asarray(user["u_topic_share"][:1], np.float32)  # (1, V)
+    if "u_modality_share" in user:
+        cols["u_modality_share"] = np.asarray(user["u_modality_share"][:1], np.float32)  # (1, M)
+    return cols
 
 
 def _affinity(pair: dict[str, np.ndarray], since_snapshot_s: float) -> dict[str, np.ndarray]:
@@ -190,11 +198,9 @@ def _content(post: dict[str, np.ndarray], user: dict[str, np.ndarray], topics: n
         cols["x_modality_match"] = np.where(mod >= 0, share[np.clip(mod, 0, len(share) - 1)], 0).astype(
             np.float32
         )
-        cols["u_modality_share"] = np.repeat(share[None, :], n, axis=0)  # (N, M)
     cols["p_text_len"] = np.log1p(post["text_len"]).astype(np.float32)
     cols["p_media_duration"] = np.log1p(post["media_duration_s"]).astype(np.float32)
     cols["p_n_topics"] = n_topics.astype(np.float32)
-    cols["u_topic_share"] = np.repeat(topic_share[None, :], n, axis=0)  # (N, V)
     cols["p_text_emb"] = post["p_text_emb"]  # (N, E) float32
     cols["p_media"] = post["p_media"]  # (N, D) float32
     return cols

@@ -322,6 +322,10 @@ class FeedService:
         t4 = time.perf_counter()
         self.metrics.stage("total", (t4 - t0) * 1000)
         timings = {"retrieval": t1 - t0, "ranking": t2 - t1, "rerank": t3 - t2, "total": t4 - t0}
+        if scores is not None:  # the ranking stage's parts: feature assembly and the (batched) forward
+            timings |= {k: v / 1000 for k, v in scores.timings_ms.items()}
+            for k, v in scores.timings_ms.items():
+                self.metrics.stage(k, v)
         ranked = Ranked(
             viewer=viewer,
             request_id=request_id,

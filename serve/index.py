@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.features import assemble
+from serve.features import assemble, viewer_columns
 from serve.store import VISIBILITY_CODE, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,9 @@ class PostIndex:
 
 
 def viewer_vector(retriever: Any, store: OnlineStore, viewer: int, now_s: float) -> np.ndarray:
-    """The viewer tower's vector for ``viewer`` as of now."""
-    cols = tower_columns(store, viewer, np.zeros(0, np.int64), now_s)
-    return np.asarray(retriever.embed_viewers({c: cols[c][:1] for c in retriever.viewer_columns})[0])
+    """The viewer tower's vector for ``viewer`` as of now (the viewer's own columns only)."""
+    cols = viewer_columns(store, viewer, now_s)
+    return np.asarray(retriever.embed_viewers({c: cols[c] for c in retriever.viewer_columns})[0])
 
 
 def two_tower_scores(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,12 +170,16 @@ class Scorer:
             models[id(m)] = m
         for key, idx in by_model.items():
             m = models[key]
-            cols = [
-                assemble(self.store, requests[i].viewer, requests[i].post_ids, requests[i].now_s) for i in idx
-            ]
+            cols, features_ms = [], []
+            for i in idx:
+                t = time.perf_counter()
+                cols.append(assemble(self.store, requests[i].viewer, requests[i].post_ids, requests[i].now_s))
+                features_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
             needed = m.ranker.input_columns
             merged = cols[0] if len(cols) == 1 else {c: _concat([col[c] for col in cols]) for c in needed}
             probs = m.ranker.predict(merged)  # task → (sum N,)
+            forward_ms = (time.perf_counter() - t) * 1000
             bounds = np.cumsum([0, *[len(requests[i].post_ids) for i in idx]])
             for j, i in enumerate(idx):
                 lo, hi = bounds[j], bounds[j + 1]
@@ -183,6 +188,7 @@ class Scorer:
                     signals={s: cols[j][s] for s in SIGNALS if s in cols[j]},
                     arm=m.arm,
                     version=m.version,
+                    timings_ms={"features": features_ms[j], "forward": forward_ms},
                 )
         return [results[i] for i in range(len(requests))]
 

@@ -86,7 +86,7 @@ class Slate:
             text_hash=self.text_hash[idx],
             score=self.score[idx],
             seen=self.seen[idx],
-            reasons=[self.reasons[i] for i in idx.tolist()],
+            reasons=list(map(self.reasons.__getitem__, idx.tolist())),
             suggested=self.suggested[idx],
         )
 
@@ -111,7 +111,14 @@ class Policy(Protocol):
 
 
 def _tag(reasons: list[tuple[str, ...]], mask: np.ndarray, tag: str) -> list[tuple[str, ...]]:
-    return [(*r, tag) if m else r for r, m in zip(reasons, mask.tolist(), strict=True)]
+    """``reasons`` with ``tag`` added where ``mask``: a new list, touching only the tagged entries."""
+    hit = np.flatnonzero(mask).tolist()
+    if not hit:
+        return reasons
+    out = list(reasons)
+    for i in hit:
+        out[i] = (*out[i], tag)
+    return out
 
 
 def _by_score(slate: Slate) -> Slate:

@@ -18,7 +18,7 @@ from pipelines.common.config import FeaturesConfig
 from pipelines.features.online import build_online
 from pipelines.features.rows import build_rows, load_clean, make_catalog, make_vocab
 from pipelines.features.stage import index_history
-from serve.features import assemble
+from serve.features import assemble, viewer_columns
 from serve.store import EmbeddedStore
 
 pytestmark = pytest.mark.ray
@@ -92,6 +92,17 @@ def test_serving_rows_equal_training_rows_at_the_snapshot_time(
             expected = vectors[c] if c in vectors else want[c].to_numpy()
             np.testing.assert_allclose(
                 np.asarray(got[c], np.float64), np.asarray(expected, np.float64), atol=2e-4, err_msg=c
+            )
+        # The viewer's own columns (the viewer tower's input, computed without any post) are the same.
+        own = viewer_columns(store, int(v), float(s["t"]))
+        assert {c for c in columns if c.startswith("u_")} <= set(own)
+        for c in set(own) & set(columns):
+            expected = vectors[c] if c in vectors else want[c].to_numpy()
+            np.testing.assert_allclose(
+                np.repeat(own[c], len(posts), axis=0).astype(np.float64),
+                np.asarray(expected, np.float64),
+                atol=2e-4,
+                err_msg=f"viewer_columns: {c}",
             )
         got_topics = [sorted(x) for x in got["sp_topics"].rows()]
         assert got_topics == [sorted(x) for x in want["sp_topics"]]
