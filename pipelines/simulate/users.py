@@ -111,13 +111,33 @@ class Truth:
         return out
 
 
+def shed_retry(call: Any, attempts: int = 5) -> Any:
+    """``call()`` again after the server's ``Retry-After`` (at most 5 s) while it sheds load (503), as a
+    client of the feed should; the last answer otherwise. A shed request stored nothing, so the retry of
+    a write is not a duplicate."""
+    for _ in range(attempts - 1):
+        r = call()
+        if r.status_code != 503 or "Retry-After" not in r.headers:
+            return r
+        try:
+            wait = float(r.headers["Retry-After"])
+        except ValueError:
+            wait = 1.0
+        time.sleep(min(max(wait, 0.1), 5.0))
+    return call()
+
+
 def _session(
     http: Any, url: str, token: str, user: UserLog, truth: Truth, cfg: SimConfig, rng: np.random.Generator
 ) -> tuple[int, float, int]:
     """One app open; returns (positive actions, dwell seconds, hides + reports)."""
     headers = {"Authorization": f"Bearer {token}"}
     t0 = time.perf_counter()
-    r = http.get(f"{url}/feed/{user.user_id}", params={"limit": cfg.page}, headers=headers, timeout=30)
+    r = shed_retry(
+        lambda: http.get(
+            f"{url}/feed/{user.user_id}", params={"limit": cfg.page}, headers=headers, timeout=30
+        )
+    )
     user.latencies_ms.append((time.perf_counter() - t0) * 1000)
     r.raise_for_status()
     body = r.json()
@@ -146,7 +166,9 @@ def _session(
         if negatives or rng.random() > cfg.scroll:
             break  # a hide ends the session; otherwise they may just stop scrolling
     if events:
-        resp = http.post(f"{url}/events", json={"events": events}, headers=headers, timeout=30)
+        resp = shed_retry(
+            lambda: http.post(f"{url}/events", json={"events": events}, headers=headers, timeout=30)
+        )
         if resp.status_code != 202:
             user.rejected_events += len(events)
             log.warning("events of user %d rejected: %s %s", user.user_id, resp.status_code, resp.text[:300])
