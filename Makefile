@@ -6,7 +6,7 @@
 #   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/Bs;
 #                     bench-retrieval, recall and pre-ranking against the world's oracle, and what
 #                     suggestions cost per feed;
-#                     bench-chaos, a replica killed under load)
+#                     bench-chaos, a replica killed under load; bench-int8, the ranker in int8)
 #   make simulate     simulated users against the deployed feed (after make demo)
 #   make retrain      served logs → new version → online test → promoted only if it wins (after make demo)
 #   make up / stop    the local cluster: Ray head + WORKERS worker nodes, MLflow server (+ Redis: REDIS=1)
@@ -30,7 +30,7 @@ UV_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-byteco
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-retrieval bench-chaos ui test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-retrieval bench-chaos bench-int8 ui test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -108,6 +108,9 @@ bench-retrieval: $(STAMP)
 	$(PY) -m bench.retrieval --data-dir $(DATA_DIR) --out bench/RESULTS.md
 	$(PY) -m bench.prerank --data-dir $(DATA_DIR) --out bench/RESULTS.md
 	$(PY) -m bench.retrieval_cost --data-dir $(DATA_DIR) --out bench/RESULTS.md
+
+bench-int8: $(STAMP)
+	$(PY) -m bench.int8 --data-dir $(DATA_DIR) --out bench/RESULTS.md
 
 bench-chaos: $(STAMP)
 	$(PY) -m bench.replica_kill --data-dir $(DATA_DIR) --out bench/RESULTS.md

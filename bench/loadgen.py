@@ -54,13 +54,29 @@ def poisson_arrivals(qps: float, seconds: float, rng: np.random.Generator) -> np
     return arrivals[arrivals < seconds]
 
 
+def schedule_arrivals(schedule: list[tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
+    """Arrival times of consecutive Poisson segments ``(qps, seconds)``: a load step within one run."""
+    parts, start = [], 0.0
+    for qps, seconds in schedule:
+        parts.append(start + poisson_arrivals(qps, seconds, rng))
+        start += seconds
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 async def _run(
-    base: str, users: list[tuple[int, str]], qps: float, seconds: float, timeout_s: float, seed: int
+    base: str,
+    users: list[tuple[int, str]],
+    schedule: list[tuple[float, float]],
+    timeout_s: float,
+    seed: int,
+    trace: bool = False,
 ) -> dict[str, Any]:
     import aiohttp
 
     rng = np.random.default_rng(seed)
-    arrivals = poisson_arrivals(qps, seconds, rng)
+    arrivals = schedule_arrivals(schedule, rng)
+    qps, seconds = schedule[-1][0], sum(s for _, s in schedule)
+    requests: list[tuple[float, float, str]] = []  # (arrival s, latency ms, outcome), with trace
     picks = rng.integers(0, len(users), len(arrivals))
     latency: list[float] = []  # answered (200) requests
     every: list[float] = []  # every request: a failure at the time it failed, a timeout at timeout_s
@@ -96,12 +112,15 @@ async def _run(
         status[key] = status.get(key, 0) + 1
         took = time.perf_counter() - (t0 + at)
         every.append(timeout_s if key == "timeout" else took)
+        if trace:
+            requests.append((round(at, 4), round(took * 1000, 2), key))
         if key == "200":
             latency.append(took)
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = []
+        started_at = time.time()  # wall clock of arrival time 0 (to line the trace up with other clocks)
         t0 = time.perf_counter()
         for at, k in zip(arrivals.tolist(), picks.tolist(), strict=True):
             delay = t0 + at - time.perf_counter()
@@ -118,6 +137,7 @@ async def _run(
         return float(np.percentile(a, q)) if len(a) else float("nan")
 
     return {
+        **({"trace": sorted(requests), "started_at": started_at} if trace else {}),
         "nominal_qps": qps,
         "offered_qps": sent / seconds,  # the arrivals this step actually drew
         "sent": sent,
@@ -143,9 +163,12 @@ def step(
     seconds: float,
     timeout_s: float = 10.0,
     seed: int = 0,
+    schedule: list[tuple[float, float]] | None = None,
+    trace: bool = False,
 ) -> dict[str, Any]:
     """One load step from a separate process (its own event loop and GIL); adds the CPU it used as
-    ``client_cpu`` (cores, averaged over the step)."""
+    ``client_cpu`` (cores, averaged over the step). ``schedule``: segments ``(qps, seconds)`` instead of
+    one rate; ``trace``: every request's ``(arrival s, latency ms, outcome)`` as ``trace``."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -166,6 +189,8 @@ def step(
         str(timeout_s),
         "--seed",
         str(seed),
+        *(["--schedule", ",".join(f"{q}:{t}" for q, t in schedule)] if schedule else []),
+        *(["--trace"] if trace else []),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     Path(f.name).unlink(missing_ok=True)
@@ -210,22 +235,41 @@ def capacity(steps: list[dict[str, Any]], bound_ms: float) -> float | None:
     return best
 
 
+def busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core, everything but idle and I/O wait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice")))
+
+
 def main(
     base: Annotated[str, typer.Option()],
     users_file: Annotated[Path, typer.Option(help="JSON list of [user id, bearer token].")],
-    qps: Annotated[float, typer.Option()],
+    qps: Annotated[float, typer.Option()] = 10.0,
     seconds: Annotated[float, typer.Option()] = 15.0,
+    schedule: Annotated[
+        str, typer.Option(help="Instead of --qps/--seconds: segments 'qps:seconds,...' (a load step).")
+    ] = "",
+    trace: Annotated[bool, typer.Option(help="Every request's (arrival s, latency ms, outcome).")] = False,
     timeout_s: Annotated[float, typer.Option()] = 10.0,
     seed: int = 0,
 ) -> None:
     import psutil
 
     users = [(int(u), str(t)) for u, t in json.loads(users_file.read_text())]
+    segments = (
+        [(float(q), float(t)) for q, t in (p.split(":") for p in schedule.split(","))] if schedule else []
+    )
     me = psutil.Process()
-    c0, t0 = me.cpu_times(), time.perf_counter()
-    out = asyncio.run(_run(base, users, qps, seconds, timeout_s, seed))
-    c1 = me.cpu_times()
-    out["client_cpu"] = (c1.user + c1.system - c0.user - c0.system) / (time.perf_counter() - t0)
+    c0, b0, t0 = me.cpu_times(), busy_s(), time.perf_counter()
+    out = asyncio.run(_run(base, users, segments or [(qps, seconds)], timeout_s, seed, trace))
+    c1, b1, wall = me.cpu_times(), busy_s(), time.perf_counter() - t0
+    client = c1.user + c1.system - c0.user - c0.system
+    out["client_cpu"] = client / wall
+    out["box_cpu"] = (b1 - b0) / wall  # every process of the machine: servers, Ray, HAProxy, this client
+    # CPU the machine spent per answered feed, the client's own left out (the servers' cost of a feed)
+    out["server_cpu_ms_per_feed"] = (b1 - b0 - client) * 1000 / out["ok"] if out["ok"] else float("nan")
     print(json.dumps(out))
 
 

@@ -16,8 +16,16 @@ Load is **open-loop** (:mod:`bench.loadgen`): Poisson arrivals at a fixed offere
 its own, stepped up until p99 passes a second or 5% fail. Per step: answered QPS, p50/p90/p99 from each
 request's scheduled arrival, errors, fallbacks, the load generator's CPU, and the medians of the feed's
 own stage timings (``Server-Timing``). The capacity of a system is the highest offered rate answered in
-full (no error, no fallback) with p99 within 50 ms (and within 100 ms). Writes the "Serving under load
-(issue 18)" section of ``--out``.
+full (no error, no fallback) with p99 within 50 ms (and within 100 ms). Per step also the CPU the whole
+machine spent per answered feed (the generator's own left out): the input of the scale model.
+
+Then, past capacity (``--overload``: every step run, on the ~1,000-candidate viewers): what each system
+answers, how fast, and what it sheds (Ray Serve: 503 + ``Retry-After`` past FeedIngress's
+``max_ongoing_requests`` + ``max_queued_requests``; uvicorn queues). Last, Ray Serve under a load step
+(:data:`LOAD_STEP`) with FeedIngress's ``autoscaling_config`` (replicas bounded to the 2 cores): when the
+autoscaler asked for a replica, when it answered, p99 and sheds before, during and after. Writes the
+"Serving under load (issue 18)" section of ``--out``, and every step's numbers and the autoscaling run's
+requests to ``<data dir>/serve_latency.json``.
 """
 
 from __future__ import annotations
@@ -92,6 +100,15 @@ def build_world(data_dir: Path) -> None:
         with ray_session():
             retriever = train_retriever(r_cfg, data_dir)
         MlflowClient().set_registered_model_alias("feed-retriever", "champion", retriever.version)
+
+
+def fresh_log(data_dir: Path) -> None:
+    """Forget what earlier runs served and received (``D/raw/*/serving/``): a replica replays the serving
+    log since the snapshot when it starts, so every system and every run starts from the same state.
+    (Left in place, 580 MB of earlier runs' impressions had made replicas start in ~30 s, every bench
+    viewer having "seen" most of their posts.)"""
+    for table in ("impressions", "engagements", "posts"):
+        shutil.rmtree(data_dir / "raw" / table / "serving", ignore_errors=True)
 
 
 def pick_viewers(data_dir: Path, per_bucket: int = 32) -> dict[int, list[int]]:
@@ -192,7 +209,7 @@ def sweeps(base: str, tokens: dict, viewers: dict, seconds: float, rates: list[f
     from bench.loadgen import step, sweep
 
     out = {}
-    for b in BUCKETS:
+    for b in viewers:
         if not viewers[b]:
             continue
         users = _users(viewers[b], tokens)
@@ -202,8 +219,84 @@ def sweeps(base: str, tokens: dict, viewers: dict, seconds: float, rates: list[f
     return out
 
 
-def serve_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list) -> dict:
-    """The app as configs/serve.yaml deploys it, on a Ray started for serving."""
+def overload(base: str, tokens: dict, viewers: dict, seconds: float, rates: list[float]) -> list:
+    """Steps past capacity (every one, whatever the last did) on the ~1,000-candidate viewers: what is
+    answered, how fast, and what is shed."""
+    from bench.loadgen import step
+
+    bucket = 1000 if viewers.get(1000) else next(b for b, v in viewers.items() if v)
+    users = _users(viewers[bucket], tokens)
+    out = []
+    print(f" overload, ~{bucket} candidates", flush=True)
+    for i, qps in enumerate(rates):
+        r = step(base, users, qps, seconds, seed=100 + i)
+        print(
+            f"  offered {r['offered_qps']:.1f}: answered {r['answered_qps']:.1f}, p99 {r['p99']:.1f} ms, "
+            f"status {r['status']}",
+            flush=True,
+        )
+        out.append({**r, "bucket": bucket})
+    return out
+
+
+#: The autoscaling run: this rate, then that one, on the ~1,000-candidate viewers.
+LOAD_STEP = ((10.0, 30.0), (50.0, 90.0))
+
+
+def autoscale(data_dir: Path, secret: str, base: str, tokens: dict, viewers: dict, deployments: list) -> dict:
+    """A load step against FeedIngress's ``autoscaling_config`` from configs/serve.yaml, its replicas
+    bounded to 1..2 (the 2 cores here; the file's floor of 2 is for availability): the replica count
+    over time (``serve.status()`` every 0.5 s) and every request of the step."""
+    import threading
+
+    from ray import serve
+
+    from bench.loadgen import step
+    from serve.app import compose
+
+    ingress = next(d for d in deployments if d["name"] == "FeedIngress")
+    bounded = {**ingress["autoscaling_config"], "min_replicas": 1, "max_replicas": 2}
+    others = [d for d in deployments if d["name"] != "FeedIngress"]
+    app = compose(
+        serve_args(data_dir, secret, "ingress"), [{**ingress, "autoscaling_config": bounded}, *others]
+    )
+    serve.run(app, name="feed", route_prefix="/")
+    users = _users(viewers[1000 if viewers.get(1000) else next(iter(viewers))], tokens)
+    deadline = time.time() + 60
+    while time.time() < deadline and step(base, users, 5.0, 2.0)["ok"] == 0:  # HAProxy's reload
+        time.sleep(1)
+    replicas: list[tuple[float, int, int]] = []  # (wall time, running, wanted: running + starting)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            states = serve.status().applications["feed"].deployments["FeedIngress"].replica_states
+            running = sum(n for state, n in states.items() if state == "RUNNING")  # a str enum
+            wanted = running + sum(n for state, n in states.items() if state == "STARTING")
+            replicas.append((time.time(), int(running), int(wanted)))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    print(f" autoscaling: {LOAD_STEP}", flush=True)
+    r = step(base, users, 0.0, 0.0, seed=7, schedule=list(LOAD_STEP), trace=True)
+    stop.set()
+    watcher.join()
+    serve.delete("feed")
+    return {
+        "config": bounded,
+        "step": list(LOAD_STEP),
+        "replicas": [(t - r["started_at"], n, w) for t, n, w in replicas],
+        "trace": r.pop("trace"),
+        "summary": r,
+    }
+
+
+def serve_rows(
+    data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list, over: list
+) -> dict:
+    """The app as configs/serve.yaml deploys it, on a Ray started for serving: the sweeps, the overload
+    steps, then the autoscaling run."""
     from ray import serve
 
     from pipelines.common.runtime import ray_session
@@ -213,20 +306,29 @@ def serve_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
 
     doc, _ = load_serve_yaml(REPO / "configs" / "serve.yaml")
     deployments = doc["applications"][0].get("deployments")
+    fresh_log(data_dir)
     with ray_session(env=ray_serve_env(drain_s=1.0)):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         print("Ray Serve (configs/serve.yaml)", flush=True)
         app = compose(serve_args(data_dir, secret, "ingress"), deployments)
         serve.run(app, name="feed", route_prefix="/")
-        out = sweeps(f"http://127.0.0.1:{port}", tokens, viewers, seconds, rates)
+        base = f"http://127.0.0.1:{port}"
+        out: dict[str, Any] = {"sweeps": sweeps(base, tokens, viewers, seconds, rates)}
+        out["overload"] = overload(base, tokens, viewers, seconds, over)
+        serve.delete("feed")
+        fresh_log(data_dir)
+        out["autoscale"] = autoscale(data_dir, secret, base, tokens, viewers, deployments)
         serve.shutdown()
     return out
 
 
-def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list) -> dict:
+def plain_rows(
+    data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds: float, rates: list, over: list
+) -> dict:
     import requests
 
+    fresh_log(data_dir)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -241,7 +343,11 @@ def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
             except requests.RequestException:
                 time.sleep(1)
         print("plain uvicorn, one process", flush=True)
-        return sweeps(f"http://127.0.0.1:{port}", tokens, viewers, seconds, rates)
+        base = f"http://127.0.0.1:{port}"
+        return {
+            "sweeps": sweeps(base, tokens, viewers, seconds, rates),
+            "overload": overload(base, tokens, viewers, seconds, over),
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -250,9 +356,49 @@ def plain_rows(data_dir: Path, secret: str, tokens: dict, viewers: dict, seconds
 NAMES = {"serve": "Ray Serve (configs/serve.yaml)", "plain": "plain uvicorn, 1 process"}
 
 
+def _decided(auto: dict[str, Any]) -> float | None:
+    """Seconds from the load step to the autoscaler asking for a second replica."""
+    t_step = auto["step"][0][1]
+    at = next((t for t, _, w in auto["replicas"] if t >= t_step and w >= 2), None)
+    return None if at is None else at - t_step
+
+
+def _windows(auto: dict[str, Any]) -> tuple[float | None, list[tuple[str, dict[str, float]]]]:
+    """Seconds from the load step to the second running replica, and per window of the run (before the
+    step, until the scale-up, after it) the requests, p50/p99 of the answered and the shed."""
+    t_step = auto["step"][0][1]
+    end = sum(t for _, t in auto["step"])
+    up = next((t for t, n, _ in auto["replicas"] if t >= t_step and n >= 2), None)
+    bounds = [("before the step", 0.0, t_step)]
+    if up is not None:
+        bounds += [("step → 2 replicas", t_step, up), ("2 replicas", up, end)]
+    else:
+        bounds += [("after the step (no scale-up)", t_step, end)]
+    out = []
+    for name, lo, hi in bounds:
+        rows = [r for r in auto["trace"] if lo <= r[0] < hi]
+        ok = np.array([ms for _, ms, k in rows if k == "200"])
+        out.append(
+            (
+                f"{name} ({lo:.0f}–{hi:.0f} s)",
+                {
+                    "requests": len(rows),
+                    "p50": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
+                    "p99": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
+                    "shed": sum(k == "503" for _, _, k in rows),
+                    "other": sum(k not in ("200", "503") for _, _, k in rows),
+                },
+            )
+        )
+    return (None if up is None else up - t_step), out
+
+
 def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: float, cmd: str) -> str:
     from bench.loadgen import BOUNDS_MS, capacity
 
+    ingress = next(
+        d for d in load_serve_yaml_doc()["applications"][0]["deployments"] if d["name"] == "FeedIngress"
+    )
     lines = [
         "## Serving under load (issue 18)",
         "",
@@ -265,43 +411,100 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
         + ", ".join(f"{k.split('.')[1]}={v}" for k, v in WORLD.items())
         + "; a ranker (1 epoch) and a retriever trained on it as champions. Ray Serve: "
         + (
-            f"direct ingress behind HAProxy (`{shutil.which('haproxy')}`)."
+            f"direct ingress behind HAProxy (`{shutil.which('haproxy')}`)"
             if shutil.which("haproxy")
-            else "direct ingress, Serve's Python proxy in front (no haproxy installed)."
-        ),
+            else "direct ingress, Serve's Python proxy in front (no haproxy installed)"
+        )
+        + f"; FeedIngress `max_ongoing_requests: {ingress.get('max_ongoing_requests')}`, "
+        f"`max_queued_requests: {ingress.get('max_queued_requests')}` (past them: 503 with Retry-After), "
+        f"autoscaling {ingress.get('autoscaling_config')}.",
         "",
         "Capacity: the offered QPS (arrivals drawn, per second) of the last step of the unbroken run from "
-        "the lowest rate up that was answered in full (no error, no fallback) with p99 within the bound.",
+        "the lowest rate up that was answered in full (no error, no shed request, no fallback) with p99 "
+        "within the bound.",
         "",
         "| system | candidates | " + " | ".join(f"QPS at p99 ≤ {b:.0f} ms" for b in BOUNDS_MS) + " |",
         "|---|---|" + "---:|" * len(BOUNDS_MS),
     ]
-    for key, by_bucket in rows.items():
+    sweeps = {key: {int(b): st for b, st in r["sweeps"].items()} for key, r in rows.items()}
+    for key, by_bucket in sweeps.items():
         for b, steps in by_bucket.items():
             caps = [capacity(steps, bound) for bound in BOUNDS_MS]
             cells = " | ".join("–" if c is None else f"{c:.1f}" for c in caps)
             lines.append(f"| {NAMES[key]} | ~{b} | {cells} |")
-    all_steps = [s for by in rows.values() for st in by.values() for s in st]
+    all_steps = [s for by in sweeps.values() for st in by.values() for s in st]
     stage_names = sorted({k for s in all_steps for k in s["stages_p50_ms"]})
     lines += [
         "",
         "Every step (latency from the scheduled arrival; stages: the medians of the feed's `Server-Timing`, "
-        "answered requests only; client CPU: cores the load generator used):",
+        "answered requests only; box CPU: cores the whole machine was busy, servers, Ray, HAProxy and the "
+        "load generator; CPU ms/feed: the machine's busy time less the generator's, per answered feed; "
+        "`ranking` is `features` (assembly) + `forward` (the batched forward, "
+        "shared by the requests batched together) + the wait for a batch; `outside` is p50 − the median "
+        "`total`: HTTP, authentication, the page and its JSON, and the queue before the handler; the "
+        "impression log is written after the response; client CPU: cores the load generator used):",
         "",
         "| system | candidates | offered QPS | answered QPS | p50 ms | p90 ms | p99 ms | errors | "
-        "fallbacks | client CPU | " + " | ".join(f"{k} ms" for k in stage_names) + " |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names),
+        "fallbacks | client CPU | box CPU | CPU ms/feed | "
+        + " | ".join(f"{k} ms" for k in stage_names)
+        + " | outside ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(stage_names) + 1),
     ]
-    for key, by_bucket in rows.items():
+    for key, by_bucket in sweeps.items():
         for b, steps in by_bucket.items():
             for s in steps:
                 errors = s["sent"] - s["ok"]
-                stages = " | ".join(f"{s['stages_p50_ms'].get(k, float('nan')):.1f}" for k in stage_names)
+                st = s["stages_p50_ms"]
+                stages = " | ".join(f"{st.get(k, float('nan')):.1f}" for k in stage_names)
+                outside = s["p50"] - st.get("total", float("nan"))
                 lines.append(
                     f"| {NAMES[key]} | ~{b} | {s['offered_qps']:.1f} | {s['answered_qps']:.1f} | "
                     f"{s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | {errors} | {s['fallbacks']} | "
-                    f"{s['client_cpu']:.2f} | {stages} |"
+                    f"{s['client_cpu']:.2f} | {s['box_cpu']:.2f} | {s['server_cpu_ms_per_feed']:.1f} | "
+                    f"{stages} | {outside:.1f} |"
                 )
+    lines += [
+        "",
+        "Past capacity (every step run whatever the one before did; p50/p99 of the answered requests, "
+        "p99 all: every request, a timeout counted at 10 s):",
+        "",
+        "| system | candidates | offered QPS | answered QPS | p50 ms | p99 ms | p99 all ms | shed (503) | "
+        "other failures | fallbacks | Retry-After s | box CPU | CPU ms/feed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, r in rows.items():
+        for s in r.get("overload", []):
+            shed = s["status"].get("503", 0)
+            other = s["sent"] - s["ok"] - shed
+            ra = "–" if s.get("retry_after_s") is None else f"{s['retry_after_s']:.0f}"
+            lines.append(
+                f"| {NAMES[key]} | ~{s['bucket']} | {s['offered_qps']:.1f} | {s['answered_qps']:.1f} | "
+                f"{s['p50']:.1f} | {s['p99']:.1f} | {s['p99_all']:.1f} | {shed} | {other} | {s['fallbacks']} "
+                f"| {ra} | {s['box_cpu']:.2f} | {s['server_cpu_ms_per_feed']:.1f} |"
+            )
+    auto = rows["serve"].get("autoscale")
+    if auto:
+        took, windows = _windows(auto)
+        decided = _decided(auto)
+        counts = sorted({n for _, n, _ in auto["replicas"]})
+        lines += [
+            "",
+            f"Autoscaling: a load step of {auto['step'][0][0]:.0f} QPS for {auto['step'][0][1]:.0f} s, then "
+            f"{auto['step'][1][0]:.0f} QPS for {auto['step'][1][1]:.0f} s, on ~1,000-candidate viewers, "
+            f"FeedIngress autoscaling {auto['config']} (configs/serve.yaml's, replicas bounded to the 2 "
+            f"cores). Running replicas seen: {counts}; the autoscaler asked for a second replica "
+            + ("never" if decided is None else f"{decided:.1f} s after the step")
+            + ", which was running (answering) "
+            + ("never" if took is None else f"{took:.1f} s after the step")
+            + ".",
+            "",
+            "| window | requests | p50 ms | p99 ms | shed (503) | other failures |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, w in windows:
+            lines.append(
+                f"| {name} | {w['requests']} | {w['p50']:.1f} | {w['p99']:.1f} | {w['shed']} | {w['other']} |"
+            )
     lines += [
         "",
         "Bare ranker on the same candidates (median of 5 calls × 8 viewers, 1 torch thread):",
@@ -314,6 +517,13 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
     return "\n".join(lines) + "\n"
 
 
+def load_serve_yaml_doc() -> dict[str, Any]:
+    from serve.config import load_serve_yaml
+
+    doc, _ = load_serve_yaml(REPO / "configs" / "serve.yaml")
+    return dict(doc)
+
+
 def main(
     data_dir: Annotated[Path, typer.Option(help="Bench world (built on first use).")] = Path(
         "data/bench-serve"
@@ -323,6 +533,12 @@ def main(
     ),
     seconds: Annotated[float, typer.Option(help="Seconds per load step.")] = 30.0,
     rates: Annotated[str, typer.Option(help="Offered QPS steps (comma-separated).")] = DEFAULT_RATES,
+    buckets: Annotated[str, typer.Option(help="Candidate buckets (comma-separated, of 500,1000,2000).")] = (
+        ",".join(map(str, BUCKETS))
+    ),
+    over: Annotated[
+        str, typer.Option("--overload", help="Offered QPS past capacity, every step run (comma-separated).")
+    ] = "100,150",
     serve_mode: Annotated[
         bool, typer.Option(hidden=True, help="Internal: measure Ray Serve into --out (JSON).")
     ] = False,
@@ -335,25 +551,28 @@ def main(
     data_dir = data_dir.resolve()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     build_world(data_dir)
-    viewers = pick_viewers(data_dir)
+    viewers = {b: v for b, v in pick_viewers(data_dir).items() if str(b) in buckets.split(",")}
     print({b: len(v) for b, v in viewers.items()}, flush=True)
     secret = os.environ.get("BENCH_SECRET") or secrets.token_urlsafe(32)
     auth = TokenAuth(secret)
     tokens = {u: auth.mint(u, ttl_s=7200) for us in viewers.values() for u in us}
     steps = [float(r) for r in rates.split(",")]
+    past = [float(r) for r in over.split(",") if r]
     if serve_mode:  # in its own process: Ray Serve reads its settings at import and start
-        out.write_text(json.dumps(serve_rows(data_dir, secret, tokens, viewers, seconds, steps)))
+        out.write_text(json.dumps(serve_rows(data_dir, secret, tokens, viewers, seconds, steps, past)))
         return
     bare = bare_forward(data_dir, viewers)
     print(bare, flush=True)
     rows: dict[str, dict] = {}
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, "-m", "bench.serve_latency", "--data-dir", str(data_dir), "--serve-mode"]
-        cmd += ["--seconds", str(seconds), "--rates", rates, "--out", f.name]
-        subprocess.run(cmd, check=True, env={**os.environ, "BENCH_SECRET": secret})
-        rows["serve"] = {int(k): v for k, v in json.loads(Path(f.name).read_text()).items()}
-    rows["plain"] = plain_rows(data_dir, secret, tokens, viewers, seconds, steps)
-    text = section(rows, bare, seconds, "python -m bench.serve_latency")
+        cmd += ["--seconds", str(seconds), "--rates", rates, "--buckets", buckets, "--overload", over]
+        subprocess.run([*cmd, "--out", f.name], check=True, env={**os.environ, "BENCH_SECRET": secret})
+        rows["serve"] = json.loads(Path(f.name).read_text())
+    rows["plain"] = plain_rows(data_dir, secret, tokens, viewers, seconds, steps, past)
+    raw = data_dir / "serve_latency.json"  # every step and the autoscaling trace, for a second look
+    raw.write_text(json.dumps(rows))
+    text = section(rows, bare, seconds, " ".join(["python -m bench.serve_latency", *sys.argv[1:]]))
     write_section(out, text)
     print(text)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.loadgen import capacity, poisson_arrivals, server_timing
+from bench.loadgen import capacity, poisson_arrivals, schedule_arrivals, server_timing
 
 
 def step(qps: float, p99: float, ok: int = 100, sent: int = 100, fallbacks: int = 0) -> dict:
@@ -38,3 +38,13 @@ def test_arrivals_are_a_poisson_process_over_the_whole_step() -> None:
     assert np.all(np.diff(one) > 0)
     halves = np.histogram(one, bins=2, range=(0, 30))[0]
     assert abs(halves[0] - halves[1]) < 5 * np.sqrt(len(one))  # not squeezed into a part of the step
+
+
+def test_a_schedule_steps_the_rate_within_one_run() -> None:
+    rng = np.random.default_rng(1)
+    arrivals = schedule_arrivals([(10.0, 20.0), (80.0, 20.0)], rng)
+    assert np.all(np.diff(arrivals) > 0)
+    low, high = np.sum(arrivals < 20.0), np.sum(arrivals >= 20.0)
+    assert abs(low - 200) < 4 * np.sqrt(200)
+    assert abs(high - 1600) < 4 * np.sqrt(1600)
+    assert arrivals.max() < 40.0
