@@ -20,6 +20,10 @@ Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime
   still answers on the Serve HTTP port (slower; a dying replica's in-flight requests fail; with several
   replicas a next page may land on one that lacks the list: 410), and each replica's own port is the
   fast path.
+- ``RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S=2``: replicas report their ongoing requests to the
+  autoscaler every 2 s instead of 10, so ``autoscaling_config`` can react to a load step within seconds
+  (Ray 2.60 reads the config's ``metrics_interval_s``, which configs/serve.yaml sets to 2; this variable
+  replaces it in later releases).
 - HAProxy's files (config, admin socket, server state) go to a directory of their own and its stats and
   metrics to free ports, so two Ray instances on one machine (a test session and a local cluster) do not
   share them.
@@ -59,7 +63,13 @@ def ray_serve_env(drain_s: float | None = None, state_dir: Path | None = None) -
     balancer notice; tests use less). ``state_dir``: where HAProxy keeps its files (default: a new
     temporary directory).
     """
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Replicas report their load to the autoscaler every 2 s (Ray's default 10 s). Ray 2.60 still
+        # reads autoscaling_config.metrics_interval_s (configs/serve.yaml sets it); this variable replaces
+        # that field in later releases.
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
+    }
     instance: dict[str, str] = {}  # this Ray instance's own files and ports: never inherited
     haproxy = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy")
     if haproxy:
