@@ -29,6 +29,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
     from serve.metrics import FeedMetrics
     from serve.ranking import ModelSlots, Scorer
     from serve.records import ScoreRequest, Scores
+    from serve.runtime import settle_heap
     from serve.store import EmbeddedStore
 
     torch.set_num_threads(1)
@@ -56,6 +57,7 @@ def plain_server(data_dir: Path, secret: str, port: int) -> None:
         FeedMetrics(enabled=False),
         retriever=retrieval.slot,
     )
+    settle_heap()  # as a replica does at the end of its start-up
     uvicorn.run(
         create_api(service, TokenAuth(secret), health), host="127.0.0.1", port=port, log_level="warning"
     )

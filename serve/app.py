@@ -64,6 +64,7 @@ from serve.metrics import FeedMetrics
 from serve.ranking import ModelSlots, Scorer
 from serve.records import ScoreRequest, Scores
 from serve.retrieval import Candidates, with_suggestions
+from serve.runtime import settle_heap
 from serve.store import EmbeddedStore, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class RetrievalHost:
                 now = self.clock.now()
                 if self.slot.refresh(self.store, now) is not None:
                     last_priors = now
+                    settle_heap()  # the new version's model and index live until the next swap
                 self.slot.catch_up(self.store, now)
                 if now - last_priors >= self.prior_refresh_s:
                     self.slot.refresh_priors(self.store, now)
@@ -150,7 +152,8 @@ class RankingHost:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.model.poll_s):
-            self.slots.refresh()
+            if self.slots.refresh():
+                settle_heap()  # the new version's objects live until the next swap
 
 
 def _batching(method: Any, cfg: ServeConfig) -> None:
@@ -168,6 +171,7 @@ class Ranker:
         self.store, self.sync = open_store(cfg)
         self.host = RankingHost(cfg, self.store)
         _batching(self.score, cfg)
+        settle_heap()
 
     @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
     async def score(self, requests: list[ScoreRequest]) -> list[Scores]:
@@ -193,6 +197,7 @@ class Retriever:
         self.store, self.sync = open_store(cfg)
         clock = Clock(cfg.clock.mode, self.store.as_of_s, cfg.clock.origin_s)
         self.host = RetrievalHost(cfg, self.store, clock)
+        settle_heap()
 
     async def suggest(self, viewer: int, now_s: float, in_network: Candidates, suggest: bool) -> Candidates:
         """:func:`with_suggestions` (serve.retrieval) over this replica's index, in a worker thread: the event
@@ -247,6 +252,7 @@ class FeedIngress:
             retriever=self.retrieval.slot if self.retrieval is not None else None,
             suggest_remote=self._suggest_remote if retriever is not None else None,
         )
+        settle_heap()  # what lives as long as the replica, out of the collector's full passes
 
     @serve.batch  # max_batch_size and batch_wait_timeout_s: _batching, from the config
     async def _score_here(self, requests: list[ScoreRequest]) -> list[Scores]:

