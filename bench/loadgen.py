@@ -223,13 +223,15 @@ def sweep(
     return out
 
 
-def capacity(steps: list[dict[str, Any]], bound_ms: float) -> float | None:
-    """The offered QPS of the last step of the unbroken run, from the lowest rate up, that answered
-    everything (no errors, no fallbacks) with p99 within ``bound_ms``; None if the lowest step did not.
-    A passing step above a failing one is noise, not capacity."""
+def capacity(steps: list[dict[str, Any]], bound_ms: float, max_failed: float = 0.0) -> float | None:
+    """The offered QPS of the last step of the unbroken run, from the lowest rate up, whose answered
+    requests' p99 was within ``bound_ms`` and that failed at most ``max_failed`` of its requests (an
+    error, a shed request or a fallback feed: 0, everything answered in full); None if the lowest step
+    did not. A passing step above a failing one is noise, not capacity."""
     best = None
     for s in sorted(steps, key=lambda s: s["offered_qps"]):
-        if not (s["p99"] <= bound_ms and s["ok"] == s["sent"] and s["fallbacks"] == 0):
+        failed = s["sent"] - s["ok"] + s["fallbacks"]
+        if not (s["p99"] <= bound_ms and failed <= max_failed * s["sent"]):
             break
         best = s["offered_qps"]
     return best

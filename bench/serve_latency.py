@@ -393,11 +393,20 @@ def _windows(auto: dict[str, Any]) -> tuple[float | None, list[tuple[str, dict[s
     return (None if up is None else up - t_step), out
 
 
-def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: float, cmd: str) -> str:
+def section(
+    rows: dict[str, dict],
+    bare: dict[int, dict[str, float]],
+    seconds: float,
+    cmd: str,
+    serve_yaml: Path = REPO / "configs" / "serve.yaml",
+) -> str:
+    """The RESULTS section of a run (``serve_yaml``: the Serve config it ran with)."""
     from bench.loadgen import BOUNDS_MS, capacity
 
     ingress = next(
-        d for d in load_serve_yaml_doc()["applications"][0]["deployments"] if d["name"] == "FeedIngress"
+        d
+        for d in load_serve_yaml_doc(serve_yaml)["applications"][0]["deployments"]
+        if d["name"] == "FeedIngress"
     )
     lines = [
         "## Serving under load (issue 18)",
@@ -416,20 +425,27 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
             else "direct ingress, Serve's Python proxy in front (no haproxy installed)"
         )
         + f"; FeedIngress `max_ongoing_requests: {ingress.get('max_ongoing_requests')}`, "
-        f"`max_queued_requests: {ingress.get('max_queued_requests')}` (past them: 503 with Retry-After), "
-        f"autoscaling {ingress.get('autoscaling_config')}.",
+        + (
+            f"`max_queued_requests: {ingress['max_queued_requests']}` (past them: 503 with Retry-After), "
+            if ingress.get("max_queued_requests") is not None
+            else "no `max_queued_requests` (no shedding: every request waits its turn), "
+        )
+        + f"autoscaling {ingress.get('autoscaling_config')}.",
         "",
         "Capacity: the offered QPS (arrivals drawn, per second) of the last step of the unbroken run from "
-        "the lowest rate up that was answered in full (no error, no shed request, no fallback) with p99 "
-        "within the bound.",
+        "the lowest rate up whose answered requests' p99 was within the bound, and that answered every "
+        "request in full (no error, no shed request, no fallback); and, closer to MLPerf's server "
+        "scenario (99% of queries within the bound), that failed at most 1% of its requests that way.",
         "",
-        "| system | candidates | " + " | ".join(f"QPS at p99 ≤ {b:.0f} ms" for b in BOUNDS_MS) + " |",
-        "|---|---|" + "---:|" * len(BOUNDS_MS),
+        "| system | candidates | "
+        + " | ".join(f"QPS at p99 ≤ {b:.0f} ms | ≤ {b:.0f} ms, ≤ 1% failed" for b in BOUNDS_MS)
+        + " |",
+        "|---|---|" + "---:|" * (2 * len(BOUNDS_MS)),
     ]
     sweeps = {key: {int(b): st for b, st in r["sweeps"].items()} for key, r in rows.items()}
     for key, by_bucket in sweeps.items():
         for b, steps in by_bucket.items():
-            caps = [capacity(steps, bound) for bound in BOUNDS_MS]
+            caps = [capacity(steps, bound, tol) for bound in BOUNDS_MS for tol in (0.0, 0.01)]
             cells = " | ".join("–" if c is None else f"{c:.1f}" for c in caps)
             lines.append(f"| {NAMES[key]} | ~{b} | {cells} |")
     all_steps = [s for by in sweeps.values() for st in by.values() for s in st]
@@ -517,10 +533,10 @@ def section(rows: dict[str, dict], bare: dict[int, dict[str, float]], seconds: f
     return "\n".join(lines) + "\n"
 
 
-def load_serve_yaml_doc() -> dict[str, Any]:
+def load_serve_yaml_doc(path: Path) -> dict[str, Any]:
     from serve.config import load_serve_yaml
 
-    doc, _ = load_serve_yaml(REPO / "configs" / "serve.yaml")
+    doc, _ = load_serve_yaml(path)
     return dict(doc)
 
 

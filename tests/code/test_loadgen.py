@@ -21,6 +21,13 @@ def test_capacity_is_the_top_of_the_unbroken_run_of_passing_steps() -> None:
     assert capacity([step(10, 40, fallbacks=1)], 50) is None  # so is a fallback feed
 
 
+def test_capacity_may_tolerate_a_share_of_failed_requests() -> None:
+    steps = [step(10, 40), step(20, 45, ok=99, sent=100), step(30, 48, ok=97, sent=100)]
+    assert capacity(steps, 50) == 10  # one shed request fails the strict rule
+    assert capacity(steps, 50, max_failed=0.01) == 20  # at most 1% shed, failed or fallen back
+    assert capacity([step(10, 40, ok=99, fallbacks=1)], 50, max_failed=0.01) is None  # 2 of 100
+
+
 def test_server_timing_is_read_into_stage_durations() -> None:
     header = "retrieval;dur=3.10, ranking;dur=7.25, rerank;dur=0.90, total;dur=11.4, bad;dur=x"
     assert server_timing(header) == {"retrieval": 3.1, "ranking": 7.25, "rerank": 0.9, "total": 11.4}
