@@ -111,7 +111,8 @@ class Policy(Protocol):
 
 
 def _tag(reasons: list[tuple[str, ...]], mask: np.ndarray, tag: str) -> list[tuple[str, ...]]:
-    """``reasons`` with ``tag`` added where ``mask``: a new list, touching only the tagged entries."""
+    """``reasons`` with ``tag`` added where ``mask``: a new list touching only the tagged entries (``reasons``
+    itself when nothing is tagged; lists are never changed in place, so slates may share one)."""
     hit = np.flatnonzero(mask).tolist()
     if not hit:
         return reasons
