@@ -2,7 +2,7 @@
 #   make setup        CPU dependency set into .venv (GPU=1 for the CUDA set: fbgemm-gpu, nccl)
 #   make demo         the main job: local cluster + MLflow server, stages as Ray jobs, the feed deployed
 #   make demo-local   the same in one process (local Ray, embedded MLflow store)
-#   make test         lint + type check + the whole test suite
+#   make test         lint + type check + the whole test suite (the page's in Debian's Chromium)
 #   make bench        figures for bench/RESULTS.md (after make demo: bench-online, the simulated A/Bs;
 #                     bench-retrieval, recall and pre-ranking against the world's oracle, and what
 #                     suggestions cost per feed;
@@ -30,7 +30,7 @@ UV_INSTALL := $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-byteco
 STAMP := $(VENV)/.installed-$(VARIANT)
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev demo demo-local simulate retrain bench-online bench-retrieval bench-chaos bench-int8 ui test lint typecheck bench clean-data up stop status image
+.PHONY: setup setup-dev browser demo demo-local simulate retrain bench-online bench-retrieval bench-chaos bench-int8 ui test lint typecheck bench clean-data up stop status image
 
 $(STAMP): requirements/base.txt requirements/$(VARIANT).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,8 +77,16 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+test: lint typecheck browser
 	$(VENV)/bin/pytest
+
+# The page's browser tests (tests/serving/test_page.py) drive Debian's Chromium; Playwright's own browser
+# download is not used. Installed with apt where this runs as root, else the tests say they did not run.
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		echo "NOTE: chromium is not installed (apt install chromium): the page's browser tests will not run"
 
 bench: $(STAMP)
 ifeq ($(GPU),1)

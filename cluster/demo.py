@@ -114,10 +114,13 @@ def submit(
 def deploy(
     dashboard: str, serve_config: Path, data_dir: Path, state_dir: Path, env: dict[str, str]
 ) -> tuple[Path, dict]:
-    """``serve deploy`` the Serve config with its data dir made absolute; returns the file deployed."""
+    """``serve deploy`` the Serve config onto the local demo cluster, its data dir made absolute and the
+    page's demo sign-in on (``auth.dev_tokens``); returns the file deployed."""
     doc = yaml.safe_load(serve_config.read_text())
     for app in doc["applications"]:
         app["args"]["data_dir"] = str(data_dir)
+        # A demo cluster: the page at / lets a visitor sign in as any user (off in configs/serve.yaml).
+        app["args"].setdefault("auth", {})["dev_tokens"] = True
     # Every node of the local cluster is this machine: one proxy (HAProxy, serve/runtime.py) binds the
     # Serve port and its stats and metrics ports; one per node would fight over them and crash in a loop.
     doc["proxy_location"] = "HeadOnly"
@@ -268,12 +271,13 @@ def main(
     token = job.auth.mint(job.viewers[0], ttl_s=3600)
     base = job.feed_url
     console.print(
-        f"Feed:        {base}/feed/{{user_id}}   (OpenAPI docs: {base}/docs)\n"
+        f"Feed API:    {base}/feed/{{user_id}}   (OpenAPI docs: {base}/docs)\n"
         f"MLflow UI:   {job.status['mlflow']['url']}   "
         "(promote: Models → feed-ranker or feed-retriever → a version → aliases → champion)\n"
         f"Ray:         {job.status['ray']['dashboard']}\n"
         f"Try:         curl -H 'Authorization: Bearer {token}' '{base}/feed/{job.viewers[0]}?limit=5'\n"
-        "Stop it all:  make stop",
+        "Stop it all:  make stop\n"
+        f"The page:    {base}/   (sign in as a demo user, e.g. User {job.viewers[0]}; scroll, like, hide)",
         soft_wrap=True,
     )
 

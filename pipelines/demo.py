@@ -150,7 +150,7 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     doc, cfg = load_serve_yaml(serve_config)
     secret = os.environ.get(cfg.auth.secret_env) or secrets.token_urlsafe(32)
     args = cfg.model_dump(mode="json") | {"data_dir": str(data_dir)}
-    args["auth"] = {**args["auth"], "secret": secret}
+    args["auth"] = {**args["auth"], "secret": secret, "dev_tokens": True}  # the page's demo sign-in
     http = doc.get("http_options", {})
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     serve.start(http_options={"host": host, "port": port})
@@ -168,7 +168,8 @@ def serve_feed(console: Console, data_dir: Path, serve_config: Path, keep_servin
     token = auth.mint(viewers[0], ttl_s=3600)
     console.print(
         f"Feed: {base}/feed/{{user_id}} (OpenAPI docs: {base}/docs). Try:\n"
-        f"  curl -H 'Authorization: Bearer {token}' '{base}/feed/{viewers[0]}?limit=5'",
+        f"  curl -H 'Authorization: Bearer {token}' '{base}/feed/{viewers[0]}?limit=5'\n"
+        f"The page: {base}/  (sign in as a demo user, e.g. {viewers[0]})",
         soft_wrap=True,
     )
     if keep_serving:

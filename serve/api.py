@@ -8,6 +8,7 @@
   stored.
 - ``POST /posts`` (token of the author): 201; 401; 404; 413; 422.
 - ``GET /healthz``: 200 with the served model versions; 503 while no model is loaded.
+- ``GET /``: the web page (:mod:`serve.page`), a client of the routes above; ``/dev/*`` in a demo only.
 
 Client input never gets a 5xx. A request to a user route is authenticated from its headers before its body
 is read (:class:`AuthFirst`); a body over ``feed.max_body_bytes`` is 413 from its ``Content-Length`` or as
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipelines.common import schema
 from serve.auth import AuthError, TokenAuth
 from serve.feed import FeedError, FeedService
+from serve.page import add_dev_sign_in, add_page
 from serve.records import ClientEvent, PostDraft
 
 INT64_MAX = 2**63 - 1
@@ -73,7 +75,12 @@ class Item(BaseModel):
     created_at: str
     modality: str
     text: str
-    score: float
+    topics: list[str] = Field(description="The post's topics the model knows (its vocabulary's).")
+    score: float = Field(description="The value model's score after re-ranking: the feed's order.")
+    value: float | None = Field(
+        description="The value model's score before re-ranking (feed.value_weights · probabilities); null "
+        "in a fallback feed."
+    )
     probabilities: dict[str, float] | None = Field(None, description="Per task; null in a fallback feed.")
     expected_dwell_s: float | None
     why: str = Field(description="A short reason this post is in the feed.")
@@ -295,4 +302,7 @@ def create_api(
         ok = bool(info.get("models"))
         return JSONResponse({"status": "ok" if ok else "no model", **info}, status_code=200 if ok else 503)
 
+    add_page(api)
+    if service.cfg.auth.dev_tokens:
+        add_dev_sign_in(api, service, auth)
     return api

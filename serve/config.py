@@ -80,6 +80,12 @@ class AuthConfig(StrictConfig, frozen=True):
     secret: str | None = Field(None, description="The secret itself (tests, demo); prefer secret_env.")
     issuer: str = "ray-feed"
     leeway_s: int = Field(30, ge=0)
+    dev_tokens: bool = Field(
+        False,
+        description="Demo sign-in: GET /dev/users lists users to try and POST /dev/token mints a token for "
+        "any user, without a password. Only for a demo (make demo turns it on); off, both routes are 404.",
+    )
+    dev_token_ttl_s: int = Field(3600, ge=60, le=86400, description="Lifetime of a /dev/token token.")
 
 
 class FeedConfig(StrictConfig, frozen=True):

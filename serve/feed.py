@@ -134,6 +134,10 @@ def _tag_codes(reasons: list[tuple[str, ...]]) -> dict[str, Any]:
     return {"tag_codes": codes, "tag_sets": tuple(distinct)}
 
 
+#: What a page shows of each post.
+PAGE_COLUMNS = ("author_id", "created_s", "modality", "text", "topic_codes", "n_topics")
+
+
 def _snippet(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
@@ -244,6 +248,8 @@ class FeedService:
         secret = (cfg.auth.secret or os.environ.get(cfg.auth.secret_env, "")).encode()
         self._cursor_key = hashlib.sha256(b"cursor:" + secret).digest()
         self._signer = ImpressionSigner(secret)  # every replica signs alike
+        #: topic code → name (the features' vocabulary; a topic it does not know has no name to show)
+        self._topic_names = {code: name for name, code in store.vocab.get("topic", {}).items() if code}
         self._claims = threading.Lock()
         self._pending: set[str] = set()  # record ids being written by a request of this replica
 
@@ -277,9 +283,12 @@ class FeedService:
     def _page(self, ranked: Ranked, offset: int, limit: int) -> list[FeedItem]:
         """The response items of positions ``[offset, offset + limit)``."""
         ids = ranked.post_ids[offset : offset + limit]
-        post = self.store.posts(ids, ("author_id", "created_s", "modality", "text"))
+        post = self.store.posts(ids, PAGE_COLUMNS)
         newest_first = ranked.fallback is not None or ranked.model.arm == CHRONOLOGICAL
         probs = ranked.probs
+        on_page = {t: v[offset : offset + len(ids)] for t, v in probs.items()}
+        value = value_score(on_page, self.cfg.feed.value_weights) if probs else None
+        names, codes, n_topics = self._topic_names, post["topic_codes"], post["n_topics"]
         items = []
         for j, pid in enumerate(ids.tolist()):
             k = offset + j
@@ -290,7 +299,9 @@ class FeedService:
                     created_at=dt.datetime.fromtimestamp(float(post["created_s"][j]), dt.UTC).isoformat(),
                     modality=str(post["modality"][j]),
                     text=_snippet(str(post["text"][j]), self.cfg.feed.snippet_chars),
+                    topics=[names[c] for c in codes[j, : n_topics[j]].tolist() if c in names],
                     score=float(ranked.scores[k]),
+                    value=float(value[j]) if value is not None else None,
                     probabilities={t: float(probs[t][k]) for t in TASKS if t != "dwell"} if probs else None,
                     expected_dwell_s=float(probs["dwell"][k]) / 1000.0 if probs else None,
                     why=_why(ranked.signals, k, ranked.tags(k), newest_first, bool(ranked.suggested[k])),

@@ -73,7 +73,9 @@ class FeedItem:
     created_at: str  # ISO 8601 UTC
     modality: str
     text: str  # a snippet
+    topics: list[str]  # the post's topics in the model's vocabulary
     score: float  # value-model score after re-ranking
+    value: float | None  # the value model's score before re-ranking; None in a fallback feed
     probabilities: dict[str, float] | None  # per task but dwell; None in a fallback feed
     expected_dwell_s: float | None
     why: str

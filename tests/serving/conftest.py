@@ -1,8 +1,9 @@
 """The feed deployed once per test session on the shared Ray instance, over a copy of the published tiny
 world (online snapshot, features, MLflow registry with two ranker versions).
 
-Two applications: ``feed`` at ``/`` (ranker in its own deployment behind a handle, challenger at 50%) and
-``degraded`` at ``/degraded`` (ranker inside the ingress, aliases pointing nowhere: every feed falls back).
+Two applications: ``feed`` at ``/`` (ranker in its own deployment behind a handle, challenger at 50%, the
+page's demo sign-in on) and ``degraded`` at ``/degraded`` (ranker inside the ingress, aliases pointing
+nowhere: every feed falls back; the demo sign-in off, as by default).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def feed(ray_cluster: None, serve_dir: Path, published: Runs) -> Iterator[Feed]:
         compose(
             {
                 **common,
+                "auth": {"secret": SECRET, "dev_tokens": True},  # the page's demo sign-in (test_page.py)
                 "model": {"poll_s": 0.5, "challenger_traffic": 0.5},
                 "ranking": {"placement": "deployment", "timeout_s": 10.0},
             },

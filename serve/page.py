@@ -1,0 +1,99 @@
+"""The feed's web page, served by the same app as the API: ``GET /`` and ``/static/*`` (``serve/static/``).
+
+The page is plain HTML, CSS and one JavaScript module: no build step, no framework, nothing fetched from
+elsewhere (its Content-Security-Policy allows this origin only). It is a client of the public API like any
+other — ``GET /feed``, ``POST /events``, ``POST /posts`` with a bearer token — so what it shows is what the
+API serves, and ``serve/static/app.js`` reads as a reference client.
+
+Signing in: a token pasted into the page, or, when ``auth.dev_tokens`` is on (``make demo`` turns it on;
+off by default, and then these routes are 404):
+
+- ``GET /dev/users`` → ``{"users": [{"user_id", "friends", "friends_posts"}]}``: users whose friends posted
+  most in the retrieval window, to try the feed as;
+- ``POST /dev/token`` ``{"user_id": N}`` → ``{"token", "user_id", "expires_in_s"}``; 404 unknown user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from serve.auth import TokenAuth
+from serve.feed import FeedError, FeedService
+
+STATIC = Path(__file__).with_name("static")
+#: The page loads its script, style and data from this origin only; user text is never markup.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+#: How many users ``/dev/users`` proposes, and how long its answer is kept.
+DEMO_USERS, DEMO_USERS_TTL_S = 12, 60.0
+
+
+class DevTokenIn(BaseModel):
+    user_id: int = Field(ge=0, le=2**63 - 1)
+
+
+class DevTokenOut(BaseModel):
+    token: str
+    user_id: int
+    expires_in_s: int
+
+
+def demo_users(service: FeedService, n: int = DEMO_USERS) -> list[dict[str, int]]:
+    """Up to ``n`` users with the most posts by friends in the retrieval window: among the window's most
+    active authors (their friends are likely active too), those whose feeds have the most to rank."""
+    store, now = service.store, service.clock.now()
+    since = now - service.cfg.retrieval.window_days * 86400
+    recent = store.recent_posts(since, now)
+    if not len(recent):
+        return []
+    authors, counts = np.unique(store.posts(recent, ("author_id",))["author_id"], return_counts=True)
+    out = []
+    for user in authors[np.argsort(-counts, kind="stable")][: 10 * n].tolist():
+        friends, _ = store.friends(int(user))
+        posts = len(store.posts_by(friends, since, now)) if len(friends) else 0
+        out.append({"user_id": int(user), "friends": len(friends), "friends_posts": posts})
+    out.sort(key=lambda u: (-u["friends_posts"], u["user_id"]))
+    return out[:n]
+
+
+def add_page(api: FastAPI) -> None:
+    """``GET /`` (the page) and ``/static/*`` (its script and style) on ``api``."""
+    security = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+
+    @api.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        # Behind a route prefix, Starlette redirects <prefix> to <prefix>/: the page's relative URLs (its
+        # files, the API) then resolve inside the app.
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", **security})
+
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def add_dev_sign_in(api: FastAPI, service: FeedService, auth: TokenAuth) -> None:
+    """``GET /dev/users`` and ``POST /dev/token`` on ``api``: only where ``auth.dev_tokens`` is on."""
+    cached: dict[str, Any] = {"at": -DEMO_USERS_TTL_S, "users": []}
+    ttl = service.cfg.auth.dev_token_ttl_s
+
+    @api.get("/dev/users", tags=["demo"], summary="Users to try the feed as (auth.dev_tokens only)")
+    async def dev_users() -> dict[str, Any]:
+        if time.monotonic() - cached["at"] > DEMO_USERS_TTL_S:
+            cached["users"] = await asyncio.to_thread(demo_users, service)
+            cached["at"] = time.monotonic()
+        return {"users": cached["users"]}
+
+    @api.post("/dev/token", tags=["demo"], response_model=DevTokenOut, summary="A token for any user (demo)")
+    def dev_token(body: DevTokenIn) -> dict[str, Any]:
+        if not service.store.has_user(body.user_id):
+            raise FeedError(404, f"unknown user {body.user_id}")
+        return {"token": auth.mint(body.user_id, ttl_s=ttl), "user_id": body.user_id, "expires_in_s": ttl}
