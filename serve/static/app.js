@@ -403,7 +403,7 @@ function TASKS(probs) {
 }
 
 // ------------------------------------------------------------------------------------------ actions
-function event(type, item, extra = {}) {
+function engagement(type, item, extra = {}) {
   return { type, post_id: item.post_id, impression_id: item.impression_id, event_id: uuid(), ...extra };
 }
 
@@ -414,7 +414,7 @@ async function send(events, keepalive = false) {
 function once(card, type, item) {
   if (card.dataset[type]) return;
   card.dataset[type] = "sent";
-  send([event(type, item)]).catch((e) => {
+  send([engagement(type, item)]).catch((e) => {
     delete card.dataset[type];
     if (e.status !== 401) toast(`Could not record the ${type}: ${e.message}`, true);
   });
@@ -426,7 +426,7 @@ function action(type, label, done, item) {
     if (button.getAttribute("aria-pressed") === "true" || button.dataset.busy) return;
     button.dataset.busy = "1";
     try {
-      await send([event(type, item)]);
+      await send([engagement(type, item)]);
       button.setAttribute("aria-pressed", "true");
       button.textContent = done;
     } catch (e) {
@@ -451,7 +451,7 @@ function remover(type, label, done, item) {
     rememberHidden(item.post_id);
     if (focusNext) focusCard(next && next.matches("article") ? next : $("feed").querySelector("article:last-of-type"));
     try {
-      await send([event(type, item)]);
+      await send([engagement(type, item)]);
       toast(done);
     } catch (e) {
       state.hidden.delete(item.post_id);
@@ -491,7 +491,7 @@ function endStretch(card, since, now) {
   const ms = Math.round(now - since);
   if (ms < MIN_VIEW_MS) return;
   const item = { post_id: Number(card.dataset.postId), impression_id: card.dataset.impressionId };
-  views.push(event("view", item, { dwell_ms: Math.min(ms, MAX_DWELL_MS) }));
+  views.push(engagement("view", item, { dwell_ms: Math.min(ms, MAX_DWELL_MS) }));
 }
 
 function stopView(card) {
