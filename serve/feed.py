@@ -621,13 +621,15 @@ class FeedService:
         now = self.clock.now()
         if idempotency_key:
             digest = hmac.new(self._cursor_key, f"post:{author}:{idempotency_key}".encode(), hashlib.sha256)
-            post_id = int.from_bytes(digest.digest()[:8], "little") & ((1 << 62) - 1)
+            post_id = new_post_id(digest.digest())
             if self.store.applied([f"post:{post_id}"])[0]:
                 return PostCreated(
                     post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
                 )
         else:
-            post_id = (int(time.time() * 1000) << 20) | int.from_bytes(os.urandom(3), "little") & 0xFFFFF
+            post_id = new_post_id(os.urandom(8))
+            while self.store.applied([f"post:{post_id}"])[0]:  # taken (about 1 in 10^10 at a million posts)
+                post_id = new_post_id(os.urandom(8))
         draft = NewPost(  # checked by the contract before the text is embedded
             post_id=post_id,
             author_id=author,
@@ -661,6 +663,16 @@ class FeedService:
             except Exception as e:  # the post is stored; the index catches up at its next poll
                 log.warning("indexing post %d failed (%s: %s)", post_id, type(e).__name__, e)
         return PostCreated(post_id=post_id, created_at=dt.datetime.fromtimestamp(now, dt.UTC).isoformat())
+
+
+def new_post_id(entropy: bytes) -> int:
+    """A new post's id from 8 bytes of entropy: in [2^52, 2^53), above any small id a log already uses and
+    exact as a JavaScript number (JSON clients in browsers read ids as doubles, exact only to 2^53).
+
+    >>> 2**52 <= new_post_id(bytes(8)) < new_post_id(bytes([255] * 8)) < 2**53
+    True
+    """
+    return (1 << 52) | (int.from_bytes(entropy[:8], "little") & ((1 << 52) - 1))
 
 
 def _served(ranked: Ranked, item: FeedItem, served_at_ms: int) -> ServedImpression:

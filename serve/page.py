@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve.auth import TokenAuth
 from serve.feed import FeedError, FeedService
@@ -35,11 +35,12 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-#: How many users ``/dev/users`` proposes, and how long its answer is kept.
-DEMO_USERS, DEMO_USERS_TTL_S = 12, 60.0
+#: How many users ``/dev/users`` proposes, how long its answer is kept, and how many recent posts it reads.
+DEMO_USERS, DEMO_USERS_TTL_S, DEMO_USERS_POSTS = 12, 60.0, 5000
 
 
 class DevTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     user_id: int = Field(ge=0, le=2**63 - 1)
 
 
@@ -50,21 +51,34 @@ class DevTokenOut(BaseModel):
 
 
 def demo_users(service: FeedService, n: int = DEMO_USERS) -> list[dict[str, int]]:
-    """Up to ``n`` users with the most posts by friends in the retrieval window: among the window's most
-    active authors (their friends are likely active too), those whose feeds have the most to rank."""
+    """Up to ``n`` users with the most posts by friends in the retrieval window: among the most active
+    authors of (at most ``DEMO_USERS_POSTS``) recent posts, whose friends are likely active too, those whose
+    feeds have the most to rank. Bounded reads: ``10 n`` users' friends and their posts."""
     store, now = service.store, service.clock.now()
     since = now - service.cfg.retrieval.window_days * 86400
     recent = store.recent_posts(since, now)
     if not len(recent):
         return []
+    recent = recent[:: -(-len(recent) // DEMO_USERS_POSTS)]  # an even sample, DEMO_USERS_POSTS at most
     authors, counts = np.unique(store.posts(recent, ("author_id",))["author_id"], return_counts=True)
     out = []
     for user in authors[np.argsort(-counts, kind="stable")][: 10 * n].tolist():
-        friends, _ = store.friends(int(user))
+        friends, began = store.friends(int(user))
+        friends = friends[began < now]
         posts = len(store.posts_by(friends, since, now)) if len(friends) else 0
         out.append({"user_id": int(user), "friends": len(friends), "friends_posts": posts})
     out.sort(key=lambda u: (-u["friends_posts"], u["user_id"]))
     return out[:n]
+
+
+class _Revalidated(StaticFiles):
+    """Static files a browser revalidates (ETag) before each use: a new version's script is never mixed
+    with an old page."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def add_page(api: FastAPI) -> None:
@@ -77,19 +91,21 @@ def add_page(api: FastAPI) -> None:
         # files, the API) then resolve inside the app.
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", **security})
 
-    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+    api.mount("/static", _Revalidated(directory=STATIC), name="static")
 
 
 def add_dev_sign_in(api: FastAPI, service: FeedService, auth: TokenAuth) -> None:
     """``GET /dev/users`` and ``POST /dev/token`` on ``api``: only where ``auth.dev_tokens`` is on."""
     cached: dict[str, Any] = {"at": -DEMO_USERS_TTL_S, "users": []}
+    computing = asyncio.Lock()  # one computation at a time; the others wait for its answer
     ttl = service.cfg.auth.dev_token_ttl_s
 
     @api.get("/dev/users", tags=["demo"], summary="Users to try the feed as (auth.dev_tokens only)")
     async def dev_users() -> dict[str, Any]:
-        if time.monotonic() - cached["at"] > DEMO_USERS_TTL_S:
-            cached["users"] = await asyncio.to_thread(demo_users, service)
-            cached["at"] = time.monotonic()
+        async with computing:
+            if time.monotonic() - cached["at"] > DEMO_USERS_TTL_S:
+                cached["users"] = await asyncio.to_thread(demo_users, service)
+                cached["at"] = time.monotonic()
         return {"users": cached["users"]}
 
     @api.post("/dev/token", tags=["demo"], response_model=DevTokenOut, summary="A token for any user (demo)")

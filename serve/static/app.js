@@ -31,6 +31,16 @@ const el = (tag, props = {}, ...children) => {
   return node;
 };
 
+// Ids are int64 in the API, but JavaScript numbers are exact only up to 2^53: ids are kept as their exact
+// decimal text (JSON.parse's reviver sees the source) and sent back as raw JSON numbers.
+const ID_KEYS = new Set(["post_id", "author_id", "user_id"]);
+function parseJSON(text) {
+  return JSON.parse(text, (key, value, context) =>
+    ID_KEYS.has(key) && typeof value === "number" && context && context.source !== undefined ? context.source : value);
+}
+const idJSON = (id) => (JSON.rawJSON ? JSON.rawJSON(String(id)) : Number(id));
+const hue = (id) => Number(String(id).slice(-3)) % 8;
+
 function uuid() {
   if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts (https, localhost)
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -40,14 +50,15 @@ function uuid() {
 // ------------------------------------------------------------------------------------------ state
 const state = {
   token: null,
-  user: null,
-  exp: 0, // token expiry, epoch seconds
+  user: null, // the signed-in user's id, as text
   cursor: null,
   loading: false,
+  stalled: false, // a page failed: no more automatic loads until "Try again"
+  clockOffsetMs: 0, // serving time minus this browser's clock (the feed may run on a snapshot's clock)
   generation: 0, // bumped by every refresh: late answers to an older feed are dropped
   pages: 0,
-  shown: new Set(), // post ids on screen (a post is never shown twice in one feed)
-  hidden: new Set(), // post ids this user hid or reported (kept in localStorage)
+  shown: new Set(), // post ids (text) on screen: a post is never shown twice in one feed
+  hidden: new Set(), // post ids (text) this user hid or reported, kept in localStorage
 };
 
 function hiddenKey() {
@@ -56,19 +67,17 @@ function hiddenKey() {
 
 function loadHidden() {
   try {
-    state.hidden = new Set(JSON.parse(localStorage.getItem(hiddenKey()) || "[]"));
+    state.hidden = new Set(JSON.parse(localStorage.getItem(hiddenKey()) || "[]").map(String));
   } catch {
     state.hidden = new Set();
   }
 }
 
-function rememberHidden(postId) {
-  state.hidden.add(postId);
-  const recent = Array.from(state.hidden).slice(-2000);
+function saveHidden() {
   try {
-    localStorage.setItem(hiddenKey(), JSON.stringify(recent));
+    localStorage.setItem(hiddenKey(), JSON.stringify(Array.from(state.hidden).slice(-2000)));
   } catch {
-    /* storage full or disabled: the server still excludes it from new feeds */
+    /* storage full or disabled: the server still excludes hidden posts from the feeds it ranks */
   }
 }
 
@@ -132,10 +141,11 @@ async function api(path, { method = "GET", body, headers = {}, auth = true, keep
 }
 
 let toastTimer = null;
+// A message: announced politely (role=status), or at once for an error (role=alert).
 function toast(message, error = false) {
-  const t = $("toast");
+  const [t, other] = error ? [$("alert"), $("toast")] : [$("toast"), $("alert")];
+  other.classList.remove("show");
   t.textContent = message;
-  t.classList.toggle("error", error);
   t.classList.add("show");
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => t.classList.remove("show"), error ? 8000 : 3000);
@@ -156,8 +166,8 @@ function signIn(token) {
     toast("That is not a token (expected a JWT: three dot-separated parts).", true);
     return false;
   }
-  const user = Number(c.sub);
-  if (!Number.isSafeInteger(user) || user < 0) {
+  const user = String(c.sub ?? "");
+  if (!/^[0-9]{1,19}$/.test(user)) {
     toast("The token names no user (its sub claim).", true);
     return false;
   }
@@ -165,7 +175,7 @@ function signIn(token) {
     toast("That token has expired.", true);
     return false;
   }
-  Object.assign(state, { token, user, exp: c.exp || 0 });
+  Object.assign(state, { token, user });
   sessionStorage.setItem("ray-feed.token", token);
   loadHidden();
   $("sign-in").hidden = true;
@@ -177,9 +187,10 @@ function signIn(token) {
 }
 
 function signOut(message) {
-  flushViews(true);
+  flushViews(true); // the last views leave with this user's token; none are kept for the next user
+  views.length = 0;
   sessionStorage.removeItem("ray-feed.token");
-  Object.assign(state, { token: null, user: null, exp: 0, cursor: null });
+  Object.assign(state, { token: null, user: null, cursor: null });
   state.generation++;
   clearFeed();
   $("signed-in").hidden = true;
@@ -196,7 +207,7 @@ async function showSignIn() {
   let users = null;
   try {
     const res = await fetch(new URL("dev/users", API));
-    if (res.ok) users = (await res.json()).users;
+    if (res.ok) users = parseJSON(await res.text()).users;
   } catch {
     /* the demo routes are off: paste a token */
   }
@@ -205,7 +216,7 @@ async function showSignIn() {
   list.replaceChildren();
   for (const u of users || []) {
     const button = el("button", { type: "button", class: "demo-user", "data-user-id": String(u.user_id) },
-      el("span", { class: `avatar hue-${u.user_id % 8}`, "aria-hidden": "true", text: initials(u.user_id) }),
+      el("span", { class: `avatar hue-${hue(u.user_id)}`, "aria-hidden": "true", text: initials(u.user_id) }),
       el("span", { text: `User ${u.user_id}` }),
       el("small", { text: `${u.friends} friends · ${u.friends_posts} recent posts by them` }));
     button.addEventListener("click", () => demoSignIn(u.user_id));
@@ -217,7 +228,7 @@ async function showSignIn() {
 
 async function demoSignIn(userId) {
   try {
-    const res = await api("dev/token", { method: "POST", body: { user_id: userId }, auth: false });
+    const res = await api("dev/token", { method: "POST", body: { user_id: idJSON(userId) }, auth: false });
     signIn((await res.json()).token);
   } catch (e) {
     toast(`Could not sign in: ${e.message}`, true);
@@ -237,6 +248,7 @@ async function refresh() {
   state.generation++;
   state.cursor = null;
   state.loading = false;
+  state.stalled = false;
   clearFeed();
   $("feed-end").hidden = true;
   await loadPage();
@@ -253,8 +265,9 @@ async function loadPage() {
   if (state.cursor) params.set("cursor", state.cursor);
   try {
     const res = await api(`feed/${state.user}?${params}`);
-    const body = await res.json();
+    const body = parseJSON(await res.text());
     if (generation !== state.generation) return; // refreshed meanwhile
+    state.clockOffsetMs = Date.parse(body.served_at) - Date.now();
     state.cursor = body.next_cursor;
     state.pages++;
     renderPage(body, res.headers.get("Server-Timing"));
@@ -266,18 +279,22 @@ async function loadPage() {
       refresh();
       return;
     }
+    state.stalled = true; // no automatic retries: "Try again" (or Refresh) asks once more
     toast(`Could not load the feed: ${e.message}`, true);
   } finally {
     if (generation === state.generation) {
       state.loading = false;
       $("feed").setAttribute("aria-busy", "false");
-      const more = Boolean(state.cursor);
+      const more = Boolean(state.cursor) || (state.stalled && state.pages === 0);
       $("more").hidden = !more;
-      $("feed-end").hidden = more;
+      $("more").textContent = state.stalled ? "Try again" : "Load more";
+      $("feed-end").hidden = more || state.stalled;
       $("feed-end").textContent = state.shown.size ? "You're all caught up." : "Nothing new from your friends yet.";
-      // observe() reports the sentinel's state at once: a short page that left it in view loads the next
-      moreObserver.unobserve($("sentinel"));
-      moreObserver.observe($("sentinel"));
+      if (!state.stalled) {
+        // observe() reports the sentinel's state at once: a short page that left it in view loads the next
+        moreObserver.unobserve($("sentinel"));
+        moreObserver.observe($("sentinel"));
+      }
     }
   }
 }
@@ -354,7 +371,7 @@ function renderCard(item, servedAt) {
   const created = Date.parse(item.created_at);
   const suggested = item.source === "suggested";
   const head = el("header", { class: "card-head" },
-    el("span", { class: `avatar hue-${item.author_id % 8}`, "aria-hidden": "true", text: initials(item.author_id) }),
+    el("span", { class: `avatar hue-${hue(item.author_id)}`, "aria-hidden": "true", text: initials(item.author_id) }),
     el("div", { class: "byline" },
       el("span", { class: "author", id: `${id}-author`, text: `User ${item.author_id}` }),
       el("span", { class: "meta" },
@@ -404,11 +421,20 @@ function TASKS(probs) {
 
 // ------------------------------------------------------------------------------------------ actions
 function engagement(type, item, extra = {}) {
-  return { type, post_id: item.post_id, impression_id: item.impression_id, event_id: uuid(), ...extra };
+  return { type, post_id: idJSON(item.post_id), impression_id: item.impression_id, event_id: uuid(), ...extra };
 }
 
+// POST events; when the feed refuses some (422 names them by index), the others are sent again once.
 async function send(events, keepalive = false) {
-  return api("events", { method: "POST", body: { events }, keepalive });
+  try {
+    return await api("events", { method: "POST", body: { events }, keepalive });
+  } catch (e) {
+    const bad = new Set(((e.status === 422 && e.detail && e.detail.errors) || []).map((p) => p.index));
+    const rest = events.filter((_, i) => !bad.has(i));
+    if (!bad.size || !rest.length) throw e;
+    console.warn(`the feed refused ${bad.size} event(s): ${e.message}`);
+    return api("events", { method: "POST", body: { events: rest }, keepalive });
+  }
 }
 
 function once(card, type, item) {
@@ -427,8 +453,8 @@ function action(type, label, done, item) {
     button.dataset.busy = "1";
     try {
       await send([engagement(type, item)]);
-      button.setAttribute("aria-pressed", "true");
-      button.textContent = done;
+      button.setAttribute("aria-pressed", "true"); // the label stays; the pressed state says it is done
+      button.title = done;
     } catch (e) {
       if (e.status !== 401) toast(`Could not ${type}: ${e.message}`, true);
     } finally {
@@ -448,16 +474,21 @@ function remover(type, label, done, item) {
     stopView(card);
     viewObserver.unobserve(card);
     card.remove();
-    rememberHidden(item.post_id);
+    state.hidden.add(item.post_id);
+    saveHidden();
+    const generation = state.generation;
     if (focusNext) focusCard(next && next.matches("article") ? next : $("feed").querySelector("article:last-of-type"));
     try {
       await send([engagement(type, item)]);
       toast(done);
     } catch (e) {
-      state.hidden.delete(item.post_id);
-      if (next && next.parentNode) next.before(card);
-      else $("feed").append(card);
-      viewObserver.observe(card);
+      state.hidden.delete(item.post_id); // refused: nothing was stored, so it may come back
+      saveHidden();
+      if (generation === state.generation) {
+        if (next && next.parentNode) next.before(card);
+        else $("feed").append(card);
+        viewObserver.observe(card);
+      }
       if (e.status !== 401) toast(`Could not ${type === "hide" ? "hide" : "report"} it: ${e.message}`, true);
     }
   });
@@ -471,32 +502,39 @@ function focusCard(card) {
 }
 
 // ------------------------------------------------------------------------------------------ dwell
-// A card's dwell is the time it is at least half visible while the page is visible. Each stretch is one
-// view event (the features sum an impression's views); a long stretch is cut at every flush.
-const visible = new Map(); // card element → performance.now() when its current stretch began
+// A card's dwell is the time it is at least half visible while the page is visible: a stretch. A stretch
+// shorter than MIN_VIEW_MS (scrolled past) is no view. A long one is sent in pieces, cut at every flush;
+// each piece is a view event (the features sum an impression's views), stamped with when it ended.
+const visible = new Map(); // card element → {began, since}: performance.now() of the stretch, of the piece
 const views = []; // view events waiting to be sent
 
 const viewObserver = new IntersectionObserver((entries) => {
   for (const e of entries) {
     if (e.isIntersecting && e.intersectionRatio >= 0.5) {
-      if (!visible.has(e.target)) visible.set(e.target, document.hidden ? null : performance.now());
+      if (!visible.has(e.target)) {
+        const now = document.hidden ? null : performance.now();
+        visible.set(e.target, { began: now, since: now });
+      }
     } else {
       stopView(e.target);
     }
   }
 }, { threshold: [0, 0.5, 1] });
 
-function endStretch(card, since, now) {
-  if (since === null || since === undefined) return;
-  const ms = Math.round(now - since);
-  if (ms < MIN_VIEW_MS) return;
-  const item = { post_id: Number(card.dataset.postId), impression_id: card.dataset.impressionId };
-  views.push(engagement("view", item, { dwell_ms: Math.min(ms, MAX_DWELL_MS) }));
+// The piece of ``card``'s stretch up to ``now`` into the queue, if the stretch so far is a view.
+function cut(card, span, now) {
+  if (span.since === null || now - span.began < MIN_VIEW_MS) return false;
+  const ms = Math.round(now - span.since);
+  const at = new Date(Date.now() + state.clockOffsetMs).toISOString(); // in the feed's serving time
+  const item = { post_id: card.dataset.postId, impression_id: card.dataset.impressionId };
+  if (ms > 0) views.push(engagement("view", item, { dwell_ms: Math.min(ms, MAX_DWELL_MS), at }));
+  return true;
 }
 
 function stopView(card) {
-  if (!visible.has(card)) return;
-  endStretch(card, visible.get(card), performance.now());
+  const span = visible.get(card);
+  if (!span) return;
+  cut(card, span, performance.now());
   visible.delete(card);
 }
 
@@ -504,17 +542,21 @@ function stopAllViews() {
   for (const card of Array.from(visible.keys())) stopView(card);
 }
 
-// Cut the stretches running now (they go on from here) and send what is waiting.
+// Cut the stretches running now (a view goes on from here; a hidden page pauses them) and send the queue.
 function flushViews(leaving = false) {
   const now = performance.now();
-  for (const [card, since] of visible) {
-    endStretch(card, since, now);
-    visible.set(card, document.hidden || leaving ? null : now);
+  const pause = document.hidden || leaving;
+  for (const [card, span] of visible) {
+    if (cut(card, span, now)) span.since = now;
+    if (pause) span.since = span.began = null;
   }
   if (!views.length || state.token === null) return;
-  const batch = views.splice(0, MAX_EVENTS);
+  // a request sent as the page closes (keepalive) must stay under the browser's 64 KB
+  const batch = views.splice(0, leaving ? 200 : MAX_EVENTS);
+  const token = state.token;
   send(batch, leaving).catch((e) => {
-    if (e.status === 0 || e.status === 503) views.unshift(...batch); // try again at the next flush
+    // unreachable or shed: the next flush tries again, for the same user only
+    if ((e.status === 0 || e.status === 503) && state.token === token) views.unshift(...batch);
   });
 }
 
@@ -524,7 +566,7 @@ document.addEventListener("visibilitychange", () => {
     flushViews(true);
   } else {
     const now = performance.now();
-    for (const card of visible.keys()) visible.set(card, now);
+    for (const span of visible.values()) span.since = span.began = now; // a new stretch
   }
 });
 window.addEventListener("pagehide", () => flushViews(true));
@@ -554,7 +596,7 @@ async function submitPost(e) {
   try {
     const key = form.dataset.key || (form.dataset.key = uuid()); // a retried post is stored once
     const res = await api("posts", { method: "POST", body, headers: { "Idempotency-Key": key } });
-    const post = await res.json();
+    const post = parseJSON(await res.text());
     delete form.dataset.key;
     form.reset();
     $("duration-field").hidden = true;
@@ -570,7 +612,7 @@ async function submitPost(e) {
 
 // ------------------------------------------------------------------------------------------ scrolling
 const moreObserver = new IntersectionObserver((entries) => {
-  if (entries.some((e) => e.isIntersecting)) loadPage();
+  if (entries.some((e) => e.isIntersecting) && !state.stalled) loadPage();
 }, { rootMargin: "0px 0px 600px 0px" });
 
 let pull = null; // pull-to-refresh: {startY, dy} while a touch drags down from the top
@@ -593,15 +635,17 @@ function onTouchEnd() {
   if (go) refresh();
 }
 
+// Single-key shortcuts act only while the focus is in the feed (WCAG 2.1.4): j/k next/previous card,
+// r refresh, i inspector.
 function onKey(e) {
-  if (e.target.closest("input, textarea, select") || e.metaKey || e.ctrlKey || e.altKey || state.token === null) return;
+  if (!$("feed").contains(document.activeElement) || e.metaKey || e.ctrlKey || e.altKey) return;
   const cards = Array.from($("feed").querySelectorAll("article"));
   const at = cards.indexOf(document.activeElement.closest("article"));
   if (e.key === "j" || e.key === "k") {
     e.preventDefault();
     const next = e.key === "j" ? Math.min(at + 1, cards.length - 1) : Math.max(at - 1, 0);
     focusCard(cards[next]);
-    if (e.key === "j" && next >= cards.length - 3) loadPage();
+    if (e.key === "j" && next >= cards.length - 3 && !state.stalled) loadPage();
   } else if (e.key === "r") {
     refresh();
   } else if (e.key === "i") {
@@ -612,7 +656,10 @@ function onKey(e) {
 // ------------------------------------------------------------------------------------------ start
 function start() {
   $("refresh").addEventListener("click", refresh);
-  $("more").addEventListener("click", loadPage);
+  $("more").addEventListener("click", () => {
+    state.stalled = false;
+    loadPage();
+  });
   $("sign-out").addEventListener("click", () => signOut());
   $("compose-toggle").addEventListener("click", () => openComposer($("composer").hidden));
   $("compose-cancel").addEventListener("click", () => openComposer(false));

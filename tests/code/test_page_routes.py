@@ -25,15 +25,20 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy() -> None:
     assert page.headers["content-security-policy"] == CSP
     assert "script-src 'self'" in CSP
     assert "'unsafe-inline'" not in CSP
-    for asset in re.findall(r'(?:src|href)="(static/[^"]+)"', page.text):
-        assert client().get("/" + asset).status_code == 200, asset
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
+    assert len(assets) == 2
+    for asset in assets:
+        got = client().get("/" + asset)
+        assert got.status_code == 200, asset
+        assert got.headers["cache-control"] == "no-cache"  # revalidated: never an old script on a new page
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
     for path in STATIC.iterdir():
         text = path.read_text()
         assert not re.search(r"https?://", text), f"{path.name} refers to another origin"
-        assert "innerHTML" not in text, f"{path.name}: user text must never become markup"
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in text, f"{path.name}: {sink} (user text must never become markup or code)"
 
 
 def test_behind_a_prefix_the_page_moves_under_it() -> None:
