@@ -8,7 +8,9 @@
   stored.
 - ``POST /posts`` (token of the author): 201; 401; 404; 413; 422.
 - ``GET /healthz``: 200 with the served model versions; 503 while no model is loaded.
-- ``GET /``: the web page (:mod:`serve.page`), a client of the routes above; ``/dev/*`` in a demo only.
+- ``GET /``: the web page (:mod:`serve.page`), a client of the routes above.
+- Only with ``auth.dev_tokens`` (a demo; else 404): ``GET /dev/users`` users to try the feed as;
+  ``POST /dev/token`` a token for any user (404 unknown user; 422).
 
 Client input never gets a 5xx. A request to a user route is authenticated from its headers before its body
 is read (:class:`AuthFirst`); a body over ``feed.max_body_bytes`` is 413 from its ``Content-Length`` or as
@@ -21,9 +23,11 @@ contract's own rules.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -36,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipelines.common import schema
 from serve.auth import AuthError, TokenAuth
 from serve.feed import FeedError, FeedService
-from serve.page import add_dev_sign_in, add_page
+from serve.page import add_page, demo_users
 from serve.records import ClientEvent, PostDraft
 
 INT64_MAX = 2**63 - 1
@@ -181,6 +185,16 @@ class PostOut(BaseModel):
     created_at: str
 
 
+class DevTokenIn(Strict):
+    user_id: EntityId
+
+
+class DevTokenOut(BaseModel):
+    token: str
+    user_id: int
+    expires_in_s: int
+
+
 def _printable(value: Any) -> str:
     """A short, encodable rendering of a location part or message (input is never echoed whole)."""
     text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -304,5 +318,30 @@ def create_api(
 
     add_page(api)
     if service.cfg.auth.dev_tokens:
-        add_dev_sign_in(api, service, auth)
+        _add_dev_sign_in(api, service, auth)
     return api
+
+
+#: How long ``GET /dev/users``'s answer is kept.
+DEMO_USERS_TTL_S = 60.0
+
+
+def _add_dev_sign_in(api: FastAPI, service: FeedService, auth: TokenAuth) -> None:
+    """``GET /dev/users`` and ``POST /dev/token``: only where ``auth.dev_tokens`` is on (a demo)."""
+    cached: dict[str, Any] = {"at": -DEMO_USERS_TTL_S, "users": []}
+    computing = asyncio.Lock()  # one computation at a time; the others wait for its answer
+    ttl = service.cfg.auth.dev_token_ttl_s
+
+    @api.get("/dev/users", tags=["demo"], summary="Users to try the feed as (auth.dev_tokens only)")
+    async def dev_users() -> dict[str, Any]:
+        async with computing:
+            if time.monotonic() - cached["at"] > DEMO_USERS_TTL_S:
+                cached["users"] = await asyncio.to_thread(demo_users, service)
+                cached["at"] = time.monotonic()
+        return {"users": cached["users"]}
+
+    @api.post("/dev/token", tags=["demo"], response_model=DevTokenOut, summary="A token for any user (demo)")
+    def dev_token(body: DevTokenIn) -> dict[str, Any]:
+        if not service.store.has_user(body.user_id):
+            raise FeedError(404, f"unknown user {body.user_id}")
+        return {"token": auth.mint(body.user_id, ttl_s=ttl), "user_id": body.user_id, "expires_in_s": ttl}

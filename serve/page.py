@@ -6,17 +6,12 @@ other — ``GET /feed``, ``POST /events``, ``POST /posts`` with a bearer token �
 API serves, and ``serve/static/app.js`` reads as a reference client.
 
 Signing in: a token pasted into the page, or, when ``auth.dev_tokens`` is on (``make demo`` turns it on;
-off by default, and then these routes are 404):
-
-- ``GET /dev/users`` → ``{"users": [{"user_id", "friends", "friends_posts"}]}``: users whose friends posted
-  most in the retrieval window, to try the feed as;
-- ``POST /dev/token`` ``{"user_id": N}`` → ``{"token", "user_id", "expires_in_s"}``; 404 unknown user.
+off by default), a demo user picked from ``GET /dev/users`` (:func:`demo_users`) and a token from
+``POST /dev/token`` (both routes in :mod:`serve.api`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +19,8 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 
-from serve.auth import TokenAuth
-from serve.feed import FeedError, FeedService
+from serve.feed import FeedService
 
 STATIC = Path(__file__).with_name("static")
 #: The page loads its script, style and data from this origin only; user text is never markup.
@@ -35,19 +28,8 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-#: How many users ``/dev/users`` proposes, how long its answer is kept, and how many recent posts it reads.
-DEMO_USERS, DEMO_USERS_TTL_S, DEMO_USERS_POSTS = 12, 60.0, 5000
-
-
-class DevTokenIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: int = Field(ge=0, le=2**63 - 1)
-
-
-class DevTokenOut(BaseModel):
-    token: str
-    user_id: int
-    expires_in_s: int
+#: How many users :func:`demo_users` proposes, and how many recent posts it reads.
+DEMO_USERS, DEMO_USERS_POSTS = 12, 5000
 
 
 def demo_users(service: FeedService, n: int = DEMO_USERS) -> list[dict[str, int]]:
@@ -92,24 +74,3 @@ def add_page(api: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", **security})
 
     api.mount("/static", _Revalidated(directory=STATIC), name="static")
-
-
-def add_dev_sign_in(api: FastAPI, service: FeedService, auth: TokenAuth) -> None:
-    """``GET /dev/users`` and ``POST /dev/token`` on ``api``: only where ``auth.dev_tokens`` is on."""
-    cached: dict[str, Any] = {"at": -DEMO_USERS_TTL_S, "users": []}
-    computing = asyncio.Lock()  # one computation at a time; the others wait for its answer
-    ttl = service.cfg.auth.dev_token_ttl_s
-
-    @api.get("/dev/users", tags=["demo"], summary="Users to try the feed as (auth.dev_tokens only)")
-    async def dev_users() -> dict[str, Any]:
-        async with computing:
-            if time.monotonic() - cached["at"] > DEMO_USERS_TTL_S:
-                cached["users"] = await asyncio.to_thread(demo_users, service)
-                cached["at"] = time.monotonic()
-        return {"users": cached["users"]}
-
-    @api.post("/dev/token", tags=["demo"], response_model=DevTokenOut, summary="A token for any user (demo)")
-    def dev_token(body: DevTokenIn) -> dict[str, Any]:
-        if not service.store.has_user(body.user_id):
-            raise FeedError(404, f"unknown user {body.user_id}")
-        return {"token": auth.mint(body.user_id, ttl_s=ttl), "user_id": body.user_id, "expires_in_s": ttl}

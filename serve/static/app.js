@@ -313,7 +313,8 @@ function renderPage(body, serverTiming) {
 }
 
 const STAGES = ["retrieval", "features", "forward", "ranking", "rerank", "total"]; // the pipeline's order
-const stageOrder = (name) => (STAGES.includes(name) ? STAGES.indexOf(name) : STAGES.length);
+// Where ``name`` goes in ``order``: names it does not list go last (in their own order: sorts are stable).
+const rank = (order, name) => (order.includes(name) ? order.indexOf(name) : order.length);
 
 function parseServerTiming(header) {
   return (header || "")
@@ -324,7 +325,7 @@ function parseServerTiming(header) {
       return name ? { name, ms: dur ? Number(dur.slice(4)) : null } : null;
     })
     .filter(Boolean)
-    .sort((a, b) => stageOrder(a.name) - stageOrder(b.name));
+    .sort((a, b) => rank(STAGES, a.name) - rank(STAGES, b.name));
 }
 
 function pageInfo(body, serverTiming) {
@@ -407,16 +408,12 @@ function inspector(item) {
   const rows = [["Position", String(item.position)], ["Score (after re-ranking)", item.score.toFixed(3)]];
   if (item.value !== null) rows.push(["Value model", item.value.toFixed(3)]);
   if (item.probabilities) {
-    for (const t of TASKS(item.probabilities)) rows.push([`P(${t})`, pct(item.probabilities[t])]);
+    const tasks = Object.keys(item.probabilities).sort((a, b) => rank(TASK_ORDER, a) - rank(TASK_ORDER, b));
+    for (const t of tasks) rows.push([`P(${t})`, pct(item.probabilities[t])]);
   }
   if (item.expected_dwell_s !== null) rows.push(["Expected dwell", `${item.expected_dwell_s.toFixed(1)} s`]);
   rows.push(["Impression", item.impression_id.slice(0, 16) + "…"]);
   return el("aside", { class: "inspect", "aria-label": "Inspector: what the ranker predicted" }, definitions(rows));
-}
-
-function TASKS(probs) {
-  const known = TASK_ORDER.filter((t) => t in probs);
-  return known.concat(Object.keys(probs).filter((t) => !known.includes(t)));
 }
 
 // ------------------------------------------------------------------------------------------ actions

@@ -92,7 +92,12 @@ class FeedPages:
         return self.bodies[:n]
 
 
-def by_feed_size(store: EmbeddedStore) -> list[tuple[int, int]]:
+#: (user, candidates now) pairs.
+Sizes = list[tuple[int, int]]
+
+
+@pytest.fixture(scope="module")
+def by_feed_size(store: EmbeddedStore) -> Sizes:
     """(user, candidates now), largest first."""
     users = store.users(np.array(sorted(store.snapshot.users)))["user_id"].tolist()
     sizes = [(len(retrieve(store, u, store.as_of_s + 60, RetrievalConfig()).post_ids), u) for u in users]
@@ -167,8 +172,8 @@ def test_demo_sign_in_mints_tokens_for_known_users_only(feed: Feed, store: Embed
 
 
 # ---------------------------------------------------------------------------------------- in Chromium
-def test_sign_in_scroll_like_hide_and_dwell(page: Any, feed: Feed, store: EmbeddedStore) -> None:
-    user, n = by_feed_size(store)[0]
+def test_sign_in_scroll_like_hide_and_dwell(page: Any, feed: Feed, by_feed_size: Sizes) -> None:
+    user, n = by_feed_size[0]
     assert n > 2 * PAGE_SIZE, f"the tiny world's largest feed has {n} posts: too few for 3 pages"
     pages = FeedPages(page)
     started = time.time()
@@ -248,9 +253,9 @@ def test_sign_in_scroll_like_hide_and_dwell(page: Any, feed: Feed, store: Embedd
 
 
 def test_inspector_shows_what_ranked_each_post(
-    page: Any, feed: Feed, store: EmbeddedStore, tmp_path: Path
+    page: Any, feed: Feed, tmp_path: Path, by_feed_size: Sizes
 ) -> None:
-    user, _ = by_feed_size(store)[1]
+    user, _ = by_feed_size[1]
     pages = FeedPages(page)
     sign_in(page, feed, user)
     body = pages.wait(1, page)[0]
@@ -284,9 +289,11 @@ def test_inspector_shows_what_ranked_each_post(
     assert toggle.get_attribute("aria-pressed") == "false"
 
 
-def test_a_new_post_reaches_a_friend_as_text(page: Any, feed: Feed, store: EmbeddedStore) -> None:
+def test_a_new_post_reaches_a_friend_as_text(
+    page: Any, feed: Feed, store: EmbeddedStore, by_feed_size: Sizes
+) -> None:
     now = store.as_of_s
-    sizes = dict(by_feed_size(store))
+    sizes = dict(by_feed_size)
 
     def readers(author: int) -> list[int]:
         """Friends of ``author`` who see the author's posts (the author is their friend too)."""
@@ -297,7 +304,7 @@ def test_a_new_post_reaches_a_friend_as_text(page: Any, feed: Feed, store: Embed
             if s < now and author in store.friends(int(f))[0].tolist()
         ]
 
-    author = next(u for u, _ in by_feed_size(store) if readers(u))
+    author = next(u for u, _ in by_feed_size if readers(u))
     reader = min(readers(author), key=lambda f: sizes.get(f, 0))  # the fewest posts to scroll through
     text = f"Page test {time.time_ns()}: <b>not bold</b> <img src=x onerror=alert(1)>"
 
@@ -333,8 +340,8 @@ def test_a_new_post_reaches_a_friend_as_text(page: Any, feed: Feed, store: Embed
     assert liked
 
 
-def test_pull_to_refresh_and_labels(page: Any, feed: Feed, store: EmbeddedStore) -> None:
-    user, _ = by_feed_size(store)[2]
+def test_pull_to_refresh_and_labels(page: Any, feed: Feed, by_feed_size: Sizes) -> None:
+    user, _ = by_feed_size[2]
     pages = FeedPages(page)
     page.goto(feed.base + "/")
     unlabeled = page.evaluate(
